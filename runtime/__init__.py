@@ -1,0 +1,1 @@
+"""Light EfficientNet-Lite inference: numpy + Pillow + one backend (LiteRT, tflite-runtime, onnxruntime)."""

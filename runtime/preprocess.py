@@ -1,0 +1,168 @@
+"""Image loading and the reference evaluation transform, with Pillow and numpy only.
+
+resize shorter side to floor(size / crop_pct) (longer side scaled and truncated) →
+centre crop size x size → (float models) (x/255 - mean) / std.
+Quantized models with pixel-exact input parameters take the uint8 crop as is.
+"""
+from __future__ import annotations
+
+import io
+import math
+import os
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import ImageError
+
+INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
+                  "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
+# Pillow's own decompression-bomb threshold; above it we refuse with a clear error
+# instead of a warning followed by a multi-gigabyte decode.
+DEFAULT_MAX_PIXELS = 89_478_485
+
+
+@dataclass(frozen=True)
+class PreprocessConfig:
+    size: int
+    crop_pct: float = 0.875
+    interpolation: str = "bicubic"
+    mean: tuple = (0.5, 0.5, 0.5)
+    std: tuple = (0.5, 0.5, 0.5)
+
+    def __post_init__(self):
+        if self.interpolation not in INTERPOLATIONS:
+            raise ValueError(f"interpolation must be one of {', '.join(INTERPOLATIONS)}, "
+                             f"not {self.interpolation!r}")
+        if not 0 < self.crop_pct <= 1:
+            raise ValueError(f"crop_pct must be in (0, 1], not {self.crop_pct}")
+
+    @property
+    def resize_size(self) -> int:
+        return int(math.floor(self.size / self.crop_pct))
+
+    def resized_dims(self, width: int, height: int) -> tuple[int, int]:
+        """(w, h) after scaling the shorter side to `resize_size` (as torchvision's Resize(int))."""
+        short, long = (width, height) if width <= height else (height, width)
+        new_short, new_long = self.resize_size, int(self.resize_size * long / short)
+        return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+def _describe(source) -> str:
+    if isinstance(source, (str, os.PathLike)):
+        return str(source)
+    return f"<{type(source).__name__}>"
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any Pillow mode to 8-bit RGB; transparency is composited onto white."""
+    if img.mode == "RGB":
+        return img
+    if img.mode in ("I;16", "I;16B", "I;16L", "I;16N", "I"):
+        # 16-bit samples: keep the top 8 bits (convert("RGB") would clip, not scale).
+        a = np.asarray(img).astype(np.uint32) >> 8
+        return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode == "F":
+        return Image.fromarray(np.clip(np.asarray(img), 0, 255).astype(np.uint8)).convert("RGB")
+    if img.mode in ("RGBA", "LA", "PA", "La", "RGBa") or (
+            img.mode == "P" and "transparency" in img.info):
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(source, config: PreprocessConfig | None = None, draft: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
+    """Open `source` (path, bytes, PIL image or HxWx3 uint8 array) as an upright RGB image.
+
+    With `config` and `draft`, large JPEGs decode at a DCT-domain reduced size that
+    stays >= the resize target (much faster, barely different; see README).
+    """
+    return _open(source, config if draft else None, max_pixels)[0]
+
+
+def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int]]:
+    """(upright RGB image, its upright size before any draft reduction)."""
+    name = _describe(source)
+    if isinstance(source, np.ndarray):
+        if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
+            raise ImageError(f"{name}: expected an HxWx3 uint8 RGB array, got "
+                             f"{source.dtype} {source.shape}")
+        img = Image.fromarray(source, "RGB")
+        return img, img.size
+    if isinstance(source, Image.Image):
+        img = _to_rgb(ImageOps.exif_transpose(source))
+        return img, img.size
+    try:
+        if isinstance(source, (bytes, bytearray, memoryview)):
+            if not len(source):
+                raise ImageError(f"{name}: empty input (0 bytes)")
+            img = Image.open(io.BytesIO(source))
+        else:
+            if os.path.isdir(source):
+                raise ImageError(f"{name}: is a directory, not an image")
+            if os.path.getsize(source) == 0:
+                raise ImageError(f"{name}: empty file (0 bytes)")
+            img = Image.open(source)
+        w, h = img.size
+        if w * h > max_pixels:
+            raise ImageError(f"{name}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the "
+                             f"{max_pixels / 1e6:.0f}-megapixel safety limit (decompression-bomb guard)")
+        # exif orientation 5-8 swaps the axes after decoding
+        swapped = img.format in ("JPEG", "MPO", "TIFF", "PNG", "WEBP") and \
+            img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        upright = (h, w) if swapped else (w, h)
+        if draft_config is not None and img.format == "JPEG":
+            tw, th = draft_config.resized_dims(*upright)
+            img.draft("RGB", (th, tw) if swapped else (tw, th))
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            img.load()
+        return _to_rgb(ImageOps.exif_transpose(img)), upright
+    except ImageError:
+        raise
+    except FileNotFoundError:
+        raise ImageError(f"{name}: no such file") from None
+    except Image.UnidentifiedImageError:
+        raise ImageError(f"{name}: not an image Pillow can read") from None
+    except Image.DecompressionBombError as e:
+        raise ImageError(f"{name}: {e}") from None
+    except (OSError, SyntaxError, ValueError, EOFError) as e:
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise ImageError(f"{name}: cannot decode image ({reason})") from None
+
+
+def resize_crop(img: Image.Image, config: PreprocessConfig, original_size=None) -> np.ndarray:
+    """Shorter side to resize_size, centre crop: an HxWx3 uint8 array of `config.size`.
+
+    `original_size` is the (w, h) before any JPEG draft reduction, so the target
+    dimensions do not depend on whether draft decoding happened.
+    """
+    tw, th = config.resized_dims(*(original_size or img.size))
+    if img.size != (tw, th):
+        img = img.resize((tw, th), INTERPOLATIONS[config.interpolation])
+    s = config.size
+    top, left = int(round((th - s) / 2.0)), int(round((tw - s) / 2.0))
+    arr = np.asarray(img)
+    if top < 0 or left < 0:  # crop_pct > 1 style inputs: pad like torchvision's CenterCrop
+        arr = np.pad(arr, ((max(-top, 0), max(s - th - max(-top, 0), 0)),
+                           (max(-left, 0), max(s - tw - max(-left, 0), 0)), (0, 0)))
+        top, left = max(top, 0), max(left, 0)
+    return np.ascontiguousarray(arr[top:top + s, left:left + s])
+
+
+def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:
+    """uint8 HxWx3 → float32 (x/255 - mean)/std."""
+    scale = np.asarray([1.0 / (255.0 * s) for s in std], np.float32)
+    shift = np.asarray([m / s for m, s in zip(mean, std)], np.float32)
+    return pixels.astype(np.float32) * scale - shift
+
+
+def preprocess(source, config: PreprocessConfig, draft: bool = True,
+               max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
+    """The cropped uint8 HxWx3 pixels of `source`."""
+    img, upright = _open(source, config if draft else None, max_pixels)
+    return resize_crop(img, config, upright)

@@ -1,0 +1,42 @@
+"""A dependency-free progress bar on stderr, shown only when stderr is a terminal."""
+from __future__ import annotations
+
+import sys
+import time
+
+
+class Progress:
+    def __init__(self, total: int, desc: str = "", enabled: bool | None = None, stream=None):
+        self.total, self.desc, self.n = max(int(total), 0), desc, 0
+        self.stream = stream or sys.stderr
+        self.enabled = self.stream.isatty() if enabled is None else enabled
+        self.start = time.perf_counter()
+
+    def update(self, n: int = 1) -> None:
+        self.n += n
+        if self.enabled:
+            frac = self.n / self.total if self.total else 1.0
+            bar = "#" * int(frac * 30)
+            rate = self.n / max(time.perf_counter() - self.start, 1e-9)
+            self.stream.write(f"\r{self.desc} [{bar:<30}] {self.n}/{self.total} {rate:.1f}/s")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self.stream.write("\n")
+            self.stream.flush()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def track(iterable, total: int | None = None, desc: str = "", enabled: bool | None = None):
+    """Iterate with a progress bar (the bar only when stderr is a terminal, or if forced)."""
+    items = iterable if total is not None else list(iterable)
+    with Progress(total if total is not None else len(items), desc, enabled) as bar:
+        for item in items:
+            yield item
+            bar.update()
