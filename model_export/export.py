@@ -1,0 +1,188 @@
+"""The export pipeline: weights → fold BN → graph → (calibrate → quantize) → write → verify.
+
+An `Exporter` holds one variant; its quantization parameters are computed once and every
+file written from it (ONNX and TFLite, any I/O type) serializes those same parameters.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime import Classifier, ClassifierOptions, __version__
+from runtime.labels import imagenet_labels
+from runtime.metadata import ModelMetadata
+from runtime.preprocess import PreprocessConfig
+
+from . import onnx_writer, tflite_writer
+from .calibration import collect, data_free_ranges, load_calibration_images, pixels_to_input
+from .folding import fold_batchnorm
+from .graph import build_graph, with_pixel_input
+from .quantize import PIXEL_SCALE, QuantizedGraph, quantize_graph
+from .weights import load_model
+
+FORMATS = ("tflite", "onnx")
+PRECISIONS = ("fp32", "int8")
+SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
+MIN_COSINE = 0.8   # below this the written file is broken, not merely quantized
+
+
+class ExportError(RuntimeError):
+    pass
+
+
+@dataclass
+class ExportResult:
+    path: Path
+    variant: str
+    precision: str
+    fmt: str
+    io: str
+    size_bytes: int
+    seconds: float
+    agreement: float       # top-1 agreement with the fp32 PyTorch model
+    cosine: float          # mean cosine similarity of logits with fp32 PyTorch
+    samples: int
+    sample_kind: str       # "calibration photos" or "synthetic images"
+
+
+def check_writable(path: Path) -> None:
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        raise ExportError(f"{path}: output folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise ExportError(f"{path}: cannot write to {parent} (permission denied)")
+
+
+class Exporter:
+    def __init__(self, variant: str, weights=None, random_init: bool = False, input_size=None,
+                 log=lambda msg: print(msg, file=sys.stderr)):
+        self.log = log
+        self.model = load_model(variant, weights, random_init, input_size)
+        self.variant = self.model.variant
+        self.untrained = bool(getattr(self.model, "untrained", False))
+        if self.untrained:
+            log(f"warning: {self.variant.name} has random weights (untrained): "
+                "its files are for latency measurements only")
+        self.graph = build_graph(fold_batchnorm(self.model), self.model)
+        self.config = PreprocessConfig(self.model.input_size, self.variant.crop_pct,
+                                       self.variant.interpolation, self.variant.mean, self.variant.std)
+        self.samples: np.ndarray | None = None
+        self.quantized: QuantizedGraph | None = None
+        self._reference = None
+        self._synthetic = None
+
+    # ---- calibration -------------------------------------------------------------
+    def calibrate(self, calib_dir=None, count: int = 200, estimator: str = "mse") -> QuantizedGraph:
+        pixel_graph = with_pixel_input(self.graph)
+        if calib_dir is None:
+            self.log("notice: no --calib-dir given: data-free calibration from the model's "
+                     "BatchNorm statistics (folder calibration is more accurate)")
+            ranges = data_free_ranges(pixel_graph)
+            info = {"method": "data-free (BatchNorm statistics)", "images": 0}
+        else:
+            self.samples = load_calibration_images(calib_dir, count, self.config, warn=self.log)
+            ranges = collect(pixel_graph, self.samples).ranges(estimator)
+            info = {"method": estimator, "images": int(len(self.samples)),
+                    "source": Path(calib_dir).name}
+        self.quantized = quantize_graph(pixel_graph, ranges, info)
+        return self.quantized
+
+    # ---- writing -----------------------------------------------------------------
+    def metadata(self, precision: str, fmt: str, io: str) -> ModelMetadata:
+        v = self.variant
+        meta = ModelMetadata(
+            variant=v.name, input_size=self.model.input_size,
+            layout="NHWC" if fmt == "tflite" else "NCHW", crop_pct=v.crop_pct,
+            interpolation=v.interpolation, mean=list(v.mean), std=list(v.std), precision=precision,
+            output="logits", input_dtype="float32", labels=imagenet_labels(),
+            exporter=f"effnet-lite-edge {__version__}", untrained=self.untrained)
+        if precision == "int8":
+            # the quantized graph takes (pixel - 128)/127.5: mean 128/255, std 0.5
+            meta.mean, meta.calibration = [128 / 255] * 3, dict(self.quantized.calibration)
+            meta.input_dtype, meta.input_scale = io, PIXEL_SCALE if io != "float32" else 0.0
+            meta.input_zero_point = 128 if io == "uint8" else 0
+        return meta
+
+    def serialize(self, precision: str, fmt: str, io: str = "int8") -> bytes:
+        if fmt not in FORMATS:
+            raise ExportError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
+        if precision not in PRECISIONS:
+            raise ExportError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
+        if precision == "int8" and self.quantized is None:
+            self.calibrate()
+        meta = self.metadata(precision, fmt, io).to_json()
+        doc = f"EfficientNet-{self.variant.name.capitalize()} {precision}, made by effnet-lite-edge"
+        if fmt == "tflite":
+            if precision == "fp32":
+                return tflite_writer.write_fp32(self.graph, meta.encode(), doc)
+            return tflite_writer.write_int8(self.quantized, meta.encode(), doc, io)
+        if precision == "fp32":
+            return onnx_writer.write_fp32(self.graph, meta, doc)
+        if io not in onnx_writer.ACTIVATION_TYPES:
+            raise ExportError(f"ONNX int8 models take uint8 or int8 input, not {io}")
+        return onnx_writer.write_int8(self.quantized, meta, doc, activations=io)
+
+    def export(self, path, precision: str = "int8", fmt: str = "tflite", io: str | None = None,
+               verify: bool = True) -> ExportResult:
+        """Write one file atomically (temporary name, verified, then renamed)."""
+        start = time.perf_counter()
+        path = Path(path)
+        check_writable(path)
+        io = io or ("float32" if precision == "fp32" else "uint8" if fmt == "onnx" else "int8")
+        blob = self.serialize(precision, fmt, io)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX[fmt], dir=path.resolve().parent)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(blob)
+            agreement, cosine, n, kind = self.verify(tmp) if verify else (float("nan"),) * 2 + (0, "")
+            os.replace(tmp, path)
+        except BaseException:
+            Path(tmp).unlink(missing_ok=True)
+            raise
+        return ExportResult(path, self.variant.name, precision, fmt, io, len(blob),
+                            time.perf_counter() - start, agreement, cosine, n, kind)
+
+    # ---- verification --------------------------------------------------------------
+    def verification_pixels(self) -> tuple[np.ndarray, str]:
+        if self.samples is not None:
+            return self.samples, "calibration photos"
+        if self._synthetic is None:   # blocky random images: no photos were given
+            rng, size = np.random.default_rng(0), self.model.input_size
+            small = rng.integers(0, 256, (16, -(-size // 16), -(-size // 16), 3), dtype=np.uint8)
+            self._synthetic = np.ascontiguousarray(
+                np.repeat(np.repeat(small, 16, 1), 16, 2)[:, :size, :size])
+        return self._synthetic, "synthetic images"
+
+    def reference_logits(self, pixels: np.ndarray) -> np.ndarray:
+        """fp32 PyTorch logits, computed once per set of verification images."""
+        if self._reference is None or self._reference[0] is not pixels:
+            with torch.no_grad():
+                logits = torch.cat([self.model(pixels_to_input(pixels[i:i + 32], self.graph))
+                                    for i in range(0, len(pixels), 32)]).numpy()
+            self._reference = (pixels, logits)
+        return self._reference[1]
+
+    def verify(self, path) -> tuple[float, float, int, str]:
+        """Load the written file with the runtime and compare with fp32 PyTorch."""
+        pixels, kind = self.verification_pixels()
+        ref = self.reference_logits(pixels)
+        try:
+            clf = Classifier.from_file(path, ClassifierOptions(num_threads=os.cpu_count()))
+            got = np.stack([clf.io.dequantize(clf.backend.run(clf.io.to_input(p))) for p in pixels])
+        except Exception as e:  # noqa: BLE001 - any failure here means the file is broken
+            raise ExportError(f"written file failed to load or run: {e}") from None
+        if not np.isfinite(got).all():
+            raise ExportError("written file produces non-finite outputs")
+        agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
+        cos = np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
+        if cos.mean() < MIN_COSINE:
+            raise ExportError(f"written file disagrees with the PyTorch model "
+                              f"(cosine similarity {cos.mean():.3f}): the export is broken")
+        return agreement, float(cos.mean()), len(pixels), kind

@@ -1,0 +1,164 @@
+"""Inference backends behind one small interface: TFLite (LiteRT, tflite-runtime, tf.lite)
+and ONNX (onnxruntime, CPUExecutionProvider). Each is imported only when used."""
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BackendUnavailableError, ModelError
+from .metadata import METADATA_NAME
+from .tflite_metadata import read_metadata
+
+# name → (file kind, module to import, pip extra that provides it)
+BACKENDS = {
+    "litert": ("tflite", "ai_edge_litert.interpreter", "tflite"),
+    "tflite-runtime": ("tflite", "tflite_runtime.interpreter", "tflite-legacy"),
+    "tensorflow": ("tflite", "tensorflow", None),
+    "onnxruntime": ("onnx", "onnxruntime", "onnx"),
+}
+KIND_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
+
+
+@dataclass
+class TensorInfo:
+    shape: tuple
+    dtype: np.dtype
+    scale: float = 0.0        # 0 = not quantized
+    zero_point: int = 0
+
+
+class Backend:
+    """A loaded model: `run(x)` takes the input tensor and returns the first output."""
+    name = ""
+
+    def __init__(self, path: Path, num_threads: int | None):
+        self.path, self.num_threads = path, num_threads
+        self.input: TensorInfo
+        self.output: TensorInfo
+        self.metadata: bytes | None = None
+
+    def run(self, x: np.ndarray) -> np.ndarray:
+        raise NotImplementedError
+
+
+class TFLiteBackend(Backend):
+    def __init__(self, path, num_threads, interpreter_cls, name):
+        super().__init__(path, num_threads)
+        self.name = name
+        data = path.read_bytes()
+        try:
+            self.metadata = read_metadata(data).get(METADATA_NAME)
+        except ValueError as e:
+            raise ModelError(f"{path}: not a valid TFLite model ({e})") from None
+        try:
+            self.interpreter = interpreter_cls(model_content=data, num_threads=num_threads)
+            self.interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as e:
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{path}: cannot load TFLite model ({reason})") from None
+        inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
+        if len(inputs) != 1 or not outputs:
+            raise ModelError(f"{path}: expected 1 image input, found {len(inputs)} inputs")
+        self._in, self._out = inputs[0]["index"], outputs[0]["index"]
+        self.input, self.output = (TensorInfo(tuple(int(d) for d in t["shape"]), np.dtype(t["dtype"]),
+                                              float(t["quantization"][0]), int(t["quantization"][1]))
+                                   for t in (inputs[0], outputs[0]))
+
+    def run(self, x):
+        self.interpreter.set_tensor(self._in, x)
+        self.interpreter.invoke()
+        return self.interpreter.get_tensor(self._out).copy()
+
+
+_ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
+              "tensor(float16)": np.float16}
+
+
+class OnnxBackend(Backend):
+    name = "onnxruntime"
+
+    def __init__(self, path, num_threads, ort):
+        super().__init__(path, num_threads)
+        options = ort.SessionOptions()
+        if num_threads:
+            options.intra_op_num_threads = num_threads
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+            raise ModelError(f"{path}: cannot load ONNX model ({reason[:200]})") from None
+        meta = self.session.get_modelmeta().custom_metadata_map
+        self.metadata = meta[METADATA_NAME].encode() if METADATA_NAME in meta else None
+        inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
+        if len(inputs) != 1:
+            raise ModelError(f"{path}: expected 1 image input, found {len(inputs)} inputs")
+        self._in = inputs[0].name
+        shape = tuple(d if isinstance(d, int) else 1 for d in inputs[0].shape)
+        if inputs[0].type not in _ORT_TYPES:
+            raise ModelError(f"{path}: unsupported input type {inputs[0].type}")
+        self.input = TensorInfo(shape, np.dtype(_ORT_TYPES[inputs[0].type]))
+        out_shape = tuple(d if isinstance(d, int) else 1 for d in outputs[0].shape)
+        self.output = TensorInfo(out_shape, np.dtype(_ORT_TYPES.get(outputs[0].type, np.float32)))
+
+    def run(self, x):
+        return self.session.run(None, {self._in: x})[0]
+
+
+def _import(module: str):
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        return None
+
+
+def _interpreter_class(name: str):
+    if name == "tensorflow":
+        tf = _import("tensorflow")
+        return tf.lite.Interpreter if tf is not None else None
+    mod = _import(BACKENDS[name][1])
+    return getattr(mod, "Interpreter", None) if mod is not None else None
+
+
+def available_backends(kind: str | None = None) -> list[str]:
+    return [n for n, (k, module, _) in BACKENDS.items()
+            if (kind is None or k == kind) and importlib.util.find_spec(module.split(".")[0])]
+
+
+def open_model(path: str | os.PathLike, backend: str | None = None,
+               num_threads: int | None = None) -> Backend:
+    """Load `path` with `backend`, or the first available backend for its file type."""
+    path = Path(path)
+    kind = KIND_BY_SUFFIX.get(path.suffix.lower())
+    if kind is None:
+        raise ModelError(f"{path}: unknown model type (expected a .tflite or .onnx file)")
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    if path.stat().st_size == 0:
+        raise ModelError(f"{path}: model file is empty (0 bytes)")
+    if backend is not None:
+        if backend not in BACKENDS:
+            raise ModelError(f"unknown backend {backend!r}: choose one of {', '.join(BACKENDS)}")
+        if BACKENDS[backend][0] != kind:
+            raise ModelError(f"{path}: backend {backend} cannot run .{kind} files")
+        candidates = [backend]
+    else:
+        candidates = [n for n, (k, _, _) in BACKENDS.items() if k == kind]
+    for name in candidates:
+        if kind == "onnx":
+            ort = _import("onnxruntime")
+            if ort is not None:
+                return OnnxBackend(path, num_threads, ort)
+        else:
+            cls = _interpreter_class(name)
+            if cls is not None:
+                return TFLiteBackend(path, num_threads, cls, name)
+    extras = sorted({BACKENDS[n][2] for n in candidates if BACKENDS[n][2]})
+    hint = " or ".join(f"pip install 'effnet-lite-edge[{e}]'" for e in extras)
+    raise BackendUnavailableError(
+        f"{path}: no {'/'.join(candidates)} backend is installed to run .{kind} files: {hint}")

@@ -1,0 +1,148 @@
+"""The Python API, in the spirit of MediaPipe's ImageClassifier.
+
+    with Classifier.from_file("lite0_int8.tflite", ClassifierOptions(max_results=3)) as c:
+        for cat in c.classify("photo.jpg").categories:
+            print(cat.label, cat.score)
+
+Thread safety: preprocessing runs in the caller's thread; the interpreter, which is not
+thread-safe, is guarded by a lock, so one Classifier can serve several threads (they
+overlap decoding and resizing, and take turns at inference).
+"""
+from __future__ import annotations
+
+import os
+import threading
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Iterable, Iterator
+
+import numpy as np
+
+from .backends import open_model
+from .errors import ImageError
+from .model_io import inspect_model
+from .preprocess import DEFAULT_MAX_PIXELS, preprocess
+
+
+@dataclass
+class ClassifierOptions:
+    max_results: int = 5
+    score_threshold: float = 0.0
+    category_allowlist: list | None = None    # labels (str) or class indices (int)
+    category_denylist: list | None = None
+    num_threads: int | None = None
+    backend: str | None = None                # litert | tflite-runtime | tensorflow | onnxruntime
+    draft: bool = True                        # JPEG DCT-domain downscale for large photos
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    # Preprocessing overrides (for models without metadata, or to experiment)
+    crop_pct: float | None = None
+    interpolation: str | None = None
+    mean: tuple | None = None
+    std: tuple | None = None
+
+
+@dataclass
+class Category:
+    index: int
+    label: str
+    score: float
+
+
+@dataclass
+class ClassificationResult:
+    categories: list
+    preprocess_ms: float = 0.0
+    inference_ms: float = 0.0
+    source: str = ""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+@dataclass
+class _Filter:
+    allowed: np.ndarray | None = None
+    denied: np.ndarray | None = None
+
+
+class Classifier:
+    def __init__(self, backend, options: ClassifierOptions | None = None):
+        self.options = options or ClassifierOptions()
+        self.backend = backend
+        o = self.options
+        self.io = inspect_model(backend, {"crop_pct": o.crop_pct, "interpolation": o.interpolation,
+                                          "mean": o.mean, "std": o.std})
+        self.labels = self.io.labels
+        self._lock = threading.Lock()
+        self._filter = _Filter(self._mask(o.category_allowlist), self._mask(o.category_denylist))
+
+    @classmethod
+    def from_file(cls, path, options: ClassifierOptions | None = None) -> "Classifier":
+        options = options or ClassifierOptions()
+        return cls(open_model(path, options.backend, options.num_threads), options)
+
+    @property
+    def metadata(self):
+        return self.io.metadata
+
+    def _mask(self, items) -> np.ndarray | None:
+        if items is None:
+            return None
+        mask = np.zeros(len(self.labels), bool)
+        by_name = {label.lower(): i for i, label in enumerate(self.labels)}
+        for item in items:
+            i = item if isinstance(item, (int, np.integer)) else by_name.get(str(item).lower())
+            if i is None or not 0 <= i < len(mask):
+                raise ValueError(f"unknown category {item!r} in allow/deny list")
+            mask[i] = True
+        return mask
+
+    def preprocess(self, image) -> np.ndarray:
+        """The model's input tensor for `image` (path, bytes, PIL image, HxWx3 uint8)."""
+        o = self.options
+        return self.io.to_input(preprocess(image, self.io.config, o.draft, o.max_pixels))
+
+    def scores(self, x: np.ndarray) -> np.ndarray:
+        """Class probabilities for a prepared input tensor."""
+        with self._lock:
+            raw = self.backend.run(x)
+        return self.io.to_scores(raw)
+
+    def classify(self, image) -> ClassificationResult:
+        t0 = time.perf_counter()
+        x = self.preprocess(image)
+        t1 = time.perf_counter()
+        probs = self.scores(x)
+        t2 = time.perf_counter()
+        source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else ""
+        return ClassificationResult(self.top(probs), (t1 - t0) * 1e3, (t2 - t1) * 1e3, source)
+
+    def top(self, probs: np.ndarray) -> list:
+        o, f = self.options, self._filter
+        masked = probs.copy()
+        if f.allowed is not None:
+            masked[~f.allowed] = -1
+        if f.denied is not None:
+            masked[f.denied] = -1
+        k = len(masked) if o.max_results is None or o.max_results < 0 else min(o.max_results, len(masked))
+        order = np.argsort(-masked, kind="stable")[:k]
+        return [Category(int(i), self.labels[i], float(probs[i])) for i in order
+                if masked[i] >= 0 and probs[i] >= o.score_threshold]
+
+    def classify_many(self, images: Iterable) -> Iterator:
+        """Yield a ClassificationResult per image, or the ImageError for an unreadable one
+        (so one bad file does not stop a batch)."""
+        for image in images:
+            try:
+                yield self.classify(image)
+            except ImageError as e:
+                yield e
+
+    def close(self) -> None:
+        self.backend = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()

@@ -1,0 +1,136 @@
+"""How to feed a loaded model and read its output: layout, size, input encoding,
+preprocessing settings (from our metadata, else the variant table), labels, softmax."""
+from __future__ import annotations
+
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from .backends import Backend
+from .errors import ModelError
+from .labels import imagenet_labels
+from .metadata import MetadataError, ModelMetadata
+from .preprocess import PreprocessConfig, normalize
+from .variants import VARIANTS, variant_for_input_size
+
+
+@dataclass
+class ModelIO:
+    layout: str                    # "NHWC" or "NCHW"
+    config: PreprocessConfig
+    input_dtype: np.dtype
+    input_scale: float
+    input_zero_point: int
+    pixel_offset: int | None       # integer input fed as pixel + offset (no float math)
+    output_scale: float
+    output_zero_point: int
+    output_is_probability: bool
+    labels: list
+    metadata: ModelMetadata | None
+
+    def to_input(self, pixels: np.ndarray) -> np.ndarray:
+        """uint8 HxWx3 crop → the model's input tensor (batch 1)."""
+        if self.pixel_offset is not None:
+            if self.pixel_offset == 0:
+                x = pixels
+            else:  # int8 input = pixel - 128: an integer shift, no float math
+                x = (pixels.astype(np.int16) + self.pixel_offset).astype(self.input_dtype)
+        else:
+            x = normalize(pixels, self.config.mean, self.config.std)
+            if self.input_scale:
+                info = np.iinfo(self.input_dtype)
+                x = np.clip(np.round(x / self.input_scale) + self.input_zero_point, info.min, info.max)
+            x = x.astype(self.input_dtype)
+        if self.layout == "NCHW":
+            x = x.transpose(2, 0, 1)
+        return np.ascontiguousarray(x[None])
+
+    def dequantize(self, raw: np.ndarray) -> np.ndarray:
+        """Model output as float32 values (logits or probabilities, one row)."""
+        out = raw.reshape(-1).astype(np.float32)
+        if self.output_scale:
+            out = (out - self.output_zero_point) * self.output_scale
+        return out
+
+    def to_scores(self, raw: np.ndarray) -> np.ndarray:
+        """Model output → class probabilities (float32, one row)."""
+        out = self.dequantize(raw)
+        if self.output_is_probability:
+            return out
+        e = np.exp(out - out.max())
+        return e / e.sum()
+
+
+def _metadata(backend: Backend) -> ModelMetadata | None:
+    if backend.metadata is None:
+        return None
+    try:
+        return ModelMetadata.from_json(backend.metadata)
+    except MetadataError as e:
+        raise ModelError(f"{backend.path}: {e}") from None
+
+
+def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
+    """Work out how to use `backend`'s model; `overrides` may set size, crop_pct,
+    interpolation, mean, std (for models without metadata, or to experiment)."""
+    path, shape, info = backend.path, backend.input.shape, backend.input
+    if len(shape) != 4:
+        raise ModelError(f"{path}: not an image classifier (input has rank {len(shape)}, "
+                         f"expected a 4-D image tensor)")
+    if shape[-1] == 3:
+        layout, (h, w) = "NHWC", shape[1:3]
+    elif shape[1] == 3:
+        layout, (h, w) = "NCHW", shape[2:4]
+    else:
+        raise ModelError(f"{path}: not an RGB image classifier (input shape {shape})")
+    if h != w:
+        raise ModelError(f"{path}: non-square input {h}x{w} is not supported")
+    meta = _metadata(backend)
+    variant = VARIANTS.get(meta.variant) if meta else variant_for_input_size(h)
+    variant = variant or VARIANTS["lite0"]
+    if meta:
+        config = PreprocessConfig(h, meta.crop_pct, meta.interpolation, tuple(meta.mean), tuple(meta.std))
+    else:
+        config = PreprocessConfig(h, variant.crop_pct, variant.interpolation, variant.mean, variant.std)
+    if overrides:
+        config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
+    if config.size != h:
+        raise ModelError(f"{path}: the model takes {h}x{w} input; size {config.size} cannot be used")
+
+    scale, zp = info.scale, info.zero_point
+    if meta and backend.name == "onnxruntime" and info.dtype != np.float32:
+        # ONNX keeps quantization inside the graph; our metadata states the input's encoding
+        scale, zp = meta.input_scale, meta.input_zero_point
+    pixel_offset = _pixel_offset(info.dtype, scale, zp, config, has_metadata=meta is not None)
+    out_scale, out_zp = backend.output.scale, backend.output.zero_point
+    n_out = int(np.prod(backend.output.shape))
+    if meta:
+        is_prob = meta.output == "probabilities"
+        labels = list(meta.labels) if meta.labels else imagenet_labels()
+    else:
+        # Google's own EfficientNet-Lite files end in softmax (uint8, scale 1/256)
+        is_prob = backend.output.dtype == np.uint8 or (out_scale and abs(out_scale - 1 / 256) < 1e-6)
+        labels = imagenet_labels()
+    if n_out == len(labels) + 1:     # a leading "background" class
+        labels = ["background"] + labels
+    if n_out != len(labels):
+        labels = [f"class {i}" for i in range(n_out)]
+    return ModelIO(layout, config, info.dtype, scale, zp, pixel_offset, out_scale, out_zp,
+                   bool(is_prob), labels, meta)
+
+
+def _pixel_offset(dtype, scale, zp, config, has_metadata) -> int | None:
+    """The integer shift that turns a pixel into the model's input value, if one exists."""
+    if dtype == np.float32:
+        return None
+    if not has_metadata or not scale:
+        # Models without our metadata (e.g. Google's uint8 files) fold the normalisation
+        # into their input quantization: they take the pixel (uint8) or pixel - 128 (int8).
+        return 0 if dtype == np.uint8 else -128
+    mean, std = np.asarray(config.mean), np.asarray(config.std)
+    # q = (p/255 - mean)/std/scale + zp = a·p + b; integer-exact when a == 1 and b is whole
+    a = 1.0 / (255.0 * std * scale)
+    b = zp - mean / (std * scale)
+    if np.allclose(a, 1.0, atol=1e-4) and np.allclose(b, b[0]) and abs(b[0] - round(b[0])) < 1e-3:
+        return int(round(b[0]))
+    return None
