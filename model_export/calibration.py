@@ -74,6 +74,7 @@ class RangeCollector:
 
     def __init__(self):
         self.lo, self.hi, self.hist, self.zeros = {}, {}, {}, {}
+        self.sums, self.count = {}, {}     # per-channel means, for bias correction
 
     def observe_minmax(self, name, t):
         lo, hi = float(t.min()), float(t.max())
@@ -81,12 +82,18 @@ class RangeCollector:
         self.hi[name] = max(hi, self.hi.get(name, hi))
 
     def observe_hist(self, name, t):
+        dims = (0, 2, 3) if t.dim() == 4 else (0,)
+        self.sums[name] = self.sums.get(name, 0) + t.double().sum(dims).numpy()
+        self.count[name] = self.count.get(name, 0) + t.numel() // t.shape[1]
         lo, hi = self.lo[name], self.hi[name]
         flat = t.reshape(-1)
         zero = flat == 0
         self.zeros[name] = self.zeros.get(name, 0) + int(zero.sum())  # exact zeros cost nothing
         h = torch.histc(flat[~zero], BINS, lo, hi if hi > lo else lo + 1e-6).double().numpy()
         self.hist[name] = self.hist.get(name, 0) + h
+
+    def channel_means(self) -> dict[str, np.ndarray]:
+        return {name: self.sums[name] / self.count[name] for name in self.sums}
 
     def ranges(self, estimator: str) -> dict[str, tuple[float, float]]:
         """Estimated range per tensor. The logits keep their observed extremes whatever
@@ -138,8 +145,8 @@ def estimate_range(hist: np.ndarray, lo: float, hi: float, estimator: str) -> tu
 
 
 def data_free_ranges(graph: Graph, sigmas: float = 3.0, samples: int = 2000,
-                     seed: int = 0) -> dict[str, tuple[float, float]]:
-    """Ranges from the BatchNorm statistics alone (no images).
+                     seed: int = 0) -> tuple[dict, dict]:
+    """Ranges and per-channel means from the BatchNorm statistics alone (no images).
 
     A folded conv's output channel c is distributed as N(beta_c, gamma_c^2) on the training
     data; a range covers `sigmas` standard deviations of every channel. Residual sums add
@@ -152,24 +159,29 @@ def data_free_ranges(graph: Graph, sigmas: float = 3.0, samples: int = 2000,
     rng = np.random.default_rng(seed)
     ranges = {INPUT: (-1.0, 1.0)}
     moments = {}
+    means = {INPUT: np.zeros(3)}
     for op in graph.ops:
         if op.kind in ("conv", "dwconv"):
             mean, std = graph.bn_stats[op.output]
             moments[op.output] = (mean, std)
             lo, hi = float((mean - sigmas * std).min()), float((mean + sigmas * std).max())
             ranges[op.output] = (0.0, min(max(hi, 1e-3), 6.0)) if op.relu6 else (min(lo, 0), max(hi, 0))
+            means[op.output] = (np.clip(rng.normal(mean, std, (samples, len(mean))), 0, 6).mean(0)
+                                if op.relu6 else mean)
         elif op.kind == "add":
             (m1, s1), (m2, s2) = moments[op.inputs[0]], moments[op.inputs[1]]
             mean, std = m1 + m2, np.sqrt(s1 ** 2 + s2 ** 2)
             moments[op.output] = (mean, std)
+            means[op.output] = mean
             ranges[op.output] = (min(float((mean - sigmas * std).min()), 0.0),
                                  max(float((mean + sigmas * std).max()), 0.0))
         elif op.kind == "mean":
             mean, std = moments[op.inputs[0]]
             pooled = np.clip(rng.normal(mean, std, size=(samples, len(mean))), 0, 6)
             ranges[op.output] = (0.0, float(np.percentile(pooled.max(1), 99.9)))
+            means[op.output] = pooled.mean(0)
         elif op.kind == "fc":
             logits = pooled @ op.weight.T.astype(np.float64) + op.bias
             ranges[op.output] = (float(np.percentile(logits.min(1), 0.1)),
                                  LOGIT_HEADROOM * float(np.percentile(logits.max(1), 99.9)))
-    return ranges
+    return ranges, means

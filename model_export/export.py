@@ -84,14 +84,21 @@ class Exporter:
         if calib_dir is None:
             self.log("notice: no --calib-dir given: data-free calibration from the model's "
                      "BatchNorm statistics (folder calibration is more accurate)")
-            ranges = data_free_ranges(pixel_graph)
+            ranges, means = data_free_ranges(pixel_graph)
             info = {"method": "data-free (BatchNorm statistics)", "images": 0}
         else:
             self.samples = load_calibration_images(calib_dir, count, self.config, warn=self.log)
-            ranges = collect(pixel_graph, self.samples).ranges(estimator)
+            collector = collect(pixel_graph, self.samples)
+            ranges, means = collector.ranges(estimator), collector.channel_means()
             info = {"method": estimator, "images": int(len(self.samples)),
                     "source": Path(calib_dir).name}
-        self.quantized = quantize_graph(pixel_graph, ranges, info)
+        return self.use_ranges(ranges, info, means)
+
+    def use_ranges(self, ranges: dict, info: dict, channel_means: dict | None) -> QuantizedGraph:
+        """Quantize with activation ranges (tensor → (lo, hi) on the pixel-input graph) and,
+        for bias correction, per-channel activation means."""
+        info = {**info, "bias_correction": channel_means is not None}
+        self.quantized = quantize_graph(with_pixel_input(self.graph), ranges, info, channel_means)
         return self.quantized
 
     # ---- writing -----------------------------------------------------------------

@@ -60,8 +60,23 @@ def quantize_weights(weight: np.ndarray, per_channel: bool = True) -> tuple[np.n
     return q, (scales if per_channel else scales[:1]).astype(np.float32)
 
 
-def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None) -> QuantizedGraph:
-    """Turn float ranges per tensor into the int8 model (`graph` must take pixel input)."""
+def bias_correction(op, q_weight: np.ndarray, scales: np.ndarray, input_mean: np.ndarray) -> np.ndarray:
+    """The mean output shift that weight rounding causes, (W_q − W)·E[x], per output
+    channel (Nagel et al., 2019, "empirical bias correction"); subtract it from the bias."""
+    shape = (-1,) + (1,) * (q_weight.ndim - 1)
+    error = q_weight.astype(np.float64) * scales.astype(np.float64).reshape(shape) - op.weight
+    if op.kind == "dwconv":
+        return error.sum(axis=(1, 2, 3)) * input_mean
+    if op.kind == "conv":
+        return np.einsum("oihw,i->o", error, input_mean)
+    return error @ input_mean
+
+
+def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None,
+                   channel_means: dict | None = None) -> QuantizedGraph:
+    """Turn float ranges per tensor into the int8 model (`graph` must take pixel input).
+    With `channel_means` (per-channel input means from calibration), biases are corrected
+    for the mean error of the rounded weights."""
     if not graph.pixel_input:
         raise ValueError("quantize a graph with integer pixel input (graph.with_pixel_input)")
     act = {INPUT: QParams(float(np.float32(PIXEL_SCALE)), 0)}
@@ -75,7 +90,10 @@ def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None) 
             q, scales = quantize_weights(op.weight, per_channel=op.kind != "fc")
             in_scale = np.float64(act[op.inputs[0]].scale)
             bias_scale = in_scale * scales.astype(np.float64)
-            bias = np.clip(np.round(op.bias / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
+            bias = op.bias.astype(np.float64)
+            if channel_means is not None and op.inputs[0] in channel_means:
+                bias = bias - bias_correction(op, q, scales, channel_means[op.inputs[0]])
+            bias = np.clip(np.round(bias / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
             weights[op.output] = QuantWeights(q, scales, bias)
     assert OUTPUT in act
     return QuantizedGraph(graph, act, weights, dict(calibration or {}))

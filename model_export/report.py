@@ -1,0 +1,182 @@
+"""effnet-quant-report: how good is our int8? Measured on a labelled photo folder.
+
+Calibrates on the first half of the photos (sorted by file name; 100 of the 200 dev
+photos), evaluates on the other half, and puts side by side: fp32, our int8 with each
+range estimator (TFLite and ONNX), data-free int8, onnxruntime's own quantize_static
+(MinMax, per-channel, QDQ) on the same fp32 ONNX and the same photos, and the effect of
+the integer pixel input (fp32 graph with the offset folded into the stem bias).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from runtime import Classifier, ClassifierOptions
+from runtime.dataset import DatasetError, labelled_images
+from runtime.preprocess import normalize, preprocess
+from runtime.progress import track
+
+from .calibration import ESTIMATORS, collect, data_free_ranges, pixels_to_input
+from .export import Exporter
+from .graph import run, with_pixel_input
+
+
+def _agreement(a: np.ndarray, b: np.ndarray) -> float:
+    return float(np.mean(a.argmax(1) == b.argmax(1)))
+
+
+def _top1(scores: np.ndarray, labels: np.ndarray) -> float:
+    return float(np.mean(scores.argmax(1) == labels))
+
+
+def _file_scores(path, eval_paths) -> np.ndarray:
+    """Scores the way a user gets them: the runtime's Classifier on the photo files."""
+    clf = Classifier.from_file(path, ClassifierOptions(num_threads=2))
+    return np.stack([clf.scores(clf.preprocess(p)) for p in eval_paths])
+
+
+def ort_quantize_static(exporter: Exporter, calib: np.ndarray, eval_pixels: np.ndarray, workdir: Path):
+    """onnxruntime's own static quantization of our fp32 ONNX, for comparison."""
+    from onnxruntime.quantization import (CalibrationDataReader, CalibrationMethod, QuantFormat,
+                                          QuantType, quantize_static)
+    import onnxruntime as ort
+    v = exporter.variant
+    fp32 = workdir / "ort_fp32.onnx"
+    fp32.write_bytes(exporter.serialize("fp32", "onnx"))
+
+    def nchw(pixels):
+        return np.ascontiguousarray(normalize(pixels, v.mean, v.std).transpose(2, 0, 1)[None])
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.items = iter(calib)
+
+        def get_next(self):
+            p = next(self.items, None)
+            return None if p is None else {"input": nchw(p)}
+
+    out = workdir / "ort_int8.onnx"
+    quantize_static(str(fp32), str(out), Reader(), quant_format=QuantFormat.QDQ, per_channel=True,
+                    activation_type=QuantType.QUInt8, weight_type=QuantType.QInt8,
+                    calibrate_method=CalibrationMethod.MinMax)
+    sess = ort.InferenceSession(str(out), providers=["CPUExecutionProvider"])
+    return np.concatenate([sess.run(None, {"input": nchw(p)})[0] for p in eval_pixels]), out.stat().st_size
+
+
+def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, log=print) -> dict:
+    half = len(items) // 2
+    calib_items, eval_items = items[:half], items[half:]
+    exporter = Exporter(name, log=lambda m: None)
+    cfg = exporter.config
+    calib = np.stack([preprocess(p, cfg) for p, _ in track(calib_items, desc=f"{name}: calibration photos")])
+    eval_pixels = np.stack([preprocess(p, cfg) for p, _ in track(eval_items, desc=f"{name}: evaluation photos")])
+    eval_paths = [p for p, _ in eval_items]
+    labels = np.array([label for _, label in eval_items])
+    ref = exporter.reference_logits(eval_pixels)
+    row = {"variant": name, "calibration_images": half, "evaluation_images": len(eval_items),
+           "fp32_top1": _top1(ref, labels)}
+    pixel_graph = with_pixel_input(exporter.graph)
+    with torch.no_grad():
+        shifted = run(pixel_graph, pixels_to_input(eval_pixels, pixel_graph)).numpy()
+    row["pixel_input"] = {"agreement": _agreement(shifted, ref),
+                          "max_abs_logit_diff": float(np.abs(shifted - ref).max())}
+    start = time.perf_counter()
+    collector = collect(pixel_graph, calib)
+    row["calibration_seconds"] = time.perf_counter() - start
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        for fmt in ("tflite", "onnx"):
+            path = tmp / f"fp32.{fmt}"
+            exporter.export(path, "fp32", fmt, verify=False)
+            row[f"fp32_{fmt}_bytes"] = path.stat().st_size
+        for est in estimators:
+            exporter.use_ranges(collector.ranges(est), {"method": est, "images": half},
+                                collector.channel_means())
+            path = tmp / f"{est}.tflite"
+            exporter.export(path, "int8", "tflite", verify=False)
+            scores = _file_scores(path, eval_paths)
+            row[f"int8_{est}"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
+                                  "bytes": path.stat().st_size}
+            if est == estimators[0]:
+                onnx_path = tmp / f"{est}.onnx"
+                exporter.export(onnx_path, "int8", "onnx", verify=False)
+                onnx_scores = _file_scores(onnx_path, eval_paths)
+                row["int8_onnx"] = {"agreement": _agreement(onnx_scores, ref),
+                                    "top1": _top1(onnx_scores, labels),
+                                    "same_top1_as_tflite": _agreement(onnx_scores, scores),
+                                    "bytes": onnx_path.stat().st_size}
+        ranges, means = data_free_ranges(pixel_graph)
+        exporter.use_ranges(ranges, {"method": "data-free", "images": 0}, means)
+        path = tmp / "datafree.tflite"
+        exporter.export(path, "int8", "tflite", verify=False)
+        scores = _file_scores(path, eval_paths)
+        row["int8_data_free"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels)}
+        if with_ort:
+            ort_scores, size = ort_quantize_static(exporter, calib, eval_pixels, tmp)
+            row["ort_quantize_static"] = {"agreement": _agreement(ort_scores, ref),
+                                          "top1": _top1(ort_scores, labels), "bytes": size}
+    return row
+
+
+def print_table(rows, estimators) -> None:
+    cols = [("fp32 top-1", lambda r: f"{r['fp32_top1']:.1%}")]
+    for est in estimators:
+        cols.append((f"int8 {est} agree/top-1",
+                     lambda r, e=est: f"{r[f'int8_{e}']['agreement']:.1%} / {r[f'int8_{e}']['top1']:.1%}"))
+    cols += [("ONNX int8 agree", lambda r: f"{r['int8_onnx']['agreement']:.1%}"),
+             ("ONNX=TFLite top-1", lambda r: f"{r['int8_onnx']['same_top1_as_tflite']:.1%}"),
+             ("data-free agree", lambda r: f"{r['int8_data_free']['agreement']:.1%}"),
+             ("ORT quantize_static agree", lambda r: f"{r['ort_quantize_static']['agreement']:.1%}"
+              if "ort_quantize_static" in r else "-"),
+             ("pixel-input agree", lambda r: f"{r['pixel_input']['agreement']:.1%}"),
+             ("fp32/int8 MB", lambda r: f"{r['fp32_tflite_bytes'] / 1e6:.1f}/"
+                                        f"{r[f'int8_{estimators[0]}']['bytes'] / 1e6:.1f}")]
+    print("| variant | " + " | ".join(c for c, _ in cols) + " |")
+    print("|---" * (len(cols) + 1) + "|")
+    for r in rows:
+        print(f"| {r['variant']} | " + " | ".join(f(r) for _, f in cols) + " |")
+    if rows:
+        print(f"\nint8 calibrated on {rows[0]['calibration_images']} photos, evaluated on the other "
+              f"{rows[0]['evaluation_images']}; 'agree' = same top-1 as fp32 PyTorch.")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="effnet-quant-report", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", type=Path, required=True,
+                   help="labelled photo folder (labels.csv, synset folders or wnid_ file names)")
+    p.add_argument("--variants", default="lite0,lite1,lite2")
+    p.add_argument("--estimators", default=",".join(ESTIMATORS),
+                   help="range estimators to compare; the first is also exported to ONNX")
+    p.add_argument("--no-ort", action="store_true", help="skip onnxruntime's quantize_static")
+    p.add_argument("--json", type=Path, help="write every figure to this file")
+    args = p.parse_args(argv)
+    estimators = tuple(e for e in args.estimators.split(",") if e)
+    bad = [e for e in estimators if e not in ESTIMATORS]
+    if bad or not estimators:
+        p.error(f"--estimators: choose from {', '.join(ESTIMATORS)}")
+    try:
+        items = labelled_images(args.data)
+    except DatasetError as e:
+        print(f"effnet-quant-report: error: {e}", file=sys.stderr)
+        return 2
+    if len(items) < 2:
+        print(f"effnet-quant-report: error: {args.data}: need at least 2 labelled photos", file=sys.stderr)
+        return 2
+    rows = [report_variant(v.strip(), items, estimators, not args.no_ort)
+            for v in args.variants.split(",") if v.strip()]
+    print_table(rows, estimators)
+    if args.json:
+        args.json.write_text(json.dumps(rows, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
