@@ -25,10 +25,31 @@ def dev_rows() -> list[dict]:
     return [{"path": DEV_DIR / r["file"], "label": int(r["class_index"])} for r in rows]
 
 
+SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field",
+                  "immunohistochemistry", "retina", "colorwheel")
+
+
 def skimage_photos() -> dict[str, np.ndarray]:
     """Real photos that scikit-image installs: name → HxWx3 uint8."""
     from skimage import data
-    return {"chelsea": data.chelsea(), "coffee": data.coffee(), "astronaut": data.astronaut()}
+    return {name: getattr(data, name)() for name in SKIMAGE_PHOTOS[:3]}
+
+
+def photo_folder(tmp_dir: Path) -> Path:
+    """A folder of real photos on any machine: scikit-image's, saved as JPEG."""
+    from PIL import Image
+    from skimage import data
+    tmp_dir.mkdir(parents=True, exist_ok=True)
+    for name in SKIMAGE_PHOTOS:
+        Image.fromarray(getattr(data, name)()).save(tmp_dir / f"{name}.jpg", quality=95)
+    return tmp_dir
+
+
+def calibration_folder(tmp_path_factory) -> tuple[Path, int]:
+    """(folder, count): the dev photos' first 100 when present, else scikit-image's photos."""
+    if (DEV_DIR / "labels.csv").is_file():
+        return DEV_DIR, 100
+    return photo_folder(tmp_path_factory.mktemp("photos")), len(SKIMAGE_PHOTOS)
 
 
 def variant_config(name: str, size: int | None = None) -> PreprocessConfig:

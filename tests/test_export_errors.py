@@ -1,0 +1,142 @@
+"""effnet-export's command line and its failures: one clear line, no partial file."""
+import pytest
+
+from conftest import SKIMAGE_PHOTOS, photo_folder
+from model_export.calibration import CalibrationError, load_calibration_images
+from model_export.cli import main
+from model_export.export import ExportError, Exporter
+from runtime import Classifier
+from tests_helpers import leftovers
+
+
+@pytest.fixture(scope="module")
+def photos_dir(tmp_path_factory):
+    return photo_folder(tmp_path_factory.mktemp("photos"))
+
+
+def test_cli_exports_a_working_int8_tflite(photos_dir, tmp_path, capsys):
+    out = tmp_path / "lite0_int8.tflite"
+    assert main(["lite0", "--calib-dir", str(photos_dir), "--calib-count", "4", "-o", str(out)]) == 0
+    printed = capsys.readouterr()
+    assert "lite0_int8.tflite" in printed.out and "top-1 agree" in printed.out
+    assert "calibrated lite0 (mse, 4 images)" in printed.err
+    clf = Classifier.from_file(out)
+    assert clf.metadata.calibration["images"] == 4
+    assert clf.classify(photos_dir / "coffee.jpg").categories[0].index == 967
+    assert leftovers(tmp_path) == []
+
+
+def test_cli_data_free_notice(tmp_path, capsys):
+    out = tmp_path / "m.onnx"
+    assert main(["lite0", "--format", "onnx", "-o", str(out)]) == 0
+    assert "data-free calibration" in capsys.readouterr().err
+    assert Classifier.from_file(out).metadata.calibration["method"].startswith("data-free")
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["lite0", "--format", "pb"], "invalid choice: 'pb'"),
+    (["lite0", "--precision", "fp16"], "invalid choice: 'fp16'"),
+    ([], "give a VARIANT or --all"),
+])
+def test_cli_usage_errors(argv, message, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    assert exit_info.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_cli_unknown_variant(capsys):
+    assert main(["lite7"]) == 2
+    err = capsys.readouterr().err
+    assert err.strip() == ("effnet-export: error: unknown variant 'lite7': "
+                           "choose one of lite0, lite1, lite2, lite3, lite4")
+
+
+def test_empty_and_imageless_calibration_folders(tmp_path, capsys):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    assert main(["lite0", "--calib-dir", str(empty), "-o", str(tmp_path / "a.tflite")]) == 1
+    assert "no images found" in capsys.readouterr().err
+    texts = tmp_path / "texts"
+    texts.mkdir()
+    (texts / "notes.txt").write_text("hello")
+    (texts / "README.md").write_text("# hi")
+    assert main(["lite0", "--calib-dir", str(texts), "-o", str(tmp_path / "b.tflite")]) == 1
+    assert "no images found" in capsys.readouterr().err
+    assert main(["lite0", "--calib-dir", str(tmp_path / "missing"), "-o", str(tmp_path / "c.tflite")]) == 1
+    assert "does not exist" in capsys.readouterr().err
+    assert leftovers(tmp_path) == []
+
+
+def test_unreadable_images_are_skipped_and_counted(photos_dir, tmp_path):
+    folder = tmp_path / "mixed"
+    folder.mkdir()
+    (folder / "a_good.jpg").write_bytes((photos_dir / "coffee.jpg").read_bytes())
+    (folder / "b_truncated.jpg").write_bytes((photos_dir / "chelsea.jpg").read_bytes()[:300])
+    (folder / "c_fake.png").write_text("not a png")
+    (folder / "sub").mkdir()
+    (folder / "sub" / "d_good.jpg").write_bytes((photos_dir / "rocket.jpg").read_bytes())
+    from conftest import variant_config
+    warnings = []
+    pixels = load_calibration_images(folder, 10, variant_config("lite0"), warn=warnings.append)
+    assert pixels.shape == (2, 224, 224, 3)              # recursive: sub/ counted
+    assert any("b_truncated.jpg" in w for w in warnings) and any("c_fake.png" in w for w in warnings)
+    assert "skipped 2 unreadable file(s)" in warnings[-1]
+    only_bad = tmp_path / "bad"
+    only_bad.mkdir()
+    (only_bad / "x.jpg").write_bytes(b"\xff\xd8garbage")
+    with pytest.raises(CalibrationError, match="none of the 1 image files could be read"):
+        load_calibration_images(only_bad, 10, variant_config("lite0"), warn=lambda m: None)
+
+
+def test_unwritable_output_fails_before_any_work(tmp_path, capsys):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    locked.chmod(0o500)
+    try:
+        code = main(["lite0", "--precision", "fp32", "-o", str(locked / "m.tflite")])
+        err = capsys.readouterr().err
+        import os
+        if os.access(locked, os.W_OK):     # root ignores permissions: use a missing folder instead
+            code = main(["lite0", "--precision", "fp32", "-o", str(tmp_path / "nope" / "m.tflite")])
+            err = capsys.readouterr().err
+            assert "does not exist" in err
+        else:
+            assert "permission denied" in err
+        assert code == 1
+    finally:
+        locked.chmod(0o700)
+    assert leftovers(tmp_path) == []
+
+
+def test_broken_writer_leaves_no_partial_file(tmp_path, monkeypatch):
+    exporter = Exporter("lite0", log=lambda m: None)
+    monkeypatch.setattr(exporter, "serialize", lambda *a, **k: b"TFL3 but not a model at all")
+    with pytest.raises(ExportError, match="failed to load or run"):
+        exporter.export(tmp_path / "broken.tflite", "fp32", "tflite")
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_unknown_format_and_precision(tmp_path):
+    exporter = Exporter("lite0", log=lambda m: None)
+    with pytest.raises(ExportError, match="unknown format 'pb'"):
+        exporter.export(tmp_path / "m.pb", "fp32", "pb")
+    with pytest.raises(ExportError, match="unknown precision"):
+        exporter.serialize("fp16", "onnx")
+    with pytest.raises(ExportError, match="uint8 or int8 input"):
+        exporter.serialize("int8", "onnx", "float32")
+    assert leftovers(tmp_path) == []
+
+
+def test_all_skips_lite3_without_weights(tmp_path, photos_dir, capsys, monkeypatch):
+    """--all builds Lite0-2 only; Lite3/4 are skipped with the reason (fast: 1 variant faked)."""
+    import model_export.cli as cli
+    monkeypatch.setattr(cli, "VARIANTS", {k: cli.VARIANTS[k] for k in ("lite0", "lite3")})
+    assert main(["--all", str(tmp_path / "out"), "--calib-dir", str(photos_dir),
+                 "--calib-count", "2"]) == 0
+    captured = capsys.readouterr()
+    assert "skipping lite3: no bundled weights" in captured.err
+    names = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert names == ["lite0_fp32.onnx", "lite0_fp32.tflite", "lite0_int8.onnx", "lite0_int8.tflite"]
+    assert captured.out.count("lite0_") == 4
+    assert len(SKIMAGE_PHOTOS) >= 2

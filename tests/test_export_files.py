@@ -1,0 +1,181 @@
+"""The exported files: parity with PyTorch, integer-only graphs, XNNPACK delegation,
+ONNX/TFLite agreement, I/O types, metadata, onnxruntime fusion."""
+from __future__ import annotations
+
+import collections
+
+import numpy as np
+import pytest
+import torch
+
+from conftest import calibration_folder, nchw_batch
+from model_export.export import Exporter
+from runtime import Classifier
+from runtime.metadata import METADATA_NAME, ModelMetadata
+from runtime.tflite_metadata import read_metadata
+
+ai_edge_litert = pytest.importorskip("ai_edge_litert")
+from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
+from ai_edge_litert.interpreter import Interpreter  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def lite0(tmp_path_factory):
+    """Lite0 calibrated once; every file in this module is written from it."""
+    folder, count = calibration_folder(tmp_path_factory)
+    exporter = Exporter("lite0", log=lambda m: None)
+    exporter.calibrate(folder, count)
+    out = tmp_path_factory.mktemp("lite0")
+    files = {}
+    for name, precision, fmt, io in [("fp32.tflite", "fp32", "tflite", None),
+                                     ("fp32.onnx", "fp32", "onnx", None),
+                                     ("int8.tflite", "int8", "tflite", "int8"),
+                                     ("uint8.tflite", "int8", "tflite", "uint8"),
+                                     ("float_io.tflite", "int8", "tflite", "float32"),
+                                     ("u8s8.onnx", "int8", "onnx", "uint8"),
+                                     ("s8s8.onnx", "int8", "onnx", "int8")]:
+        result = exporter.export(out / name, precision, fmt, io)
+        assert result.cosine > 0.95, (name, result)
+        files[name] = out / name
+    exporter.files = files
+    return exporter
+
+
+def raw_outputs(path, images) -> np.ndarray:
+    """Dequantized logits of a file, fed through the runtime's own preprocessing."""
+    clf = Classifier.from_file(path)
+    return np.stack([clf.io.dequantize(clf.backend.run(clf.preprocess(image))) for image in images])
+
+
+@pytest.mark.parametrize("name", ["fp32.tflite", "fp32.onnx"])
+def test_fp32_files_match_folded_pytorch(lite0, photos, name):
+    from model_export.folding import fold_batchnorm
+    folded = fold_batchnorm(lite0.model)
+    with torch.no_grad():
+        ref = folded(torch.from_numpy(nchw_batch(list(photos.values()), "lite0"))).numpy()
+    got = raw_outputs(lite0.files[name], list(photos.values()))
+    assert np.abs(got - ref).max() <= 1e-4 * np.abs(ref).max()
+
+
+def tflite_model(path) -> "tfl.ModelT":
+    return tfl.ModelT.InitFromObj(tfl.Model.GetRootAsModel(path.read_bytes(), 0))
+
+
+def test_int8_tflite_holds_no_float_tensor(lite0):
+    model = tflite_model(lite0.files["int8.tflite"])
+    types = collections.Counter(t.type for t in model.subgraphs[0].tensors)
+    assert tfl.TensorType.FLOAT32 not in types
+    assert set(types) == {tfl.TensorType.INT8, tfl.TensorType.INT32}
+    ops = {model.operatorCodes[o.opcodeIndex].builtinCode for o in model.subgraphs[0].operators}
+    assert ops == {tfl.BuiltinOperator.CONV_2D, tfl.BuiltinOperator.DEPTHWISE_CONV_2D,
+                   tfl.BuiltinOperator.ADD, tfl.BuiltinOperator.MEAN,
+                   tfl.BuiltinOperator.FULLY_CONNECTED}
+
+
+def test_float_io_only_at_the_edges(lite0):
+    sg = tflite_model(lite0.files["float_io.tflite"]).subgraphs[0]
+    floats = [i for i, t in enumerate(sg.tensors) if t.type == tfl.TensorType.FLOAT32]
+    assert sorted(floats) == sorted([sg.inputs[0], sg.outputs[0]])
+
+
+def delegated(path) -> tuple[int, bool]:
+    """(number of XNNPACK partitions, whether one partition runs the whole graph)."""
+    it = Interpreter(model_path=str(path))
+    it.allocate_tensors()
+    ops = it._get_ops_details()
+    delegates = [o for o in ops if o["op_name"] == "DELEGATE"]
+    original = [o for o in ops if o["op_name"] != "DELEGATE"]
+    if len(delegates) != 1:
+        return len(delegates), False
+    d = delegates[0]
+    consumed = set(d["inputs"].tolist())
+    weights = {i for o in original for i in o["inputs"].tolist()} - {
+        o for op in original for o in op["outputs"].tolist()}
+    whole = (it.get_input_details()[0]["index"] in consumed and weights <= consumed
+             and set(d["outputs"].tolist()) == {it.get_output_details()[0]["index"]})
+    return 1, whole
+
+
+@pytest.mark.parametrize("name", ["int8.tflite", "fp32.tflite", "float_io.tflite"])
+def test_every_op_is_taken_by_xnnpack(lite0, name):
+    partitions, whole = delegated(lite0.files[name])
+    assert partitions == 1 and whole
+
+
+def test_io_variants_compute_the_same_model(lite0, photos):
+    images = list(photos.values())
+    base = raw_outputs(lite0.files["int8.tflite"], images)
+    # uint8 and float32 I/O only re-encode the input exactly: identical integer outputs
+    for name in ("uint8.tflite", "float_io.tflite"):
+        assert np.array_equal(raw_outputs(lite0.files[name], images), base), name
+    # onnxruntime rounds intermediate requantizations its own way (and runs S8S8
+    # depthwise convs in float on x86): a few output steps apart, not more
+    step = lite0.quantized.act["logits"].scale
+    for name in ("u8s8.onnx", "s8s8.onnx"):
+        got = raw_outputs(lite0.files[name], images)
+        assert np.abs(got - base).mean() < 3 * step, name
+        assert got[1].argmax() == base[1].argmax() == 967, name   # the espresso is no near-tie
+
+
+def test_int8_onnx_and_tflite_agree_on_dev_photos(lite0, dev):
+    paths = [r["path"] for r in dev]
+    a = raw_outputs(lite0.files["int8.tflite"], paths)
+    b = raw_outputs(lite0.files["u8s8.onnx"], paths)
+    assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.99
+
+
+def test_onnxruntime_fuses_the_qdq_graph(lite0, tmp_path):
+    import onnx
+    import onnxruntime as ort
+    opts = ort.SessionOptions()
+    opts.optimized_model_filepath = str(tmp_path / "optimized.onnx")
+    opts.log_severity_level = 3
+    ort.InferenceSession(str(lite0.files["u8s8.onnx"]), opts, providers=["CPUExecutionProvider"])
+    ops = collections.Counter(n.op_type for n in onnx.load(opts.optimized_model_filepath).graph.node)
+    assert ops["QLinearConv"] == 49 and ops["QLinearAdd"] == 9 and ops["QGemm"] == 1
+    assert ops["Conv"] == 0 and ops["Add"] == 0
+
+
+def test_onnx_model_passes_the_checker(lite0):
+    import onnx
+    for name in ("fp32.onnx", "u8s8.onnx", "s8s8.onnx"):
+        onnx.checker.check_model(onnx.load(str(lite0.files[name])), full_check=True)
+
+
+def test_metadata_is_embedded(lite0):
+    import onnx
+    tfl_meta = ModelMetadata.from_json(read_metadata(lite0.files["uint8.tflite"].read_bytes())[METADATA_NAME])
+    props = {p.key: p.value for p in onnx.load(str(lite0.files["s8s8.onnx"])).metadata_props}
+    onnx_meta = ModelMetadata.from_json(props[METADATA_NAME])
+    for meta in (tfl_meta, onnx_meta):
+        assert meta.variant == "lite0" and meta.input_size == 224 and meta.precision == "int8"
+        assert meta.crop_pct == 0.875 and meta.interpolation == "bicubic"
+        assert len(meta.labels) == 1000 and meta.labels[967] == "espresso"
+        assert meta.calibration["method"] == "mse" and meta.calibration["images"] > 0
+        assert meta.exporter.startswith("effnet-lite-edge")
+    assert tfl_meta.layout == "NHWC" and onnx_meta.layout == "NCHW"
+    assert tfl_meta.input_dtype == "uint8" and tfl_meta.input_zero_point == 128
+    assert onnx_meta.input_dtype == "int8" and onnx_meta.input_zero_point == 0
+    fp32 = ModelMetadata.from_json(read_metadata(lite0.files["fp32.tflite"].read_bytes())[METADATA_NAME])
+    assert fp32.mean == [0.5] * 3 and fp32.precision == "fp32"
+
+
+def test_both_writers_serialize_the_same_parameters(lite0):
+    """The int8 ONNX initializers are the very arrays of the TFLite file."""
+    import onnx
+    from onnx import numpy_helper
+    inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(lite0.files["s8s8.onnx"])).graph.initializer}
+    sg = tflite_model(lite0.files["int8.tflite"]).subgraphs[0]
+    model = tflite_model(lite0.files["int8.tflite"])
+    by_name = {t.name.decode(): t for t in sg.tensors}
+    stem_w = by_name["t0/weights"]
+    data = np.frombuffer(model.buffers[stem_w.buffer].data.tobytes(), np.int8).reshape(stem_w.shape)
+    assert np.array_equal(data.transpose(0, 3, 1, 2), inits["t0/weight/q"])
+    assert np.allclose(stem_w.quantization.scale, inits["t0/weight/scale"])
+    checked = 0
+    for name, t in by_name.items():
+        if "/" not in name and f"{name}/scale" in inits:      # activations
+            assert np.isclose(t.quantization.scale[0], inits[f"{name}/scale"])
+            assert t.quantization.zeroPoint[0] == inits[f"{name}/zp"]
+            checked += 1
+    assert checked == 60      # one per op output
