@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -70,7 +71,9 @@ def ort_quantize_static(exporter: Exporter, calib: np.ndarray, eval_pixels: np.n
     return np.concatenate([sess.run(None, {"input": nchw(p)})[0] for p in eval_pixels]), out.stat().st_size
 
 
-def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, log=print) -> dict:
+def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_dir=None) -> dict:
+    """All figures for one variant; with `keep_dir`, the int8 TFLite and ONNX files of the
+    first estimator are kept there (as NAME_int8.tflite / NAME_int8.onnx)."""
     half = len(items) // 2
     calib_items, eval_items = items[:half], items[half:]
     exporter = Exporter(name, log=lambda m: None)
@@ -105,6 +108,8 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, log=p
             row[f"int8_{est}"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
                                   "bytes": path.stat().st_size}
             if est == estimators[0]:
+                if keep_dir is not None:
+                    shutil.copy(path, Path(keep_dir) / f"{name}_int8.tflite")
                 onnx_path = tmp / f"{est}.onnx"
                 exporter.export(onnx_path, "int8", "onnx", verify=False)
                 onnx_scores = _file_scores(onnx_path, eval_paths)
@@ -112,6 +117,8 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, log=p
                                     "top1": _top1(onnx_scores, labels),
                                     "same_top1_as_tflite": _agreement(onnx_scores, scores),
                                     "bytes": onnx_path.stat().st_size}
+                if keep_dir is not None:
+                    shutil.copy(onnx_path, Path(keep_dir) / f"{name}_int8.onnx")
         ranges, means = data_free_ranges(pixel_graph)
         exporter.use_ranges(ranges, {"method": "data-free", "images": 0}, means)
         path = tmp / "datafree.tflite"

@@ -95,6 +95,8 @@ class _Builder:
         self.model.description = description
         self.model.metadata = []
         for name, blob in metadata.items():
+            if not blob:
+                continue
             m = tfl.MetadataT()
             m.name, m.buffer = name, self.buffer(blob)
             self.model.metadata.append(m)

@@ -55,7 +55,8 @@ class ModelIO:
     def to_scores(self, raw: np.ndarray) -> np.ndarray:
         """Model output → class probabilities (float32, one row)."""
         out = self.dequantize(raw)
-        if self.output_is_probability:
+        if self.output_is_probability or (
+                self.metadata is None and out.min() >= 0 and abs(float(out.sum()) - 1) < 1e-3):
             return out
         e = np.exp(out - out.max())
         return e / e.sum()
@@ -108,8 +109,9 @@ def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
         is_prob = meta.output == "probabilities"
         labels = list(meta.labels) if meta.labels else imagenet_labels()
     else:
-        # Google's own EfficientNet-Lite files end in softmax (uint8, scale 1/256)
-        is_prob = backend.output.dtype == np.uint8 or (out_scale and abs(out_scale - 1 / 256) < 1e-6)
+        # Google's own EfficientNet-Lite files end in softmax: uint8 with scale 1/256
+        # (float outputs that already sum to one are recognised in to_scores)
+        is_prob = bool(out_scale) and abs(out_scale - 1 / 256) < 1e-6 and out_zp == 0
         labels = imagenet_labels()
     if n_out == len(labels) + 1:     # a leading "background" class
         labels = ["background"] + labels

@@ -97,16 +97,18 @@ def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int
         img = _to_rgb(ImageOps.exif_transpose(source))
         return img, img.size
     try:
-        if isinstance(source, (bytes, bytearray, memoryview)):
-            if not len(source):
-                raise ImageError(f"{name}: empty input (0 bytes)")
-            img = Image.open(io.BytesIO(source))
-        else:
-            if os.path.isdir(source):
-                raise ImageError(f"{name}: is a directory, not an image")
-            if os.path.getsize(source) == 0:
-                raise ImageError(f"{name}: empty file (0 bytes)")
-            img = Image.open(source)
+        with warnings.catch_warnings():     # our own limit below replaces Pillow's warning
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)
+            if isinstance(source, (bytes, bytearray, memoryview)):
+                if not len(source):
+                    raise ImageError(f"{name}: empty input (0 bytes)")
+                img = Image.open(io.BytesIO(source))
+            else:
+                if os.path.isdir(source):
+                    raise ImageError(f"{name}: is a directory, not an image")
+                if os.path.getsize(source) == 0:
+                    raise ImageError(f"{name}: empty file (0 bytes)")
+                img = Image.open(source)
         w, h = img.size
         if w * h > max_pixels:
             raise ImageError(f"{name}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the "

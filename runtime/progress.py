@@ -21,8 +21,14 @@ class Progress:
             self.stream.write(f"\r{self.desc} [{bar:<30}] {self.n}/{self.total} {rate:.1f}/s")
             self.stream.flush()
 
+    def clear(self) -> None:
+        """Erase the bar so that a line printed next starts clean."""
+        if self.enabled and self.n:
+            self.stream.write("\r\033[K")
+            self.stream.flush()
+
     def close(self) -> None:
-        if self.enabled:
+        if self.enabled and self.n:
             self.stream.write("\n")
             self.stream.flush()
 

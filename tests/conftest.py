@@ -71,3 +71,36 @@ def dev():
 @pytest.fixture(scope="session")
 def photos():
     return skimage_photos()
+
+
+@pytest.fixture(scope="session")
+def lite0_dev_report(tmp_path_factory):
+    """The quantization report's figures for Lite0 on the dev photos, with its int8 files."""
+    from model_export.report import report_variant
+    from runtime.dataset import labelled_images
+    dev_rows()
+    keep = tmp_path_factory.mktemp("lite0_report")
+    row = report_variant("lite0", labelled_images(DEV_DIR), estimators=("mse",), with_ort=True,
+                         keep_dir=keep)
+    return row, keep
+
+
+@pytest.fixture(scope="session")
+def lite0_files(tmp_path_factory):
+    """Lite0 files for runtime tests, calibrated on scikit-image's photos (any machine)."""
+    from model_export.export import Exporter
+    folder = photo_folder(tmp_path_factory.mktemp("calib"))
+    out = tmp_path_factory.mktemp("models")
+    exporter = Exporter("lite0", log=lambda m: None)
+    exporter.calibrate(folder, len(SKIMAGE_PHOTOS))
+    files = {}
+    for name, precision, fmt, io in [("int8.tflite", "int8", "tflite", "int8"),
+                                     ("uint8.tflite", "int8", "tflite", "uint8"),
+                                     ("fp32.tflite", "fp32", "tflite", None),
+                                     ("int8.onnx", "int8", "onnx", "uint8"),
+                                     ("fp32.onnx", "fp32", "onnx", None)]:
+        exporter.export(out / name, precision, fmt, io, verify=False)
+        files[name] = out / name
+    files["photos"] = folder
+    files["exporter"] = exporter
+    return files

@@ -1,0 +1,141 @@
+"""effnet-infer: classify photos with an exported EfficientNet-Lite model.
+
+Results go to stdout (a table per image, or JSON Lines with --json); diagnostics,
+progress and per-file errors go to stderr. Exit status: 0 all classified, 1 some inputs
+failed (the rest were still classified), 2 usage or model error.
+"""
+from __future__ import annotations
+
+import argparse
+import glob
+import json
+import os
+import sys
+from pathlib import Path
+
+from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
+                     ModelError, __version__)
+from runtime.backends import BACKENDS
+from runtime.dataset import IMAGE_SUFFIXES
+from runtime.progress import Progress
+
+EXAMPLES = """\
+examples:
+  effnet-infer photo.jpg --model lite0_int8.tflite
+  effnet-infer photos/ --model lite0_int8.tflite --top-k 3 --threshold 0.1
+  effnet-infer 'holiday/*.jpg' --model lite2_int8.onnx --threads 4 --json > results.jsonl
+  effnet-infer cat.png --model efficientnet-lite0-int8.tflite   (Google's own file works too)
+
+Directories are searched recursively for images. Quote glob patterns to let
+effnet-infer expand them (useful with many files).
+"""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="effnet-infer", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
+    p.add_argument("-m", "--model", required=True, help=".tflite or .onnx model file")
+    p.add_argument("-k", "--top-k", type=int, default=5, help="classes to show per image (5)")
+    p.add_argument("-t", "--threshold", type=float, default=0.0,
+                   help="hide classes scoring below this probability (0)")
+    p.add_argument("--threads", type=int, default=None, help="inference threads (backend default)")
+    p.add_argument("--backend", choices=list(BACKENDS), help="force a backend (default: by file type)")
+    p.add_argument("--json", action="store_true", help="one JSON object per image (JSON Lines)")
+    p.add_argument("-q", "--quiet", action="store_true",
+                   help="one line per image (top class only); no banner, timings or progress")
+    p.add_argument("--no-draft", action="store_true",
+                   help="decode JPEGs at full size (slower; pixel-exact with the reference transform)")
+    p.add_argument("--version", action="version", version=f"effnet-infer {__version__}")
+    args = p.parse_args(argv)
+    if args.top_k < 1:
+        p.error("--top-k must be at least 1")
+    if args.threads is not None and args.threads < 1:
+        p.error("--threads must be at least 1")
+    return args
+
+
+def expand(inputs: list[str]):
+    """Yield (path, error) for every input: files as given, directories walked, globs expanded."""
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            found = sorted(p for p in path.rglob("*")
+                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            if not found:
+                yield path, "no images found in this directory"
+            for p in found:
+                yield p, None
+        elif path.exists():
+            yield path, None
+        elif glob.has_magic(item):
+            matches = sorted(glob.glob(item, recursive=True))
+            if not matches:
+                yield path, "no file matches this pattern"
+            for m in matches:
+                yield Path(m), None
+        else:
+            yield path, "no such file or directory"
+
+
+def format_table(result, show_timing: bool) -> str:
+    head = f"{result.source}"
+    if show_timing:
+        total = result.preprocess_ms + result.inference_ms
+        head += (f"  ({total:.1f} ms: preprocess {result.preprocess_ms:.1f}, "
+                 f"inference {result.inference_ms:.1f})")
+    lines = [head]
+    for rank, c in enumerate(result.categories, 1):
+        lines.append(f"  {rank}. {c.score:6.1%}  {c.label}  [{c.index}]")
+    if not result.categories:
+        lines.append("  (no class above the threshold)")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    options = ClassifierOptions(max_results=args.top_k, score_threshold=args.threshold,
+                                num_threads=args.threads, backend=args.backend,
+                                draft=not args.no_draft)
+    try:
+        clf = Classifier.from_file(args.model, options)
+    except (ModelError, BackendUnavailableError) as e:
+        print(f"effnet-infer: error: {e}", file=sys.stderr)
+        return 2
+    if not args.quiet:
+        meta = clf.metadata
+        what = (f"{meta.variant} {meta.precision}" if meta else "no metadata: defaults from input size")
+        if meta and meta.untrained:
+            what += ", UNTRAINED random weights"
+        print(f"model: {args.model} ({what}; {clf.backend.name}, "
+              f"{clf.io.config.size}px {clf.io.config.interpolation})", file=sys.stderr)
+    items = list(expand(args.images))
+    failures = 0
+    bar = Progress(len(items), "classifying", enabled=None if len(items) > 3 and not args.quiet else False)
+    with clf:
+        for path, problem in items:
+            if problem is None:
+                try:
+                    result = clf.classify(path)
+                except ImageError as e:
+                    problem = str(e).removeprefix(f"{path}: ")
+            if problem is not None:
+                failures += 1
+                bar.clear()
+                print(f"effnet-infer: {path}: {problem}", file=sys.stderr)
+            elif args.json:
+                print(json.dumps(result.to_dict()))
+            elif args.quiet:
+                top = result.categories[0] if result.categories else None
+                print(f"{path}\t{top.label}\t{top.score:.4f}" if top else f"{path}\t-\t-")
+            else:
+                bar.clear()
+                print(format_table(result, show_timing=True))
+            sys.stdout.flush()
+            bar.update()
+    bar.close()
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

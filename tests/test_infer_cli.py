@@ -1,0 +1,111 @@
+"""effnet-infer as a user meets it: output formats, exit codes, bad inputs, and the same
+answers as the Python API and the export report on the dev photos."""
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from apps.infer import main
+from runtime import Classifier
+
+
+def run_cli(*args):
+    """Run the installed entry point in a fresh process (as a user does)."""
+    proc = subprocess.run([sys.executable, "-m", "apps.infer", *map(str, args)],
+                          capture_output=True, text=True, timeout=300)
+    return proc.returncode, proc.stdout, proc.stderr
+
+
+def test_table_output(lite0_files, capsys):
+    assert main([str(lite0_files["photos"] / "coffee.jpg"), "--model",
+                 str(lite0_files["int8.tflite"]), "--top-k", "3"]) == 0
+    out, err = capsys.readouterr()
+    lines = out.strip().splitlines()
+    assert lines[0].startswith(str(lite0_files["photos"] / "coffee.jpg")) and "ms" in lines[0]
+    assert "1." in lines[1] and "espresso  [967]" in lines[1] and len(lines) == 4
+    assert "model:" in err and "lite0 int8" in err
+
+
+def test_json_lines_directory_and_glob(lite0_files, capsys):
+    photos = lite0_files["photos"]
+    assert main([str(photos), str(photos / "c*.jpg"), "--model", str(lite0_files["int8.onnx"]),
+                 "--json", "-k", "2", "--threshold", "0.0"]) == 0
+    rows = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    n = len(list(photos.glob("*.jpg"))) + len(list(photos.glob("c*.jpg")))
+    assert len(rows) == n
+    assert all(len(r["categories"]) == 2 and {"index", "label", "score"} <= set(r["categories"][0]) for r in rows)
+    coffee = next(r for r in rows if r["source"].endswith("coffee.jpg"))
+    assert coffee["categories"][0]["index"] == 967 and coffee["inference_ms"] > 0
+
+
+def test_quiet(lite0_files, capsys):
+    assert main([str(lite0_files["photos"] / "coffee.jpg"), "-m", str(lite0_files["fp32.tflite"]), "-q"]) == 0
+    out, err = capsys.readouterr()
+    path, label, score = out.strip().split("\t")
+    assert label == "espresso" and 0 < float(score) <= 1 and "model:" not in err
+
+
+def test_some_inputs_fail_others_still_classified(lite0_files, tmp_path):
+    bad = tmp_path / "notes.jpg"
+    bad.write_text("not an image")
+    zero = tmp_path / "zero.jpg"
+    zero.write_bytes(b"")
+    trunc = tmp_path / "trunc.jpg"
+    trunc.write_bytes((lite0_files["photos"] / "rocket.jpg").read_bytes()[:2000])
+    empty_dir = tmp_path / "empty"
+    empty_dir.mkdir()
+    good = lite0_files["photos"] / "coffee.jpg"
+    code, out, err = run_cli(good, bad, zero, trunc, empty_dir, tmp_path / "missing.jpg",
+                             "--model", lite0_files["int8.tflite"], "--json")
+    assert code == 1
+    assert [json.loads(line)["categories"][0]["index"] for line in out.splitlines()] == [967]
+    errors = [line for line in err.splitlines() if line.startswith("effnet-infer:")]
+    assert len(errors) == 5
+    assert any("notes.jpg: not an image" in e for e in errors)
+    assert any("zero.jpg: empty file" in e for e in errors)
+    assert any("trunc.jpg: cannot decode image" in e for e in errors)
+    assert any("empty: no images found" in e for e in errors)
+    assert any("missing.jpg: no such file" in e for e in errors)
+    assert "Traceback" not in err
+
+
+def test_model_errors_exit_2_without_traceback(lite0_files, tmp_path):
+    text = tmp_path / "model.tflite"
+    text.write_text("hello")
+    for model in (text, tmp_path / "absent.onnx"):
+        code, out, err = run_cli(lite0_files["photos"] / "coffee.jpg", "--model", model)
+        assert code == 2 and out == "" and "Traceback" not in err
+        assert len(err.strip().splitlines()) == 1 and err.startswith("effnet-infer: error:")
+
+
+def test_usage(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0 and "examples:" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as e:
+        main(["x.jpg"])
+    assert e.value.code == 2
+    with pytest.raises(SystemExit) as e:
+        main(["--version"])
+    assert "effnet-infer 0." in capsys.readouterr().out
+
+
+def test_cli_matches_api_and_report_on_dev_photos(lite0_dev_report):
+    """effnet-infer on the evaluation half of the dev photos: the same top-1 as the API,
+    and exactly the accuracy the export report states for the same files."""
+    from conftest import DEV_DIR
+    from runtime.dataset import labelled_images
+    row, folder = lite0_dev_report
+    items = labelled_images(DEV_DIR)[100:]
+    labels = np.array([label for _, label in items])
+    for name, key in (("lite0_int8.tflite", "int8_mse"), ("lite0_int8.onnx", "int8_onnx")):
+        model = folder / name
+        code, out, err = run_cli(*[p for p, _ in items], "--model", model, "--json", "-k", "1")
+        assert code == 0, err
+        cli_top = np.array([json.loads(line)["categories"][0]["index"] for line in out.splitlines()])
+        clf = Classifier.from_file(model)
+        api_top = np.array([clf.classify(p).categories[0].index for p, _ in items])
+        assert np.array_equal(cli_top, api_top)
+        assert np.mean(cli_top == labels) == pytest.approx(row[key]["top1"])
