@@ -13,7 +13,7 @@ import warnings
 from dataclasses import dataclass
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import ImageError
 
@@ -48,6 +48,19 @@ class PreprocessConfig:
         short, long = (width, height) if width <= height else (height, width)
         new_short, new_long = self.resize_size, int(self.resize_size * long / short)
         return (new_short, new_long) if width <= height else (new_long, new_short)
+
+
+_ORIENTATION = 0x0112
+# EXIF orientation → the transpose that makes the image upright (as ImageOps.exif_transpose,
+# which also copies the image even when nothing changes: 1.5 ms for a 640x480 photo)
+_TRANSPOSES = {2: Image.Transpose.FLIP_LEFT_RIGHT, 3: Image.Transpose.ROTATE_180,
+               4: Image.Transpose.FLIP_TOP_BOTTOM, 5: Image.Transpose.TRANSPOSE,
+               6: Image.Transpose.ROTATE_270, 7: Image.Transpose.TRANSVERSE,
+               8: Image.Transpose.ROTATE_90}
+
+
+def _upright(img: Image.Image, orientation: int) -> Image.Image:
+    return img.transpose(_TRANSPOSES[orientation]) if orientation in _TRANSPOSES else img
 
 
 def _describe(source) -> str:
@@ -94,7 +107,7 @@ def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int
         img = Image.fromarray(source, "RGB")
         return img, img.size
     if isinstance(source, Image.Image):
-        img = _to_rgb(ImageOps.exif_transpose(source))
+        img = _to_rgb(_upright(source, source.getexif().get(_ORIENTATION, 1)))
         return img, img.size
     try:
         with warnings.catch_warnings():     # our own limit below replaces Pillow's warning
@@ -113,9 +126,8 @@ def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int
         if w * h > max_pixels:
             raise ImageError(f"{name}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the "
                              f"{max_pixels / 1e6:.0f}-megapixel safety limit (decompression-bomb guard)")
-        # exif orientation 5-8 swaps the axes after decoding
-        swapped = img.format in ("JPEG", "MPO", "TIFF", "PNG", "WEBP") and \
-            img.getexif().get(0x0112, 1) in (5, 6, 7, 8)
+        orientation = img.getexif().get(_ORIENTATION, 1)
+        swapped = orientation in (5, 6, 7, 8)       # these orientations swap the axes
         upright = (h, w) if swapped else (w, h)
         if draft_config is not None and img.format == "JPEG":
             tw, th = draft_config.resized_dims(*upright)
@@ -123,7 +135,7 @@ def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
             img.load()
-        return _to_rgb(ImageOps.exif_transpose(img)), upright
+        return _to_rgb(_upright(img, orientation)), upright
     except ImageError:
         raise
     except FileNotFoundError:
@@ -149,7 +161,7 @@ def resize_crop(img: Image.Image, config: PreprocessConfig, original_size=None) 
     s = config.size
     top, left = int(round((th - s) / 2.0)), int(round((tw - s) / 2.0))
     arr = np.asarray(img)
-    if top < 0 or left < 0:  # crop_pct > 1 style inputs: pad like torchvision's CenterCrop
+    if top < 0 or left < 0:  # crop larger than the image: pad like torchvision's CenterCrop
         arr = np.pad(arr, ((max(-top, 0), max(s - th - max(-top, 0), 0)),
                            (max(-left, 0), max(s - tw - max(-left, 0), 0)), (0, 0)))
         top, left = max(top, 0), max(left, 0)
