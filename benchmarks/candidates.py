@@ -1,0 +1,144 @@
+"""What a latency benchmark times: model files on a backend, or PyTorch eager fp32.
+
+Every candidate offers the same two calls: `invoke()` on a prepared input tensor, and
+`end_to_end(jpeg)` from JPEG bytes to the top-5 classes.
+"""
+from __future__ import annotations
+
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from runtime import Classifier, ClassifierOptions
+
+
+@dataclass
+class Candidate:
+    label: str
+    kind: str                   # "file" or "torch"
+    threads: int
+    backend: str
+    variant: str = ""
+    precision: str = ""
+    path: Path | None = None
+    size_bytes: int = 0
+    load_ms: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    def load(self) -> None:
+        raise NotImplementedError
+
+    def invoke(self) -> None:
+        raise NotImplementedError
+
+    def end_to_end(self, jpeg: bytes):
+        raise NotImplementedError
+
+
+class FileCandidate(Candidate):
+    def load(self):
+        start = time.perf_counter()
+        self.clf = Classifier.from_file(self.path, ClassifierOptions(
+            max_results=5, num_threads=self.threads, backend=self.backend))
+        self.load_ms = (time.perf_counter() - start) * 1e3
+        meta = self.clf.metadata
+        self.variant = meta.variant if meta else ""
+        self.precision = meta.precision if meta else str(self.clf.io.input_dtype)
+        size = self.clf.io.config.size
+        self.x = self.clf.io.to_input(np.full((size, size, 3), 128, np.uint8))
+
+    def invoke(self):
+        self.clf.backend.run(self.x)
+
+    def end_to_end(self, jpeg):
+        return self.clf.classify(jpeg)
+
+
+class TorchCandidate(Candidate):
+    """PyTorch eager fp32: the unfolded model as a user would run it, with torchvision-
+    style float preprocessing (decode, resize, crop, normalize, to tensor)."""
+
+    def load(self):
+        import torch
+        from model_export.weights import load_model
+        from runtime.preprocess import PreprocessConfig
+        self.torch = torch
+        start = time.perf_counter()
+        torch.set_num_threads(self.threads)
+        random_init = self.extra.get("random_init", False)
+        self.model = load_model(self.variant, random_init=random_init)
+        v = self.model.variant
+        self.config = PreprocessConfig(self.model.input_size, v.crop_pct, v.interpolation, v.mean, v.std)
+        self.x = torch.zeros(1, 3, self.model.input_size, self.model.input_size)
+        with torch.no_grad():
+            self.model(self.x)
+        self.load_ms = (time.perf_counter() - start) * 1e3
+
+    def invoke(self):
+        self.torch.set_num_threads(self.threads)   # torch's setting is global: set it per call
+        with self.torch.no_grad():
+            self.model(self.x)
+
+    def end_to_end(self, jpeg):
+        from runtime.preprocess import normalize, preprocess
+        torch = self.torch
+        torch.set_num_threads(self.threads)
+        v = self.model.variant
+        x = normalize(preprocess(jpeg, self.config, draft=False), v.mean, v.std)
+        with torch.no_grad():
+            logits = self.model(torch.from_numpy(x.transpose(2, 0, 1).copy())[None])
+        return torch.softmax(logits, 1).topk(5)
+
+
+def file_candidates(paths, threads, backends=None) -> list[Candidate]:
+    from runtime.backends import KIND_BY_SUFFIX, available_backends
+    out = []
+    for path in map(Path, paths):
+        kind = KIND_BY_SUFFIX.get(path.suffix.lower())
+        names = [b for b in (backends or available_backends(kind)[:1]) if b in available_backends(kind)]
+        for backend in names:
+            for n in threads:
+                out.append(FileCandidate(f"{path.name} [{backend}]", "file", n, backend, path=path,
+                                         size_bytes=path.stat().st_size))
+    return out
+
+
+def torch_candidates(variants, threads, random_init=False) -> list[Candidate]:
+    return [TorchCandidate(f"{v} fp32 [torch eager]", "torch", n, "torch", variant=v,
+                           precision="fp32", extra={"random_init": random_init})
+            for v in variants for n in threads]
+
+
+def peak_rss_mb(candidate: Candidate) -> float | None:
+    """Peak resident memory of a fresh process that loads the candidate and runs it."""
+    import json
+    import subprocess
+    import sys
+    code = ("import json, resource, sys\n"
+            "from benchmarks.candidates import FileCandidate, TorchCandidate\n"
+            "from pathlib import Path\n"
+            "c = json.loads(sys.argv[1]); cls = TorchCandidate if c['kind'] == 'torch' else FileCandidate\n"
+            "cand = cls(c['label'], c['kind'], c['threads'], c['backend'], variant=c['variant'],"
+            " path=Path(c['path']) if c['path'] else None, extra=c['extra'])\n"
+            "cand.load(); [cand.invoke() for _ in range(3)]\n"
+            # VmHWM belongs to this process's own address space; ru_maxrss would carry the
+            # parent's peak across fork/exec on Linux
+            "try:\n"
+            "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
+            "    print(int(hwm.split()[1]) / 1024)\n"
+            "except (OSError, IndexError):\n"
+            "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+    spec = {"label": candidate.label, "kind": candidate.kind, "threads": candidate.threads,
+            "backend": candidate.backend, "variant": candidate.variant,
+            "path": str(candidate.path) if candidate.path else "", "extra": candidate.extra}
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(root), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run([sys.executable, "-c", code, json.dumps(spec)], capture_output=True,
+                          text=True, timeout=600, env=env)
+    try:
+        return float(proc.stdout.strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return None

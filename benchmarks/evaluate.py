@@ -1,0 +1,120 @@
+"""effnet-eval: accuracy of model files (and optionally PyTorch fp32) on a labelled folder.
+
+Reports top-1, top-5 and agreement with a reference model: the share of images with the
+same top-1 class, and the mean KL divergence KL(reference || model) of the class
+probabilities. Folders: labels.csv (file, class_index), synset sub-folders
+(n01440764/...), or wnid-prefixed file names (n01440764_xxx.JPEG).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError, __version__
+from runtime.dataset import DatasetError, labelled_images
+from runtime.progress import track
+
+
+def file_scorer(path, threads):
+    clf = Classifier.from_file(path, ClassifierOptions(num_threads=threads))
+    return lambda image: clf.scores(clf.preprocess(image))
+
+
+def torch_scorer(variant, threads):
+    import torch
+    from model_export.weights import load_model
+    from runtime.preprocess import PreprocessConfig, normalize, preprocess
+    torch.set_num_threads(threads or torch.get_num_threads())
+    model = load_model(variant)
+    v = model.variant
+    cfg = PreprocessConfig(model.input_size, v.crop_pct, v.interpolation, v.mean, v.std)
+
+    def score(image):
+        x = normalize(preprocess(image, cfg), v.mean, v.std).transpose(2, 0, 1).copy()
+        with torch.no_grad():
+            return torch.softmax(model(torch.from_numpy(x)[None]), 1)[0].numpy()
+    return score
+
+
+def evaluate(name, scorer, items) -> tuple[dict, np.ndarray, list]:
+    """(figures, probabilities (N, classes), indices of images that failed to load)."""
+    probs, failed = [], []
+    for i, (path, _) in enumerate(track(items, desc=f"evaluating {name}")):
+        try:
+            probs.append(scorer(path))
+        except ImageError as e:
+            print(f"effnet-eval: {e}", file=sys.stderr)
+            failed.append(i)
+            probs.append(None)
+    ok = [i for i, p in enumerate(probs) if p is not None]
+    p = np.stack([probs[i] for i in ok]) if ok else np.zeros((0, 1000))
+    labels = np.array([items[i][1] for i in ok])
+    top5 = np.argsort(-p, axis=1)[:, :5]
+    figures = {"model": name, "images": len(ok), "failed": len(failed),
+               "top1": float(np.mean(top5[:, 0] == labels)) if ok else 0.0,
+               "top5": float(np.mean((top5 == labels[:, None]).any(1))) if ok else 0.0}
+    full = np.full((len(items), p.shape[1]), np.nan)
+    full[ok] = p
+    return figures, full, failed
+
+
+def agreement(ref: np.ndarray, other: np.ndarray) -> dict:
+    both = ~(np.isnan(ref).any(1) | np.isnan(other).any(1))
+    r, o = ref[both], other[both]
+    eps = 1e-12
+    kl = np.sum(r * (np.log(r + eps) - np.log(o + eps)), axis=1)
+    return {"top1_agreement": float(np.mean(r.argmax(1) == o.argmax(1))),
+            "mean_kl": max(float(kl.mean()), 0.0)}   # rounding can dip a hair below 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="effnet-eval", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter,
+                                epilog="example:\n  effnet-eval lite0_int8.tflite lite0_int8.onnx "
+                                       "--torch lite0 --data ../shared/data/imagenet-sample-dev")
+    p.add_argument("models", nargs="*", type=Path)
+    p.add_argument("--data", type=Path, required=True, help="labelled image folder")
+    p.add_argument("--torch", default="", metavar="VARIANTS", help="also evaluate PyTorch fp32")
+    p.add_argument("--reference", help="model (file name or torch:VARIANT) to compare against "
+                                       "(default: the first torch model, else the first file)")
+    p.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
+    p.add_argument("--threads", type=int)
+    p.add_argument("--json", type=Path)
+    p.add_argument("--version", action="version", version=f"effnet-eval {__version__}")
+    args = p.parse_args(argv)
+    variants = [v for v in args.torch.split(",") if v]
+    if not args.models and not variants:
+        p.error("give model files and/or --torch VARIANTS")
+    try:
+        items = labelled_images(args.data)[:args.limit]
+        scorers = [(f"torch:{v}", torch_scorer(v, args.threads)) for v in variants]
+        scorers += [(m.name, file_scorer(m, args.threads)) for m in args.models]
+    except (DatasetError, ModelError, BackendUnavailableError) as e:
+        print(f"effnet-eval: error: {e}", file=sys.stderr)
+        return 2
+    results, probs = [], {}
+    for name, scorer in scorers:
+        figures, probs[name], _ = evaluate(name, scorer, items)
+        results.append(figures)
+    ref = args.reference or scorers[0][0]
+    if ref not in probs:
+        print(f"effnet-eval: error: --reference {ref} is not among the evaluated models", file=sys.stderr)
+        return 2
+    for r in results:
+        r.update({"reference": ref, **agreement(probs[ref], probs[r["model"]])})
+    print(f"{len(items)} images from {args.data}; reference for agreement: {ref}")
+    print(f"{'model':<32} {'top-1':>7} {'top-5':>7} {'agree':>7} {'KL':>8} {'failed':>7}")
+    for r in results:
+        print(f"{r['model']:<32} {r['top1']:>7.1%} {r['top5']:>7.1%} {r['top1_agreement']:>7.1%} "
+              f"{r['mean_kl']:>8.4f} {r['failed']:>7}")
+    if args.json:
+        args.json.write_text(json.dumps({"data": str(args.data), "images": len(items), "results": results}, indent=2))
+    return 1 if any(r["failed"] for r in results) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

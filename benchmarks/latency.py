@@ -1,0 +1,229 @@
+"""effnet-bench: latency of model files (and PyTorch eager fp32) side by side, in one run.
+
+Candidates run interleaved, round-robin, so machine drift touches all of them alike;
+ratios to the baseline are taken per round and reported as medians.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from runtime import BackendUnavailableError, ModelError, __version__
+from runtime.progress import Progress
+
+from .candidates import file_candidates, peak_rss_mb, torch_candidates
+from .machine import machine_info
+from .photos import SIZES, decode, make_jpegs, source_photo
+from .stats import median_ratio, summarize
+
+EXAMPLES = """\
+examples:
+  effnet-bench lite0_int8.tflite lite0_fp32.tflite --torch lite0 --threads 1,2
+  effnet-bench models/*.tflite models/*.onnx --torch lite0 --json bench.json --plot bench.png
+  effnet-bench lite0_int8.tflite --quick          (a few seconds; for CI or a first look)
+  effnet-bench lite0_int8.tflite --all-backends   (LiteRT and tflite-runtime, if both installed)
+"""
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="effnet-bench", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("models", nargs="*", type=Path, help=".tflite / .onnx files")
+    p.add_argument("--torch", default="", metavar="VARIANTS",
+                   help="add PyTorch eager fp32 of these variants (e.g. lite0,lite2): the baseline")
+    p.add_argument("--torch-random-init", action="store_true",
+                   help="allow untrained PyTorch Lite3/4 (latency does not depend on weights)")
+    p.add_argument("--threads", default="1,2", help="thread counts to try (1,2)")
+    p.add_argument("--backends", help="backends to use (default: the first installed per file type)")
+    p.add_argument("--all-backends", action="store_true", help="every installed backend per file")
+    p.add_argument("--mode", default="invoke,e2e",
+                   help="invoke (prepared tensor) and/or e2e (JPEG bytes to top-5)")
+    p.add_argument("--photo", type=Path, help="photo for e2e (default: scikit-image's coffee)")
+    p.add_argument("--runs", type=int, default=60, help="timed rounds (60)")
+    p.add_argument("--warmup", type=int, default=5, help="untimed runs per candidate first (5)")
+    p.add_argument("--baseline", help="label prefix of the baseline (default: first torch, else first)")
+    p.add_argument("--no-rss", action="store_true", help="skip peak-RSS measurement (a process each)")
+    p.add_argument("--quick", action="store_true", help="5 rounds, 1 warm-up: a smoke run")
+    p.add_argument("--json", type=Path, help="write every figure and the machine here")
+    p.add_argument("--plot", type=Path, help="write a PNG chart (needs matplotlib)")
+    p.add_argument("--accuracy", type=Path, help="effnet-eval --json output, for the plot")
+    p.add_argument("--version", action="version", version=f"effnet-bench {__version__}")
+    args = p.parse_args(argv)
+    if args.quick:
+        args.runs, args.warmup = 5, 1
+    args.threads = [int(t) for t in args.threads.split(",") if t]
+    args.modes = [m for m in args.mode.split(",") if m]
+    if any(m not in ("invoke", "e2e") for m in args.modes):
+        p.error("--mode takes invoke and/or e2e")
+    if not args.models and not args.torch:
+        p.error("give model files and/or --torch VARIANTS")
+    if args.runs < 1 or any(t < 1 for t in args.threads):
+        p.error("--runs and --threads must be positive")
+    return args
+
+
+def timed_rounds(tasks: dict, runs: int, warmup: int, desc: str) -> dict[str, list]:
+    """Run every task `warmup` times, then `runs` rounds, one call of each per round."""
+    for fn in tasks.values():
+        for _ in range(warmup):
+            fn()
+    times = {name: [] for name in tasks}
+    with Progress(runs, desc) as bar:
+        for _ in range(runs):
+            for name, fn in tasks.items():
+                start = time.perf_counter()
+                fn()
+                times[name].append(time.perf_counter() - start)
+            bar.update()
+    return times
+
+
+def run(args) -> dict:
+    cands = file_candidates(args.models, args.threads,
+                            args.backends.split(",") if args.backends else
+                            (["litert", "tflite-runtime", "tensorflow", "onnxruntime"] if args.all_backends else None))
+    variants = [v for v in args.torch.split(",") if v]
+    cands += torch_candidates(variants, args.threads, args.torch_random_init)
+    if not cands:
+        raise ModelError("no candidate can run here (no backend installed for these files?)")
+    for c in cands:
+        print(f"loading {c.label} ({c.threads} thread{'s' * (c.threads > 1)})", file=sys.stderr)
+        c.load()
+    baseline = next((c for c in cands if args.baseline and c.label.startswith(args.baseline)),
+                    next((c for c in cands if c.kind == "torch"), cands[0]))
+    key = {id(c): f"{c.label} x{c.threads}" for c in cands}
+    report = {"machine": machine_info(), "config": {"runs": args.runs, "warmup": args.warmup,
+                                                    "threads": args.threads, "modes": args.modes},
+              "baseline": key[id(baseline)], "candidates": []}
+    rows = {key[id(c)]: {"label": c.label, "kind": c.kind, "backend": c.backend, "threads": c.threads,
+                         "variant": c.variant, "precision": c.precision, "load_ms": c.load_ms,
+                         "size_bytes": c.size_bytes, "path": str(c.path or "")} for c in cands}
+    if "invoke" in args.modes:
+        times = timed_rounds({key[id(c)]: c.invoke for c in cands}, args.runs, args.warmup, "invoke")
+        for name, t in times.items():
+            rows[name]["invoke"] = summarize(t)
+            rows[name]["invoke"]["speedup_vs_baseline"] = median_ratio(times[report["baseline"]], t)
+    if "e2e" in args.modes:
+        jpegs = make_jpegs(source_photo(args.photo))
+        tasks = {}
+        for size, jpeg in jpegs.items():
+            tasks[("decode", size)] = (lambda j=jpeg: decode(j))
+            for c in cands:
+                tasks[(key[id(c)], size)] = (lambda c=c, j=jpeg: c.end_to_end(j))
+        times = timed_rounds(tasks, args.runs, max(1, args.warmup // 2), "end to end")
+        report["jpeg_decode"] = {size: summarize(times[("decode", size)]) for size in jpegs}
+        report["jpeg_bytes"] = {size: len(j) for size, j in jpegs.items()}
+        for c in cands:
+            name = key[id(c)]
+            rows[name]["e2e"] = {size: summarize(times[(name, size)]) for size in jpegs}
+            rows[name]["e2e"]["12MP_over_640x480"] = median_ratio(times[(name, "12MP")], times[(name, "640x480")])
+            rows[name]["e2e"]["speedup_vs_baseline_640x480"] = median_ratio(
+                times[(report["baseline"], "640x480")], times[(name, "640x480")])
+            if "invoke" in args.modes:
+                inv = rows[name]["invoke"]["median_ms"]
+                dec = report["jpeg_decode"]["640x480"]["median_ms"]
+                rows[name]["e2e"]["640x480_over_invoke_plus_decode"] = \
+                    rows[name]["e2e"]["640x480"]["median_ms"] / (inv + dec)
+    if not args.no_rss:
+        for c in cands:
+            rows[key[id(c)]]["peak_rss_mb"] = peak_rss_mb(c)
+    report["candidates"] = list(rows.values())
+    for name, row in rows.items():
+        row["name"] = name
+    report["checks"] = checks(report)
+    return report
+
+
+def checks(report) -> list[dict]:
+    """The project's speed targets, read off this run's own figures."""
+    out = []
+    rows = report["candidates"]
+
+    def find(**kw):
+        return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
+
+    for r in rows:
+        if r["kind"] != "file" or r["precision"] != "int8" or "invoke" not in r:
+            continue
+        torch = find(kind="torch", variant=r["variant"], threads=r["threads"])
+        if torch and r["threads"] == 1 and r["path"].endswith(".tflite"):
+            ratio = torch[0]["invoke"]["median_ms"] / r["invoke"]["median_ms"]
+            out.append({"check": f"{r['name']} vs PyTorch eager fp32 (1 thread)", "ratio": ratio,
+                        "target": ">= 4.5x faster", "ok": ratio >= 4.5})
+        fp32 = [f for f in find(kind="file", variant=r["variant"], threads=r["threads"],
+                                backend=r["backend"], precision="fp32") if "invoke" in f]
+        if fp32:
+            ratio = fp32[0]["invoke"]["median_ms"] / r["invoke"]["median_ms"]
+            out.append({"check": f"{r['name']}: int8 vs fp32 on {r['backend']}", "ratio": ratio,
+                        "target": "> 1x (int8 faster)", "ok": ratio > 1})
+        e2e = r.get("e2e", {})
+        if "640x480_over_invoke_plus_decode" in e2e:
+            ratio = e2e["640x480_over_invoke_plus_decode"]
+            out.append({"check": f"{r['name']}: e2e 640x480 / (invoke + decode)", "ratio": ratio,
+                        "target": "<= 1.3", "ok": ratio <= 1.3})
+        if "12MP_over_640x480" in e2e:
+            ratio = e2e["12MP_over_640x480"]
+            out.append({"check": f"{r['name']}: e2e 12MP / e2e 640x480", "ratio": ratio,
+                        "target": "<= 3", "ok": ratio <= 3})
+    return out
+
+
+def print_report(report) -> None:
+    m = report["machine"]
+    print(f"machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}; "
+          f"{report['config']['runs']} interleaved rounds; baseline: {report['baseline']}")
+    rows = report["candidates"]
+    if any("invoke" in r for r in rows):
+        print("\ninvoke (prepared input tensor)")
+        print(f"{'candidate':<44} {'thr':>3} {'load ms':>8} {'median':>8} {'p90':>8} {'p99':>8} "
+              f"{'mean':>8} {'min':>8} {'img/s':>7} {'speedup':>8} {'MB':>6} {'RSS MB':>7}")
+        for r in rows:
+            s = r["invoke"]
+            rss = f"{r['peak_rss_mb']:.0f}" if r.get("peak_rss_mb") else "-"
+            print(f"{r['label']:<44} {r['threads']:>3} {r['load_ms']:>8.0f} {s['median_ms']:>8.2f} "
+                  f"{s['p90_ms']:>8.2f} {s['p99_ms']:>8.2f} {s['mean_ms']:>8.2f} {s['min_ms']:>8.2f} "
+                  f"{s['throughput_per_s']:>7.1f} {s['speedup_vs_baseline']:>7.2f}x "
+                  f"{r['size_bytes'] / 1e6:>6.1f} {rss:>7}")
+    if any("e2e" in r for r in rows):
+        sizes = list(SIZES)
+        dec = report["jpeg_decode"]
+        print("\nend to end: JPEG bytes -> top-5 (median ms; plain JPEG decode: "
+              + ", ".join(f"{s} {dec[s]['median_ms']:.2f}" for s in sizes) + ")")
+        print(f"{'candidate':<44} {'thr':>3} " + " ".join(f"{s:>9}" for s in sizes)
+              + f" {'e2e/(inv+dec)':>13} {'12MP/VGA':>9} {'speedup':>8}")
+        for r in rows:
+            e = r["e2e"]
+            ratio = e.get("640x480_over_invoke_plus_decode")
+            print(f"{r['label']:<44} {r['threads']:>3} " + " ".join(f"{e[s]['median_ms']:>9.2f}" for s in sizes)
+                  + f" {ratio:>13.2f}" if ratio is not None else "", end="")
+            print(f" {e['12MP_over_640x480']:>9.2f} {e['speedup_vs_baseline_640x480']:>7.2f}x")
+    if report["checks"]:
+        print("\ntargets (ratios measured in this run)")
+        for c in report["checks"]:
+            print(f"  [{'ok' if c['ok'] else 'MISSED'}] {c['check']}: {c['ratio']:.2f} (target {c['target']})")
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        report = run(args)
+    except (ModelError, BackendUnavailableError) as e:
+        print(f"effnet-bench: error: {e}", file=sys.stderr)
+        return 2
+    print_report(report)
+    if args.json:
+        args.json.write_text(json.dumps(report, indent=2))
+        print(f"wrote {args.json}", file=sys.stderr)
+    if args.plot:
+        from .plot import plot_report
+        accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
+        plot_report(report, args.plot, accuracy)
+        print(f"wrote {args.plot}", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The JPEGs an end-to-end benchmark decodes: one real photo at the sizes users meet."""
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+# name → (width, height): a typical web photo, a camera frame, a 12-megapixel phone photo
+SIZES = {"500x375": (500, 375), "640x480": (640, 480), "12MP": (4000, 3000)}
+
+
+def source_photo(path: str | Path | None) -> Image.Image:
+    if path is not None:
+        return Image.open(path).convert("RGB")
+    try:
+        from skimage import data
+    except ImportError:
+        raise SystemExit("effnet-bench: give --photo FILE (or install scikit-image for a default photo)")
+    return Image.fromarray(data.coffee())
+
+
+def make_jpegs(photo: Image.Image, sizes=SIZES, quality: int = 90) -> dict[str, bytes]:
+    """The photo resized (and, for 12 MP, upscaled with fine grain added so the file
+    decodes like a camera JPEG rather than a smooth one) and encoded as JPEG."""
+    out = {}
+    rng = np.random.default_rng(0)
+    for name, (w, h) in sizes.items():
+        img = photo.resize((w, h), Image.BICUBIC)
+        if w * h > photo.width * photo.height:
+            arr = np.asarray(img).astype(np.int16) + rng.integers(-6, 7, (h, w, 3), dtype=np.int16)
+            img = Image.fromarray(np.clip(arr, 0, 255).astype(np.uint8))
+        buf = io.BytesIO()
+        img.save(buf, "JPEG", quality=quality)
+        out[name] = buf.getvalue()
+    return out
+
+
+def decode(jpeg: bytes) -> Image.Image:
+    """A plain full-size JPEG decode: the floor any pipeline pays."""
+    img = Image.open(io.BytesIO(jpeg))
+    img.load()
+    return img

@@ -1,0 +1,138 @@
+"""The harnesses' statistics and output formats, on small models and few runs (no speed
+assertions: the machine is shared and noisy)."""
+import csv
+import json
+import shutil
+
+import numpy as np
+import pytest
+
+from benchmarks import evaluate, latency
+from benchmarks.photos import SIZES, make_jpegs
+from benchmarks.stats import median_ratio, summarize
+from runtime.dataset import DatasetError, labelled_images
+
+
+def test_summarize():
+    s = summarize([0.001, 0.002, 0.003, 0.004, 0.010])
+    assert s["runs"] == 5 and s["median_ms"] == pytest.approx(3.0) and s["min_ms"] == pytest.approx(1.0)
+    assert s["mean_ms"] == pytest.approx(4.0) and s["throughput_per_s"] == pytest.approx(250.0)
+    assert s["p90_ms"] == pytest.approx(np.percentile([1, 2, 3, 4, 10], 90))
+    assert s["p99_ms"] <= 10.0 and s["p99_ms"] >= s["p90_ms"]
+    with pytest.raises(ValueError):
+        summarize([])
+
+
+def test_median_ratio_cancels_drift():
+    base = np.array([10.0, 20.0, 40.0])      # the machine slows down round by round
+    fast = base / 4
+    assert median_ratio(base, fast) == pytest.approx(4.0)
+    with pytest.raises(ValueError):
+        median_ratio([1, 2], [1])
+
+
+def test_jpegs_have_the_promised_sizes():
+    from PIL import Image
+    import io
+    from skimage import data
+    jpegs = make_jpegs(Image.fromarray(data.chelsea()))
+    for name, (w, h) in SIZES.items():
+        assert Image.open(io.BytesIO(jpegs[name])).size == (w, h)
+
+
+def test_bench_json_and_checks(lite0_files, tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    plot = tmp_path / "bench.png"
+    code = latency.main([str(lite0_files["int8.tflite"]), str(lite0_files["fp32.tflite"]),
+                         str(lite0_files["int8.onnx"]), "--torch", "lite0", "--threads", "1",
+                         "--runs", "3", "--warmup", "1", "--json", str(out), "--plot", str(plot)])
+    assert code == 0
+    printed = capsys.readouterr().out
+    assert "invoke (prepared input tensor)" in printed and "end to end" in printed
+    assert "targets (ratios measured in this run)" in printed
+    report = json.loads(out.read_text())
+    assert report["machine"]["cores"] >= 1 and "numpy" in report["machine"]["versions"]
+    assert report["baseline"] == "lite0 fp32 [torch eager] x1"
+    rows = {r["name"]: r for r in report["candidates"]}
+    assert len(rows) == 4
+    for r in rows.values():
+        assert r["invoke"]["runs"] == 3 and r["invoke"]["median_ms"] > 0
+        assert set(SIZES) <= set(r["e2e"]) and r["e2e"]["12MP_over_640x480"] > 0
+        assert r["peak_rss_mb"] and r["peak_rss_mb"] > 10
+    assert rows["lite0 fp32 [torch eager] x1"]["invoke"]["speedup_vs_baseline"] == pytest.approx(1.0)
+    names = [c["check"] for c in report["checks"]]
+    assert any("vs PyTorch eager fp32" in n for n in names)
+    assert any("int8 vs fp32 on litert" in n for n in names)
+    assert any("e2e 640x480 / (invoke + decode)" in n for n in names)
+    assert all(isinstance(c["ok"], bool) and c["ratio"] > 0 for c in report["checks"])
+    assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_usage_errors(capsys, tmp_path):
+    with pytest.raises(SystemExit):
+        latency.main([])
+    bad = tmp_path / "bad.tflite"
+    bad.write_text("nope")
+    assert latency.main([str(bad), "--quick", "--no-rss"]) == 2
+    assert "effnet-bench: error:" in capsys.readouterr().err
+
+
+def labelled_folders(root, photos):
+    """The same four photos in the three folder layouts effnet-eval reads."""
+    chosen = {"coffee.jpg": ("n07920052", 967), "chelsea.jpg": ("n02123045", 281),
+              "rocket.jpg": ("n04008634", 744), "astronaut.jpg": ("n10148035", 0)}
+    csv_dir, synset_dir, prefix_dir = root / "csv", root / "synsets", root / "prefixed"
+    for d in (csv_dir, synset_dir, prefix_dir):
+        d.mkdir()
+    with open(csv_dir / "labels.csv", "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["file", "class_index", "wnid"])
+        for name, (wnid, index) in chosen.items():
+            shutil.copy(photos / name, csv_dir / name)
+            w.writerow([name, index, wnid])
+            if wnid != "n10148035":     # not an ImageNet-1k class: ignored in these layouts
+                (synset_dir / wnid).mkdir()
+                shutil.copy(photos / name, synset_dir / wnid / name)
+                shutil.copy(photos / name, prefix_dir / f"{wnid}_{name}")
+    return csv_dir, synset_dir, prefix_dir
+
+
+def test_dataset_layouts(lite0_files, tmp_path):
+    csv_dir, synset_dir, prefix_dir = labelled_folders(tmp_path, lite0_files["photos"])
+    assert len(labelled_images(csv_dir)) == 4
+    for d in (synset_dir, prefix_dir):
+        items = labelled_images(d)
+        assert sorted(label for _, label in items) == [281, 744, 967]
+    (tmp_path / "none").mkdir()
+    with pytest.raises(DatasetError, match="no labelled images"):
+        labelled_images(tmp_path / "none")
+
+
+def test_eval_reports_accuracy_and_agreement(lite0_files, tmp_path, capsys):
+    _, synset_dir, _ = labelled_folders(tmp_path, lite0_files["photos"])
+    out = tmp_path / "eval.json"
+    code = evaluate.main([str(lite0_files["int8.tflite"]), str(lite0_files["fp32.onnx"]),
+                          "--data", str(synset_dir), "--json", str(out), "--reference", "fp32.onnx"])
+    assert code == 0
+    report = json.loads(out.read_text())
+    assert report["images"] == 3
+    by_model = {r["model"]: r for r in report["results"]}
+    ref = by_model["fp32.onnx"]
+    assert ref["top1_agreement"] == 1.0 and ref["mean_kl"] == pytest.approx(0.0, abs=1e-6)
+    int8 = by_model["int8.tflite"]
+    assert 0 <= int8["top1"] <= 1 and int8["top5"] >= int8["top1"] and int8["mean_kl"] > 0
+    # coffee → espresso and chelsea → a cat are right on both, so at least 2 of 3 correct
+    # for the exact class indices (chelsea may be tabby or tiger cat)
+    assert ref["top5"] >= 2 / 3
+    assert "top-1" in capsys.readouterr().out
+
+
+def test_eval_bad_folder_and_bad_image(lite0_files, tmp_path, capsys):
+    assert evaluate.main([str(lite0_files["int8.tflite"]), "--data", str(tmp_path / "absent")]) == 2
+    d = tmp_path / "d"
+    d.mkdir()
+    shutil.copy(lite0_files["photos"] / "coffee.jpg", d / "n07920052_a.jpg")
+    (d / "n07920052_b.jpg").write_text("broken")
+    assert evaluate.main([str(lite0_files["int8.tflite"]), "--data", str(d)]) == 1
+    err = capsys.readouterr().err
+    assert "n07920052_b.jpg" in err and "Traceback" not in err
