@@ -6,18 +6,23 @@ failed (the rest were still classified), 2 usage or model error.
 """
 from __future__ import annotations
 
-import argparse
-import glob
-import json
-import os
-import sys
-from pathlib import Path
+import time
 
-from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
+_IMPORT_START = time.perf_counter()
+
+import argparse  # noqa: E402  (the imports are timed for --timing)
+import glob  # noqa: E402
+import json  # noqa: E402
+import sys  # noqa: E402
+from pathlib import Path  # noqa: E402
+
+from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,  # noqa: E402
                      ModelError, __version__)
-from runtime.backends import BACKENDS
-from runtime.dataset import IMAGE_SUFFIXES
-from runtime.progress import Progress
+from runtime.backends import BACKENDS  # noqa: E402
+from runtime.dataset import IMAGE_SUFFIXES  # noqa: E402
+from runtime.progress import Progress  # noqa: E402
+
+_IMPORT_MS = (time.perf_counter() - _IMPORT_START) * 1e3
 
 EXAMPLES = """\
 examples:
@@ -46,6 +51,8 @@ def parse_args(argv=None):
                    help="one line per image (top class only); no banner, timings or progress")
     p.add_argument("--no-draft", action="store_true",
                    help="decode JPEGs at full size (slower; pixel-exact with the reference transform)")
+    p.add_argument("--timing", action="store_true",
+                   help="print where the time went (imports, model load, per image) to stderr")
     p.add_argument("--version", action="version", version=f"effnet-infer {__version__}")
     args = p.parse_args(argv)
     if args.top_k < 1:
@@ -97,6 +104,7 @@ def main(argv=None) -> int:
     options = ClassifierOptions(max_results=args.top_k, score_threshold=args.threshold,
                                 num_threads=args.threads, backend=args.backend,
                                 draft=not args.no_draft)
+    load_start = time.perf_counter()
     try:
         clf = Classifier.from_file(args.model, options)
     except (ModelError, BackendUnavailableError) as e:
@@ -109,14 +117,16 @@ def main(argv=None) -> int:
             what += ", UNTRAINED random weights"
         print(f"model: {args.model} ({what}; {clf.backend.name}, "
               f"{clf.io.config.size}px {clf.io.config.interpolation})", file=sys.stderr)
+    load_ms = (time.perf_counter() - load_start) * 1e3
     items = list(expand(args.images))
-    failures = 0
+    failures, pre_ms, inf_ms, done = 0, 0.0, 0.0, 0
     bar = Progress(len(items), "classifying", enabled=None if len(items) > 3 and not args.quiet else False)
     with clf:
         for path, problem in items:
             if problem is None:
                 try:
                     result = clf.classify(path)
+                    pre_ms, inf_ms, done = pre_ms + result.preprocess_ms, inf_ms + result.inference_ms, done + 1
                 except ImageError as e:
                     problem = str(e).removeprefix(f"{path}: ")
             if problem is not None:
@@ -134,6 +144,10 @@ def main(argv=None) -> int:
             sys.stdout.flush()
             bar.update()
     bar.close()
+    if args.timing:
+        per = f"preprocess {pre_ms / max(done, 1):.1f} ms, inference {inf_ms / max(done, 1):.1f} ms per image"
+        print(f"timing: imports {_IMPORT_MS:.0f} ms, model load (incl. backend import) {load_ms:.0f} ms, "
+              f"{done} image(s): {per}", file=sys.stderr)
     return 1 if failures else 0
 
 
