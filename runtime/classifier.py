@@ -19,7 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .backends import open_model
-from .errors import ImageError
+from .errors import ImageError, ModelError
 from .model_io import inspect_model
 from .preprocess import DEFAULT_MAX_PIXELS, preprocess
 
@@ -105,6 +105,8 @@ class Classifier:
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for a prepared input tensor."""
         with self._lock:
+            if self.backend is None:
+                raise ModelError("this Classifier is closed")
             raw = self.backend.run(x)
         return self.io.to_scores(raw)
 
@@ -139,7 +141,9 @@ class Classifier:
                 yield e
 
     def close(self) -> None:
-        self.backend = None
+        """Release the interpreter; later calls raise ModelError."""
+        with self._lock:
+            self.backend = None
 
     def __enter__(self):
         return self

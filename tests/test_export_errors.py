@@ -140,3 +140,18 @@ def test_all_skips_lite3_without_weights(tmp_path, photos_dir, capsys, monkeypat
     assert names == ["lite0_fp32.onnx", "lite0_fp32.tflite", "lite0_int8.onnx", "lite0_int8.tflite"]
     assert captured.out.count("lite0_") == 4
     assert len(SKIMAGE_PHOTOS) >= 2
+
+
+def test_untrained_large_variant_for_latency_work(tmp_path, capsys):
+    from apps.infer import main as infer
+    out = tmp_path / "lite3_int8.tflite"
+    assert main(["lite3", "--random-init", "-o", str(out)]) == 0
+    assert "random weights (untrained)" in capsys.readouterr().err
+    clf = Classifier.from_file(out)
+    assert clf.metadata.untrained and clf.metadata.input_size == 300
+    assert clf.metadata.interpolation == "bilinear" and clf.metadata.crop_pct == 0.904
+    photo = tmp_path / "p.png"
+    from PIL import Image
+    Image.new("RGB", (400, 300), (120, 80, 40)).save(photo)
+    assert infer([str(photo), "--model", str(out)]) == 0
+    assert "UNTRAINED" in capsys.readouterr().err

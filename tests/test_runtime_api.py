@@ -203,3 +203,10 @@ def test_backend_choice(lite0_files):
     if not any(p for p in sys.path if os.path.isdir(os.path.join(p, "tflite_runtime"))):
         with pytest.raises(BackendUnavailableError, match="tflite-legacy"):
             open_model(lite0_files["int8.tflite"], backend="tflite-runtime")
+
+
+def test_closed_classifier_says_so(lite0_files, photos):
+    with Classifier.from_file(lite0_files["int8.tflite"]) as clf:
+        clf.classify(photos["coffee"])
+    with pytest.raises(ModelError, match="closed"):
+        clf.classify(photos["coffee"])
