@@ -11,6 +11,8 @@ import sys
 import time
 from pathlib import Path
 
+import numpy as np
+
 from runtime import BackendUnavailableError, ModelError, __version__
 from runtime.progress import Progress
 
@@ -44,6 +46,9 @@ def parse_args(argv=None):
     p.add_argument("--photo", type=Path, help="photo for e2e (default: scikit-image's coffee)")
     p.add_argument("--runs", type=int, default=60, help="timed rounds (60)")
     p.add_argument("--warmup", type=int, default=5, help="untimed runs per candidate first (5)")
+    p.add_argument("--settle", type=int, default=1,
+                   help="untimed calls before each timed one in a round (1): lets the previous "
+                        "candidate's spinning worker threads go idle (matters on few cores)")
     p.add_argument("--baseline", help="label prefix of the baseline (default: first torch, else first)")
     p.add_argument("--no-rss", action="store_true", help="skip peak-RSS measurement (a process each)")
     p.add_argument("--quick", action="store_true", help="5 rounds, 1 warm-up: a smoke run")
@@ -65,8 +70,9 @@ def parse_args(argv=None):
     return args
 
 
-def timed_rounds(tasks: dict, runs: int, warmup: int, desc: str) -> dict[str, list]:
-    """Run every task `warmup` times, then `runs` rounds, one call of each per round."""
+def timed_rounds(tasks: dict, runs: int, warmup: int, desc: str, settle: int = 1) -> dict[str, list]:
+    """Run every task `warmup` times, then `runs` rounds: in each round every task runs
+    `settle` untimed calls and one timed call, task after task (round-robin)."""
     for fn in tasks.values():
         for _ in range(warmup):
             fn()
@@ -74,6 +80,8 @@ def timed_rounds(tasks: dict, runs: int, warmup: int, desc: str) -> dict[str, li
     with Progress(runs, desc) as bar:
         for _ in range(runs):
             for name, fn in tasks.items():
+                for _ in range(settle):
+                    fn()
                 start = time.perf_counter()
                 fn()
                 times[name].append(time.perf_counter() - start)
@@ -102,10 +110,12 @@ def run(args) -> dict:
                          "variant": c.variant, "precision": c.precision, "load_ms": c.load_ms,
                          "size_bytes": c.size_bytes, "path": str(c.path or "")} for c in cands}
     if "invoke" in args.modes:
-        times = timed_rounds({key[id(c)]: c.invoke for c in cands}, args.runs, args.warmup, "invoke")
+        times = timed_rounds({key[id(c)]: c.invoke for c in cands}, args.runs, args.warmup,
+                             "invoke", args.settle)
         for name, t in times.items():
             rows[name]["invoke"] = summarize(t)
             rows[name]["invoke"]["speedup_vs_baseline"] = median_ratio(times[report["baseline"]], t)
+            rows[name]["invoke"]["samples_ms"] = [round(x * 1e3, 4) for x in t]
     if "e2e" in args.modes:
         jpegs = make_jpegs(source_photo(args.photo))
         tasks = {}
@@ -113,7 +123,7 @@ def run(args) -> dict:
             tasks[("decode", size)] = (lambda j=jpeg: decode(j))
             for c in cands:
                 tasks[(key[id(c)], size)] = (lambda c=c, j=jpeg: c.end_to_end(j))
-        times = timed_rounds(tasks, args.runs, max(1, args.warmup // 2), "end to end")
+        times = timed_rounds(tasks, args.runs, max(1, args.warmup // 2), "end to end", args.settle)
         report["jpeg_decode"] = {size: summarize(times[("decode", size)]) for size in jpegs}
         report["jpeg_bytes"] = {size: len(j) for size, j in jpegs.items()}
         for c in cands:
@@ -122,11 +132,10 @@ def run(args) -> dict:
             rows[name]["e2e"]["12MP_over_640x480"] = median_ratio(times[(name, "12MP")], times[(name, "640x480")])
             rows[name]["e2e"]["speedup_vs_baseline_640x480"] = median_ratio(
                 times[(report["baseline"], "640x480")], times[(name, "640x480")])
-            if "invoke" in args.modes:
-                inv = rows[name]["invoke"]["median_ms"]
-                dec = report["jpeg_decode"]["640x480"]["median_ms"]
-                rows[name]["e2e"]["640x480_over_invoke_plus_decode"] = \
-                    rows[name]["e2e"]["640x480"]["median_ms"] / (inv + dec)
+            if "invoke" in args.modes:   # rounds pair up: same index, same moment
+                inv = np.asarray(rows[name]["invoke"]["samples_ms"]) / 1e3
+                rows[name]["e2e"]["640x480_over_invoke_plus_decode"] = median_ratio(
+                    times[(name, "640x480")], inv + np.asarray(times[("decode", "640x480")]))
     if not args.no_rss:
         for c in cands:
             rows[key[id(c)]]["peak_rss_mb"] = peak_rss_mb(c)
@@ -145,18 +154,21 @@ def checks(report) -> list[dict]:
     def find(**kw):
         return [r for r in rows if all(r.get(k) == v for k, v in kw.items())]
 
+    def ratio_of(slow, fast):    # per-round ratios, median (rounds ran back to back)
+        return median_ratio(slow["invoke"]["samples_ms"], fast["invoke"]["samples_ms"])
+
     for r in rows:
         if r["kind"] != "file" or r["precision"] != "int8" or "invoke" not in r:
             continue
         torch = find(kind="torch", variant=r["variant"], threads=r["threads"])
         if torch and r["threads"] == 1 and r["path"].endswith(".tflite"):
-            ratio = torch[0]["invoke"]["median_ms"] / r["invoke"]["median_ms"]
+            ratio = ratio_of(torch[0], r)
             out.append({"check": f"{r['name']} vs PyTorch eager fp32 (1 thread)", "ratio": ratio,
                         "target": ">= 4.5x faster", "ok": ratio >= 4.5})
         fp32 = [f for f in find(kind="file", variant=r["variant"], threads=r["threads"],
                                 backend=r["backend"], precision="fp32") if "invoke" in f]
         if fp32:
-            ratio = fp32[0]["invoke"]["median_ms"] / r["invoke"]["median_ms"]
+            ratio = ratio_of(fp32[0], r)
             out.append({"check": f"{r['name']}: int8 vs fp32 on {r['backend']}", "ratio": ratio,
                         "target": "> 1x (int8 faster)", "ok": ratio > 1})
         e2e = r.get("e2e", {})

@@ -37,6 +37,17 @@ def _top1(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores.argmax(1) == labels))
 
 
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    e = np.exp(logits - logits.max(1, keepdims=True))
+    return e / e.sum(1, keepdims=True)
+
+
+def _kl(ref_probs: np.ndarray, probs: np.ndarray) -> float:
+    """Mean KL(fp32 || int8): finer than top-1 agreement, which moves in whole photos."""
+    eps = 1e-12
+    return max(float(np.mean(np.sum(ref_probs * (np.log(ref_probs + eps) - np.log(probs + eps)), 1))), 0.0)
+
+
 def _file_scores(path, eval_paths) -> np.ndarray:
     """Scores the way a user gets them: the runtime's Classifier on the photo files."""
     clf = Classifier.from_file(path, ClassifierOptions(num_threads=2))
@@ -83,6 +94,7 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
     eval_paths = [p for p, _ in eval_items]
     labels = np.array([label for _, label in eval_items])
     ref = exporter.reference_logits(eval_pixels)
+    ref_probs = _softmax(ref)
     row = {"variant": name, "calibration_images": half, "evaluation_images": len(eval_items),
            "fp32_top1": _top1(ref, labels)}
     pixel_graph = with_pixel_input(exporter.graph)
@@ -106,7 +118,7 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
             exporter.export(path, "int8", "tflite", verify=False)
             scores = _file_scores(path, eval_paths)
             row[f"int8_{est}"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
-                                  "bytes": path.stat().st_size}
+                                  "kl": _kl(ref_probs, scores), "bytes": path.stat().st_size}
             if est == estimators[0]:
                 if keep_dir is not None:
                     shutil.copy(path, Path(keep_dir) / f"{name}_int8.tflite")
@@ -124,24 +136,29 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
         path = tmp / "datafree.tflite"
         exporter.export(path, "int8", "tflite", verify=False)
         scores = _file_scores(path, eval_paths)
-        row["int8_data_free"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels)}
+        row["int8_data_free"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
+                                 "kl": _kl(ref_probs, scores)}
         if with_ort:
             ort_scores, size = ort_quantize_static(exporter, calib, eval_pixels, tmp)
             row["ort_quantize_static"] = {"agreement": _agreement(ort_scores, ref),
-                                          "top1": _top1(ort_scores, labels), "bytes": size}
+                                          "top1": _top1(ort_scores, labels),
+                                          "kl": _kl(ref_probs, _softmax(ort_scores)), "bytes": size}
     return row
 
 
 def print_table(rows, estimators) -> None:
     cols = [("fp32 top-1", lambda r: f"{r['fp32_top1']:.1%}")]
     for est in estimators:
-        cols.append((f"int8 {est} agree/top-1",
-                     lambda r, e=est: f"{r[f'int8_{e}']['agreement']:.1%} / {r[f'int8_{e}']['top1']:.1%}"))
+        cols.append((f"int8 {est} agree/top-1/KL",
+                     lambda r, e=est: f"{r[f'int8_{e}']['agreement']:.1%} / {r[f'int8_{e}']['top1']:.1%}"
+                                      f" / {r[f'int8_{e}']['kl']:.4f}"))
     cols += [("ONNX int8 agree", lambda r: f"{r['int8_onnx']['agreement']:.1%}"),
              ("ONNX=TFLite top-1", lambda r: f"{r['int8_onnx']['same_top1_as_tflite']:.1%}"),
-             ("data-free agree", lambda r: f"{r['int8_data_free']['agreement']:.1%}"),
-             ("ORT quantize_static agree", lambda r: f"{r['ort_quantize_static']['agreement']:.1%}"
-              if "ort_quantize_static" in r else "-"),
+             ("data-free agree/KL", lambda r: f"{r['int8_data_free']['agreement']:.1%} / "
+                                              f"{r['int8_data_free']['kl']:.4f}"),
+             ("ORT quantize_static agree/top-1/KL",
+              lambda r: (f"{r['ort_quantize_static']['agreement']:.1%} / {r['ort_quantize_static']['top1']:.1%}"
+                         f" / {r['ort_quantize_static']['kl']:.4f}") if "ort_quantize_static" in r else "-"),
              ("pixel-input agree", lambda r: f"{r['pixel_input']['agreement']:.1%}"),
              ("fp32/int8 MB", lambda r: f"{r['fp32_tflite_bytes'] / 1e6:.1f}/"
                                         f"{r[f'int8_{estimators[0]}']['bytes'] / 1e6:.1f}")]
@@ -151,7 +168,8 @@ def print_table(rows, estimators) -> None:
         print(f"| {r['variant']} | " + " | ".join(f(r) for _, f in cols) + " |")
     if rows:
         print(f"\nint8 calibrated on {rows[0]['calibration_images']} photos, evaluated on the other "
-              f"{rows[0]['evaluation_images']}; 'agree' = same top-1 as fp32 PyTorch.")
+              f"{rows[0]['evaluation_images']}; 'agree' = same top-1 as fp32 PyTorch; "
+              "KL = mean KL(fp32 || int8) of the class probabilities (lower is closer).")
 
 
 def main(argv=None) -> int:
