@@ -13,7 +13,8 @@ def plot_report(report: dict, path: Path, accuracy: dict | None = None) -> None:
         raise SystemExit("effnet-bench: --plot needs matplotlib: pip install 'effnet-lite-edge[bench]'")
     rows = [r for r in report["candidates"] if "invoke" in r]
     panels = 2 if accuracy else 1
-    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, 0.35 * len(rows) + 2.5), squeeze=False)
+    fig, axes = plt.subplots(1, panels, figsize=(7 * panels, min(0.2 * len(rows) + 2, 12)),
+                             squeeze=False, gridspec_kw={"width_ratios": [1.3, 1][:panels]})
     ax = axes[0][0]
     labels = [f"{r['label']} x{r['threads']}" for r in rows]
     med = [r["invoke"]["median_ms"] for r in rows]
@@ -21,7 +22,7 @@ def plot_report(report: dict, path: Path, accuracy: dict | None = None) -> None:
     colors = ["tab:red" if r["kind"] == "torch" else "tab:blue" if r["precision"] == "int8" else "tab:gray"
               for r in rows]
     ax.barh(range(len(rows)), med, xerr=[[0] * len(rows), p90], color=colors, capsize=3)
-    ax.set_yticks(range(len(rows)), labels, fontsize=8)
+    ax.set_yticks(range(len(rows)), labels, fontsize=6 if len(rows) > 24 else 8)
     ax.invert_yaxis()
     ax.set_xlabel("invoke latency, ms (median; whisker to p90)")
     ax.set_title("Latency per candidate (blue int8, grey fp32, red PyTorch eager)", fontsize=9)
@@ -43,7 +44,7 @@ def plot_report(report: dict, path: Path, accuracy: dict | None = None) -> None:
         ax2.legend(fontsize=8)
         ax2.grid(alpha=0.3)
     m = report["machine"]
-    fig.suptitle(f"{m['cpu']}, {m['cores']} cores", fontsize=9)
-    fig.tight_layout()
+    fig.suptitle(f"effnet-bench on {m['cpu']}, {m['cores']} cores", fontsize=10)
+    fig.tight_layout(rect=(0, 0, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)
