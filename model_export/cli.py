@@ -60,6 +60,8 @@ def parse_args(argv=None):
         p.error("give a VARIANT or --all OUT_DIR")
     if args.calib_count < 1:
         p.error("--calib-count must be at least 1")
+    if args.input_size is not None and not 32 <= args.input_size <= 2048:
+        p.error("--input-size must be between 32 and 2048")
     return args
 
 

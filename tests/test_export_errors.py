@@ -37,6 +37,8 @@ def test_cli_data_free_notice(tmp_path, capsys):
     (["lite0", "--format", "pb"], "invalid choice: 'pb'"),
     (["lite0", "--precision", "fp16"], "invalid choice: 'fp16'"),
     ([], "give a VARIANT or --all"),
+    (["lite0", "--input-size", "0"], "--input-size must be between 32 and 2048"),
+    (["lite0", "--calib-count", "0"], "--calib-count must be at least 1"),
 ])
 def test_cli_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
