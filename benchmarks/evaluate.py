@@ -16,6 +16,7 @@ import numpy as np
 
 from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError, __version__
 from runtime.dataset import DatasetError, labelled_images
+from runtime.metrics import mean_kl
 from runtime.progress import track
 
 
@@ -65,10 +66,7 @@ def evaluate(name, scorer, items) -> tuple[dict, np.ndarray, list]:
 def agreement(ref: np.ndarray, other: np.ndarray) -> dict:
     both = ~(np.isnan(ref).any(1) | np.isnan(other).any(1))
     r, o = ref[both], other[both]
-    eps = 1e-12
-    kl = np.sum(r * (np.log(r + eps) - np.log(o + eps)), axis=1)
-    return {"top1_agreement": float(np.mean(r.argmax(1) == o.argmax(1))),
-            "mean_kl": max(float(kl.mean()), 0.0)}   # rounding can dip a hair below 0
+    return {"top1_agreement": float(np.mean(r.argmax(1) == o.argmax(1))), "mean_kl": mean_kl(r, o)}
 
 
 def main(argv=None) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from runtime import BackendUnavailableError, ModelError, __version__
+from runtime.backends import BACKENDS
 from runtime.progress import Progress
 
 from .candidates import file_candidates, peak_rss_mb, torch_candidates
@@ -92,7 +93,7 @@ def timed_rounds(tasks: dict, runs: int, warmup: int, desc: str, settle: int = 1
 def run(args) -> dict:
     cands = file_candidates(args.models, args.threads,
                             args.backends.split(",") if args.backends else
-                            (["litert", "tflite-runtime", "tensorflow", "onnxruntime"] if args.all_backends else None))
+                            (list(BACKENDS) if args.all_backends else None))
     variants = [v for v in args.torch.split(",") if v]
     cands += torch_candidates(variants, args.threads, args.torch_random_init)
     if not cands:

@@ -5,7 +5,6 @@ exported graph holds plain (possibly asymmetric) pads and no shape arithmetic.
 """
 from __future__ import annotations
 
-import torch
 import torch.nn.functional as F
 from torch import nn
 

@@ -21,6 +21,7 @@ import torch
 
 from runtime import Classifier, ClassifierOptions
 from runtime.dataset import DatasetError, labelled_images
+from runtime.metrics import mean_kl, softmax
 from runtime.preprocess import normalize, preprocess
 from runtime.progress import track
 
@@ -36,16 +37,6 @@ def _agreement(a: np.ndarray, b: np.ndarray) -> float:
 def _top1(scores: np.ndarray, labels: np.ndarray) -> float:
     return float(np.mean(scores.argmax(1) == labels))
 
-
-def _softmax(logits: np.ndarray) -> np.ndarray:
-    e = np.exp(logits - logits.max(1, keepdims=True))
-    return e / e.sum(1, keepdims=True)
-
-
-def _kl(ref_probs: np.ndarray, probs: np.ndarray) -> float:
-    """Mean KL(fp32 || int8): finer than top-1 agreement, which moves in whole photos."""
-    eps = 1e-12
-    return max(float(np.mean(np.sum(ref_probs * (np.log(ref_probs + eps) - np.log(probs + eps)), 1))), 0.0)
 
 
 def _file_scores(path, eval_paths) -> np.ndarray:
@@ -94,7 +85,7 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
     eval_paths = [p for p, _ in eval_items]
     labels = np.array([label for _, label in eval_items])
     ref = exporter.reference_logits(eval_pixels)
-    ref_probs = _softmax(ref)
+    ref_probs = softmax(ref)
     row = {"variant": name, "calibration_images": half, "evaluation_images": len(eval_items),
            "fp32_top1": _top1(ref, labels)}
     pixel_graph = with_pixel_input(exporter.graph)
@@ -118,7 +109,7 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
             exporter.export(path, "int8", "tflite", verify=False)
             scores = _file_scores(path, eval_paths)
             row[f"int8_{est}"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
-                                  "kl": _kl(ref_probs, scores), "bytes": path.stat().st_size}
+                                  "kl": mean_kl(ref_probs, scores), "bytes": path.stat().st_size}
             if est == estimators[0]:
                 if keep_dir is not None:
                     shutil.copy(path, Path(keep_dir) / f"{name}_int8.tflite")
@@ -137,12 +128,12 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
         exporter.export(path, "int8", "tflite", verify=False)
         scores = _file_scores(path, eval_paths)
         row["int8_data_free"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
-                                 "kl": _kl(ref_probs, scores)}
+                                 "kl": mean_kl(ref_probs, scores)}
         if with_ort:
             ort_scores, size = ort_quantize_static(exporter, calib, eval_pixels, tmp)
             row["ort_quantize_static"] = {"agreement": _agreement(ort_scores, ref),
                                           "top1": _top1(ort_scores, labels),
-                                          "kl": _kl(ref_probs, _softmax(ort_scores)), "bytes": size}
+                                          "kl": mean_kl(ref_probs, softmax(ort_scores)), "bytes": size}
     return row
 
 

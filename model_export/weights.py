@@ -12,6 +12,8 @@ from pathlib import Path
 
 import torch
 
+from runtime.errors import first_line
+
 from .model import EfficientNetLite, create_model
 
 # Which pip package ships the official weights of each variant (importable module name).
@@ -60,8 +62,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         else:
             sd = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # noqa: BLE001 - any parse failure means "not a checkpoint"
-        reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise WeightsError(f"{path}: not a readable PyTorch/safetensors checkpoint ({reason})") from None
+        raise WeightsError(f"{path}: not a readable PyTorch/safetensors checkpoint ({first_line(e)})") from None
     for key in ("state_dict", "model", "state_dict_ema", "model_ema"):
         if isinstance(sd, dict) and isinstance(sd.get(key), dict):
             sd = sd[key]

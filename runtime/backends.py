@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import BackendUnavailableError, ModelError
+from .errors import BackendUnavailableError, ModelError, first_line
 from .metadata import METADATA_NAME
 from .tflite_metadata import read_metadata
 
@@ -59,8 +59,7 @@ class TFLiteBackend(Backend):
             self.interpreter = interpreter_cls(model_content=data, num_threads=num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path}: cannot load TFLite model ({reason})") from None
+            raise ModelError(f"{path}: cannot load TFLite model ({first_line(e)})") from None
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or not outputs:
             raise ModelError(f"{path}: expected 1 image input, found {len(inputs)} inputs")
@@ -91,8 +90,7 @@ class OnnxBackend(Backend):
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            reason = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-            raise ModelError(f"{path}: cannot load ONNX model ({reason[:200]})") from None
+            raise ModelError(f"{path}: cannot load ONNX model ({first_line(e)[:200]})") from None
         meta = self.session.get_modelmeta().custom_metadata_map
         self.metadata = meta[METADATA_NAME].encode() if METADATA_NAME in meta else None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()

@@ -15,3 +15,9 @@ class ModelError(RuntimeErrorBase, ValueError):
 
 class BackendUnavailableError(RuntimeErrorBase, ImportError):
     """No installed inference backend can run this model file."""
+
+
+def first_line(error: BaseException) -> str:
+    """An exception's message cut to one line (or its type when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__

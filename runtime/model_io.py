@@ -10,6 +10,7 @@ from .backends import Backend
 from .errors import ModelError
 from .labels import imagenet_labels
 from .metadata import MetadataError, ModelMetadata
+from .metrics import softmax
 from .preprocess import PreprocessConfig, normalize
 from .variants import VARIANTS, variant_for_input_size
 
@@ -58,8 +59,7 @@ class ModelIO:
         if self.output_is_probability or (
                 self.metadata is None and out.min() >= 0 and abs(float(out.sum()) - 1) < 1e-3):
             return out
-        e = np.exp(out - out.max())
-        return e / e.sum()
+        return softmax(out)
 
 
 def _metadata(backend: Backend) -> ModelMetadata | None:

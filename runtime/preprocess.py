@@ -15,7 +15,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from .errors import ImageError
+from .errors import ImageError, first_line
 
 INTERPOLATIONS = {"bicubic": Image.Resampling.BICUBIC, "bilinear": Image.Resampling.BILINEAR,
                   "nearest": Image.Resampling.NEAREST, "lanczos": Image.Resampling.LANCZOS}
@@ -145,8 +145,7 @@ def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: {e}") from None
     except (OSError, SyntaxError, ValueError, EOFError) as e:
-        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise ImageError(f"{name}: cannot decode image ({reason})") from None
+        raise ImageError(f"{name}: cannot decode image ({first_line(e)})") from None
 
 
 def resize_crop(img: Image.Image, config: PreprocessConfig, original_size=None) -> np.ndarray:

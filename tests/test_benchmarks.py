@@ -136,3 +136,12 @@ def test_eval_bad_folder_and_bad_image(lite0_files, tmp_path, capsys):
     assert evaluate.main([str(lite0_files["int8.tflite"]), "--data", str(d)]) == 1
     err = capsys.readouterr().err
     assert "n07920052_b.jpg" in err and "Traceback" not in err
+
+
+def test_softmax_and_kl():
+    from runtime.metrics import mean_kl, softmax
+    p = softmax(np.array([[0.0, 0.0], [np.log(3.0), 0.0]]))
+    assert np.allclose(p, [[0.5, 0.5], [0.75, 0.25]])
+    assert mean_kl(p, p) == 0.0
+    expected = 0.5 * (0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25))
+    assert mean_kl(p[:1].repeat(2, 0), np.array([[0.75, 0.25], [0.5, 0.5]])) == pytest.approx(expected)
