@@ -17,7 +17,8 @@ from PIL import Image
 
 from runtime.errors import ImageError
 from runtime.preprocess import PreprocessConfig, preprocess
-from runtime.progress import track
+from runtime.progress import Progress, track
+from runtime.variants import MEAN, STD
 
 from .graph import INPUT, OUTPUT, Graph, run
 
@@ -48,14 +49,16 @@ def load_calibration_images(folder, count: int, config: PreprocessConfig,
         raise CalibrationError(f"{folder}: no images found (searched recursively for "
                                "files Pillow can read)")
     crops, skipped = [], 0
-    for path in track(paths, desc="reading calibration images"):
-        if len(crops) >= count:
-            break
-        try:
-            crops.append(preprocess(path, config))
-        except ImageError as e:
-            skipped += 1
-            warn(f"warning: skipped {e}")
+    with Progress(min(count, len(paths)), "reading calibration images") as bar:
+        for path in paths:
+            if len(crops) >= count:
+                break
+            try:
+                crops.append(preprocess(path, config))
+                bar.update()
+            except ImageError as e:
+                skipped += 1
+                warn(f"warning: skipped {e}")
     if skipped:
         warn(f"warning: skipped {skipped} unreadable file(s) in {folder}")
     if not crops:
@@ -66,14 +69,18 @@ def load_calibration_images(folder, count: int, config: PreprocessConfig,
 def pixels_to_input(pixels: np.ndarray, graph: Graph) -> torch.Tensor:
     """uint8 (N, H, W, 3) crops → the graph's float NCHW input."""
     x = torch.from_numpy(pixels).permute(0, 3, 1, 2).float()
-    return (x - 128.0) / 127.5 if graph.pixel_input else x / 127.5 - 1.0
+    if graph.pixel_input:          # see graph.with_pixel_input
+        return (x - 128.0) / 127.5
+    mean = torch.tensor(MEAN).view(1, 3, 1, 1)
+    std = torch.tensor(STD).view(1, 3, 1, 1)
+    return (x / 255.0 - mean) / std
 
 
 class RangeCollector:
     """Two passes over the data: per-tensor min/max, then a histogram within them."""
 
     def __init__(self):
-        self.lo, self.hi, self.hist, self.zeros = {}, {}, {}, {}
+        self.lo, self.hi, self.hist = {}, {}, {}
         self.sums, self.count = {}, {}     # per-channel means, for bias correction
 
     def observe_minmax(self, name, t):
@@ -87,9 +94,8 @@ class RangeCollector:
         self.count[name] = self.count.get(name, 0) + t.numel() // t.shape[1]
         lo, hi = self.lo[name], self.hi[name]
         flat = t.reshape(-1)
-        zero = flat == 0
-        self.zeros[name] = self.zeros.get(name, 0) + int(zero.sum())  # exact zeros cost nothing
-        h = torch.histc(flat[~zero], BINS, lo, hi if hi > lo else lo + 1e-6).double().numpy()
+        flat = flat[flat != 0]          # exact zeros (ReLU's) are represented exactly: no error
+        h = torch.histc(flat, BINS, lo, hi if hi > lo else lo + 1e-6).double().numpy()
         self.hist[name] = self.hist.get(name, 0) + h
 
     def channel_means(self) -> dict[str, np.ndarray]:
