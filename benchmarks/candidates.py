@@ -71,7 +71,7 @@ class TorchCandidate(Candidate):
         random_init = self.extra.get("random_init", False)
         self.model = load_model(self.variant, random_init=random_init)
         v = self.model.variant
-        self.config = PreprocessConfig(self.model.input_size, v.crop_pct, v.interpolation, v.mean, v.std)
+        self.config = PreprocessConfig.for_variant(v, self.model.input_size)
         self.x = torch.zeros(1, 3, self.model.input_size, self.model.input_size)
         with torch.no_grad():
             self.model(self.x)

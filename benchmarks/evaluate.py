@@ -32,7 +32,7 @@ def torch_scorer(variant, threads):
     torch.set_num_threads(threads or torch.get_num_threads())
     model = load_model(variant)
     v = model.variant
-    cfg = PreprocessConfig(model.input_size, v.crop_pct, v.interpolation, v.mean, v.std)
+    cfg = PreprocessConfig.for_variant(v, model.input_size)
 
     def score(image):
         x = normalize(preprocess(image, cfg), v.mean, v.std).transpose(2, 0, 1).copy()

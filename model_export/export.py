@@ -71,8 +71,7 @@ class Exporter:
             log(f"warning: {self.variant.name} has random weights (untrained): "
                 "its files are for latency measurements only")
         self.graph = build_graph(fold_batchnorm(self.model), self.model)
-        self.config = PreprocessConfig(self.model.input_size, self.variant.crop_pct,
-                                       self.variant.interpolation, self.variant.mean, self.variant.std)
+        self.config = PreprocessConfig.for_variant(self.variant, self.model.input_size)
         self.samples: np.ndarray | None = None
         self.quantized: QuantizedGraph | None = None
         self._reference = None

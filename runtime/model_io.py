@@ -92,7 +92,7 @@ def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
     if meta:
         config = PreprocessConfig(h, meta.crop_pct, meta.interpolation, tuple(meta.mean), tuple(meta.std))
     else:
-        config = PreprocessConfig(h, variant.crop_pct, variant.interpolation, variant.mean, variant.std)
+        config = PreprocessConfig.for_variant(variant, h)
     if overrides:
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if config.size != h:

@@ -39,6 +39,12 @@ class PreprocessConfig:
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], not {self.crop_pct}")
 
+    @classmethod
+    def for_variant(cls, variant, size: int | None = None) -> "PreprocessConfig":
+        """The reference transform of a `runtime.variants.Variant` (at `size`, default its own)."""
+        return cls(int(size or variant.input_size), variant.crop_pct, variant.interpolation,
+                   tuple(variant.mean), tuple(variant.std))
+
     @property
     def resize_size(self) -> int:
         return int(math.floor(self.size / self.crop_pct))

@@ -53,8 +53,7 @@ def calibration_folder(tmp_path_factory) -> tuple[Path, int]:
 
 
 def variant_config(name: str, size: int | None = None) -> PreprocessConfig:
-    v = get_variant(name)
-    return PreprocessConfig(size or v.input_size, v.crop_pct, v.interpolation, v.mean, v.std)
+    return PreprocessConfig.for_variant(get_variant(name), size)
 
 
 def nchw_batch(sources, variant: str) -> np.ndarray:
