@@ -87,7 +87,7 @@ class TorchCandidate(Candidate):
         torch = self.torch
         torch.set_num_threads(self.threads)
         v = self.model.variant
-        x = normalize(preprocess(jpeg, self.config, draft=False), v.mean, v.std)
+        x = normalize(preprocess(jpeg, self.config, exact=True), v.mean, v.std)
         with torch.no_grad():
             logits = self.model(torch.from_numpy(x.transpose(2, 0, 1).copy())[None])
         return torch.softmax(logits, 1).topk(5)

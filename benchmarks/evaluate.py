@@ -20,8 +20,8 @@ from runtime.metrics import mean_kl
 from runtime.progress import track
 
 
-def file_scorer(path, threads):
-    clf = Classifier.from_file(path, ClassifierOptions(num_threads=threads))
+def file_scorer(path, threads, exact=False):
+    clf = Classifier.from_file(path, ClassifierOptions(num_threads=threads, exact=exact))
     return lambda image: clf.scores(clf.preprocess(image))
 
 
@@ -35,7 +35,7 @@ def torch_scorer(variant, threads):
     cfg = PreprocessConfig.for_variant(v, model.input_size)
 
     def score(image):
-        x = normalize(preprocess(image, cfg), v.mean, v.std).transpose(2, 0, 1).copy()
+        x = normalize(preprocess(image, cfg, exact=True), v.mean, v.std).transpose(2, 0, 1).copy()
         with torch.no_grad():
             return torch.softmax(model(torch.from_numpy(x)[None]), 1)[0].numpy()
     return score
@@ -81,6 +81,9 @@ def main(argv=None) -> int:
                                        "(default: the first torch model, else the first file)")
     p.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
     p.add_argument("--threads", type=int)
+    p.add_argument("--exact", action="store_true",
+                   help="model files use the bit-identical reference preprocessing (the PyTorch "
+                        "model always does); default: the runtime's fast path, as users run it")
     p.add_argument("--json", type=Path)
     p.add_argument("--version", action="version", version=f"effnet-eval {__version__}")
     args = p.parse_args(argv)
@@ -90,7 +93,7 @@ def main(argv=None) -> int:
     try:
         items = labelled_images(args.data)[:args.limit]
         scorers = [(f"torch:{v}", torch_scorer(v, args.threads)) for v in variants]
-        scorers += [(m.name, file_scorer(m, args.threads)) for m in args.models]
+        scorers += [(m.name, file_scorer(m, args.threads, args.exact)) for m in args.models]
     except (DatasetError, ModelError, BackendUnavailableError) as e:
         print(f"effnet-eval: error: {e}", file=sys.stderr)
         return 2

@@ -54,7 +54,7 @@ def load_calibration_images(folder, count: int, config: PreprocessConfig,
             if len(crops) >= count:
                 break
             try:
-                crops.append(preprocess(path, config))
+                crops.append(preprocess(path, config, exact=True))
                 bar.update()
             except ImageError as e:
                 skipped += 1

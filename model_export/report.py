@@ -40,8 +40,9 @@ def _top1(scores: np.ndarray, labels: np.ndarray) -> float:
 
 
 def _file_scores(path, eval_paths) -> np.ndarray:
-    """Scores the way a user gets them: the runtime's Classifier on the photo files."""
-    clf = Classifier.from_file(path, ClassifierOptions(num_threads=2))
+    """The runtime's Classifier on the photo files, with the reference preprocessing (so
+    the comparison with fp32 measures quantization alone)."""
+    clf = Classifier.from_file(path, ClassifierOptions(num_threads=2, exact=True))
     return np.stack([clf.scores(clf.preprocess(p)) for p in eval_paths])
 
 
@@ -80,8 +81,8 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
     calib_items, eval_items = items[:half], items[half:]
     exporter = Exporter(name, log=lambda m: None)
     cfg = exporter.config
-    calib = np.stack([preprocess(p, cfg) for p, _ in track(calib_items, desc=f"{name}: calibration photos")])
-    eval_pixels = np.stack([preprocess(p, cfg) for p, _ in track(eval_items, desc=f"{name}: evaluation photos")])
+    calib = np.stack([preprocess(p, cfg, exact=True) for p, _ in track(calib_items, desc=f"{name}: calibration photos")])
+    eval_pixels = np.stack([preprocess(p, cfg, exact=True) for p, _ in track(eval_items, desc=f"{name}: evaluation photos")])
     eval_paths = [p for p, _ in eval_items]
     labels = np.array([label for _, label in eval_items])
     ref = exporter.reference_logits(eval_pixels)

@@ -32,7 +32,7 @@ class ClassifierOptions:
     category_denylist: list | None = None
     num_threads: int | None = None
     backend: str | None = None                # litert | tflite-runtime | tensorflow | onnxruntime
-    draft: bool = True                        # JPEG DCT-domain downscale for large photos
+    exact: bool = False                       # bit-identical reference preprocessing (slower)
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Preprocessing overrides (for models without metadata, or to experiment)
     crop_pct: float | None = None
@@ -100,7 +100,7 @@ class Classifier:
     def preprocess(self, image) -> np.ndarray:
         """The model's input tensor for `image` (path, bytes, PIL image, HxWx3 uint8)."""
         o = self.options
-        return self.io.to_input(preprocess(image, self.io.config, o.draft, o.max_pixels))
+        return self.io.to_input(preprocess(image, self.io.config, o.exact, o.max_pixels))
 
     def scores(self, x: np.ndarray) -> np.ndarray:
         """Class probabilities for a prepared input tensor."""

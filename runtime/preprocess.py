@@ -3,6 +3,9 @@
 resize shorter side to floor(size / crop_pct) (longer side scaled and truncated) →
 centre crop size x size → (float models) (x/255 - mean) / std.
 Quantized models with pixel-exact input parameters take the uint8 crop as is.
+Two ways to the crop: `exact` (full decode, whole-frame resize: bit-identical to the
+reference) and the default fast path (JPEG draft decoding for big photos, and only the
+crop resampled: within a level or two on a few pixels in 10,000).
 """
 from __future__ import annotations
 
@@ -154,19 +157,65 @@ def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int
         raise ImageError(f"{name}: cannot decode image ({first_line(e)})") from None
 
 
-def resize_crop(img: Image.Image, config: PreprocessConfig, original_size=None) -> np.ndarray:
+# Pillow's filter supports (in source pixels at scale 1); NEAREST is not a convolution.
+_SUPPORT = {"bicubic": 2.0, "bilinear": 1.0, "lanczos": 3.0}
+
+
+def _crop_origin(tw: int, th: int, size: int) -> tuple[int, int]:
+    """(top, left) of the centre crop, rounded as torchvision's CenterCrop."""
+    return int(round((th - size) / 2.0)), int(round((tw - size) / 2.0))
+
+
+def _horizontal_first(in_w: int, in_h: int, out_w: int, out_h: int) -> bool:
+    """Whether every Pillow resamples this size change width first. Recent Pillow (13 here)
+    runs the height first when it shrinks more than twice as much as the width; older
+    releases always go width first."""
+    dh = in_h - out_h
+    return not (dh > 0 and dh > 2 * (in_w - out_w))
+
+
+def _resample_crop(img: Image.Image, tw: int, th: int, size: int, top: int, left: int,
+                   interpolation: str) -> Image.Image:
+    """The size x size window at (top, left) of `img` resized to (tw, th), resampling only
+    that window: the same two passes, in the same order (width first), with the same filter
+    taps as the full resize. Pillow takes the window as float32 coordinates, so a weight can
+    round differently: a few pixels in 10,000 differ by a level or two."""
+    w, h = img.size
+    sx, sy = w / tw, h / th
+    x0, x1 = left * sx, (left + size) * sx
+    y0, y1 = top * sy, (top + size) * sy
+    resample = INTERPOLATIONS[interpolation]
+    if _horizontal_first(w, h, size, size):     # one call keeps the order: cheapest
+        return img.resize((size, size), resample, box=(x0, y0, x1, y1))
+    # Otherwise Pillow would resample this window height first: two single-axis calls.
+    # Source rows the vertical taps reach (with a row to spare either side):
+    reach = _SUPPORT[interpolation] * max(sy, 1.0) + 1
+    r0, r1 = max(0, int(math.floor(y0 - reach))), min(h, int(math.ceil(y1 + reach)))
+    rows = img.crop((0, r0, w, r1)) if (r0, r1) != (0, h) else img
+    wide = rows.resize((size, r1 - r0), resample, box=(x0, 0, x1, r1 - r0))    # width only
+    return wide.resize((size, size), resample, box=(0, y0 - r0, size, y1 - r0))  # height only
+
+
+def resize_crop(img: Image.Image, config: PreprocessConfig, original_size=None,
+                exact: bool = False) -> np.ndarray:
     """Shorter side to resize_size, centre crop: an HxWx3 uint8 array of `config.size`.
 
     `original_size` is the (w, h) before any JPEG draft reduction, so the target
-    dimensions do not depend on whether draft decoding happened.
+    dimensions do not depend on whether draft decoding happened. By default only the
+    crop is resampled (about twice as fast; see `_resample_crop`); `exact` resizes the
+    whole frame first, bit-identical to the reference transform.
     """
     tw, th = config.resized_dims(*(original_size or img.size))
+    s = config.size
+    top, left = _crop_origin(tw, th, s)
+    fits = top >= 0 and left >= 0
+    if (not exact and fits and img.size != (tw, th) and config.interpolation in _SUPPORT
+            and _horizontal_first(*img.size, tw, th)):
+        return np.asarray(_resample_crop(img, tw, th, s, top, left, config.interpolation))
     if img.size != (tw, th):
         img = img.resize((tw, th), INTERPOLATIONS[config.interpolation])
-    s = config.size
-    top, left = int(round((th - s) / 2.0)), int(round((tw - s) / 2.0))
     arr = np.asarray(img)
-    if top < 0 or left < 0:  # crop larger than the image: pad like torchvision's CenterCrop
+    if not fits:  # crop larger than the image: pad like torchvision's CenterCrop
         arr = np.pad(arr, ((max(-top, 0), max(s - th - max(-top, 0), 0)),
                            (max(-left, 0), max(s - tw - max(-left, 0), 0)), (0, 0)))
         top, left = max(top, 0), max(left, 0)
@@ -180,8 +229,13 @@ def normalize(pixels: np.ndarray, mean, std) -> np.ndarray:
     return pixels.astype(np.float32) * scale - shift
 
 
-def preprocess(source, config: PreprocessConfig, draft: bool = True,
+def preprocess(source, config: PreprocessConfig, exact: bool = False,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> np.ndarray:
-    """The cropped uint8 HxWx3 pixels of `source`."""
-    img, upright = _open(source, config if draft else None, max_pixels)
-    return resize_crop(img, config, upright)
+    """The cropped uint8 HxWx3 pixels of `source`.
+
+    Fast by default: large JPEGs decode at a reduced DCT scale (draft) and only the crop
+    is resampled. `exact` decodes at full size and resizes the whole frame, bit-identical
+    to the reference (timm / torchvision on Pillow) transform.
+    """
+    img, upright = _open(source, None if exact else config, max_pixels)
+    return resize_crop(img, config, upright, exact)

@@ -59,7 +59,8 @@ def variant_config(name: str, size: int | None = None) -> PreprocessConfig:
 def nchw_batch(sources, variant: str) -> np.ndarray:
     """The reference float input (N, 3, H, W) for PyTorch."""
     v, cfg = get_variant(variant), variant_config(variant)
-    return np.stack([normalize(preprocess(s, cfg), v.mean, v.std) for s in sources]).transpose(0, 3, 1, 2)
+    return np.stack([normalize(preprocess(s, cfg, exact=True), v.mean, v.std)
+                     for s in sources]).transpose(0, 3, 1, 2)
 
 
 @pytest.fixture(scope="session")

@@ -64,8 +64,20 @@ def test_bench_json_and_checks(lite0_files, tmp_path, capsys):
     assert any("vs PyTorch eager fp32" in n for n in names)
     assert any("int8 vs fp32 on litert" in n for n in names)
     assert any("e2e 640x480 / (invoke + decode)" in n for n in names)
+    assert "12MP_draft_1/8" in report["jpeg_decode"]
+    floors = [c["floor"] for c in report["checks"] if "floor" in c]
+    assert floors and all(f > 0 for f in floors)
     assert all(isinstance(c["ok"], bool) and c["ratio"] > 0 for c in report["checks"])
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_bench_e2e_only_prints_every_candidate(lite0_files, capsys):
+    code = latency.main([str(lite0_files["int8.tflite"]), "--mode", "e2e", "--threads", "1",
+                         "--quick", "--no-rss"])
+    assert code == 0
+    table = capsys.readouterr().out.split("end to end")[1]
+    row = next(line for line in table.splitlines() if line.startswith(lite0_files["int8.tflite"].name))
+    assert len(row.split()) >= 8        # name, backend, threads, three sizes, ratios
 
 
 def test_bench_usage_errors(capsys, tmp_path):

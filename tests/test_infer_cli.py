@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from apps.infer import main
-from runtime import Classifier
+from runtime import Classifier, ClassifierOptions
 
 
 def run_cli(*args):
@@ -93,19 +93,28 @@ def test_usage(capsys):
 
 
 def test_cli_matches_api_and_report_on_dev_photos(lite0_dev_report):
-    """effnet-infer on the evaluation half of the dev photos: the same top-1 as the API,
-    and exactly the accuracy the export report states for the same files."""
+    """effnet-infer on the evaluation half of the dev photos: with --exact, the same top-1
+    as the API and exactly the accuracy the export report states for the same files; with
+    the default fast preprocessing, the same top-1 on >= 98 % of them (measured: 199/200 of
+    all dev photos) and the same accuracy within two photos."""
     from conftest import DEV_DIR
     from runtime.dataset import labelled_images
     row, folder = lite0_dev_report
     items = labelled_images(DEV_DIR)[100:]
     labels = np.array([label for _, label in items])
+
+    def cli_top1(model, *flags):
+        code, out, err = run_cli(*[p for p, _ in items], "--model", model, "--json", "-k", "1", *flags)
+        assert code == 0, err
+        return np.array([json.loads(line)["categories"][0]["index"] for line in out.splitlines()])
+
     for name, key in (("lite0_int8.tflite", "int8_mse"), ("lite0_int8.onnx", "int8_onnx")):
         model = folder / name
-        code, out, err = run_cli(*[p for p, _ in items], "--model", model, "--json", "-k", "1")
-        assert code == 0, err
-        cli_top = np.array([json.loads(line)["categories"][0]["index"] for line in out.splitlines()])
-        clf = Classifier.from_file(model)
+        exact = cli_top1(model, "--exact")
+        clf = Classifier.from_file(model, ClassifierOptions(exact=True))
         api_top = np.array([clf.classify(p).categories[0].index for p, _ in items])
-        assert np.array_equal(cli_top, api_top)
-        assert np.mean(cli_top == labels) == pytest.approx(row[key]["top1"])
+        assert np.array_equal(exact, api_top)
+        assert np.mean(exact == labels) == pytest.approx(row[key]["top1"])
+        fast = cli_top1(model)
+        assert np.mean(fast == exact) >= 0.98
+        assert abs(np.mean(fast == labels) - np.mean(exact == labels)) <= 0.02
