@@ -52,7 +52,7 @@ def parse_args(argv=None):
     p.add_argument("--exact", action="store_true",
                    help="preprocess bit-identically to the reference (timm) transform: full-size "
                         "JPEG decode, whole-frame resize (slower; the default differs by a level "
-                        "or two on a few pixels in 10,000)")
+                        "or two on up to a few pixels in 1,000)")
     p.add_argument("--timing", action="store_true",
                    help="print where the time went (imports, model load, per image) to stderr")
     p.add_argument("--version", action="version", version=f"effnet-infer {__version__}")
