@@ -15,6 +15,8 @@ import numpy as np
 
 from runtime import BackendUnavailableError, ModelError, __version__
 from runtime.backends import BACKENDS
+from runtime.preprocess import PreprocessConfig
+from runtime.variants import get_variant
 from runtime.progress import Progress
 
 from .candidates import file_candidates, peak_rss_mb, torch_candidates
@@ -126,8 +128,9 @@ def run(args) -> dict:
             tasks[("decode", size)] = (lambda j=jpeg: decode(j))
             for c in cands:
                 tasks[(key[id(c)], size)] = (lambda c=c, j=jpeg: c.end_to_end(j))
-        # Lite0's resize target (341x256): the 12 MP photo decodes at 1/8 scale
-        tasks[("decode", DRAFT_12MP)] = (lambda j=jpegs["12MP"]: decode_draft(j, (341, 256)))
+        # at Lite0's resize target (341x256) the 12 MP photo decodes at 1/8 scale
+        lite0 = PreprocessConfig.for_variant(get_variant("lite0")).resized_dims(*SIZES["12MP"])
+        tasks[("decode", DRAFT_12MP)] = (lambda j=jpegs["12MP"]: decode_draft(j, lite0))
         times = timed_rounds(tasks, args.runs, max(1, args.warmup // 2), "end to end", args.settle)
         report["jpeg_decode"] = {size: summarize(times[("decode", size)]) for size in [*jpegs, DRAFT_12MP]}
         report["jpeg_bytes"] = {size: len(j) for size, j in jpegs.items()}
