@@ -97,10 +97,3 @@ def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None,
             weights[op.output] = QuantWeights(q, scales, bias)
     assert OUTPUT in act
     return QuantizedGraph(graph, act, weights, dict(calibration or {}))
-
-
-def dequantized_weight(qg: QuantizedGraph, name: str) -> np.ndarray:
-    """The float weight the int8 model actually uses (for checks and simulation)."""
-    w = qg.weights[name]
-    shape = (-1,) + (1,) * (w.weight.ndim - 1)
-    return w.weight.astype(np.float32) * w.scales.reshape(shape)
