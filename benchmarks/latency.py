@@ -142,11 +142,9 @@ def run(args) -> dict:
                 times[(report["baseline"], "640x480")], times[(name, "640x480")])
             if "invoke" in args.modes:   # rounds pair up: same index, same moment
                 inv = np.asarray(rows[name]["invoke"]["samples_ms"]) / 1e3
-                rows[name]["e2e"]["640x480_over_invoke_plus_decode"] = median_ratio(
-                    times[(name, "640x480")], inv + np.asarray(times[("decode", "640x480")]))
-                # the least 12MP / 640x480 ratio this VGA time allows: draft decode + invoke
-                rows[name]["e2e"]["12MP_floor_over_640x480"] = median_ratio(
-                    inv + np.asarray(times[("decode", DRAFT_12MP)]), times[(name, "640x480")])
+                rows[name]["e2e"].update(vga_and_12mp_ratios(
+                    inv, times[("decode", "640x480")], times[("decode", DRAFT_12MP)],
+                    times[(name, "640x480")]))
     if not args.no_rss:
         for c in cands:
             rows[key[id(c)]]["peak_rss_mb"] = peak_rss_mb(c)
@@ -155,6 +153,23 @@ def run(args) -> dict:
         row["name"] = name
     report["checks"] = checks(report)
     return report
+
+
+VGA_TARGET = 1.3   # e2e 640x480 <= 1.3 x (invoke + plain decode)
+
+
+def vga_and_12mp_ratios(invoke, decode_vga, decode_12mp_draft, e2e_vga) -> dict:
+    """Per-round median ratios behind the two end-to-end targets (all series in seconds,
+    one value per round):
+    - 640x480 end to end over invoke + its plain decode;
+    - the floor of "12 MP / 640x480": the 12 MP photo's 1/8-scale decode plus invoke (what
+      any pipeline pays) over this run's 640x480 end to end;
+    - that floor if 640x480 took exactly its target, 1.3 x (invoke + decode): above 3, no
+      pipeline can meet both targets with this decoder, model and thread count."""
+    inv, d_vga, d_12 = (np.asarray(a, np.float64) for a in (invoke, decode_vga, decode_12mp_draft))
+    return {"640x480_over_invoke_plus_decode": median_ratio(e2e_vga, inv + d_vga),
+            "12MP_floor_over_640x480": median_ratio(inv + d_12, e2e_vga),
+            "12MP_floor_if_640x480_on_target": median_ratio(inv + d_12, VGA_TARGET * (inv + d_vga))}
 
 
 def checks(report) -> list[dict]:
@@ -186,13 +201,14 @@ def checks(report) -> list[dict]:
         if "640x480_over_invoke_plus_decode" in e2e:
             ratio = e2e["640x480_over_invoke_plus_decode"]
             out.append({"check": f"{r['name']}: e2e 640x480 / (invoke + decode)", "ratio": ratio,
-                        "target": "<= 1.3", "ok": ratio <= 1.3})
+                        "target": f"<= {VGA_TARGET}", "ok": ratio <= VGA_TARGET})
         if "12MP_over_640x480" in e2e:
             ratio = e2e["12MP_over_640x480"]
             row = {"check": f"{r['name']}: e2e 12MP / e2e 640x480", "ratio": ratio,
                    "target": "<= 3", "ok": ratio <= 3}
             if "12MP_floor_over_640x480" in e2e:
                 row["floor"] = e2e["12MP_floor_over_640x480"]
+                row["floor_if_640x480_on_target"] = e2e["12MP_floor_if_640x480_on_target"]
             out.append(row)
     return out
 
@@ -230,7 +246,8 @@ def print_report(report) -> None:
     if report["checks"]:
         print("\ntargets (ratios measured in this run)")
         for c in report["checks"]:
-            floor = (f"; floor {c['floor']:.2f}: the 12MP JPEG's 1/8-scale decode + invoke alone"
+            floor = (f"; floor {c['floor']:.2f}: the 12MP JPEG's 1/8-scale decode + invoke alone;"
+                     f" {c['floor_if_640x480_on_target']:.2f} if 640x480 met its target"
                      if "floor" in c else "")
             print(f"  [{'ok' if c['ok'] else 'MISSED'}] {c['check']}: {c['ratio']:.2f} (target {c['target']}{floor})")
 

@@ -31,6 +31,17 @@ def test_median_ratio_cancels_drift():
         median_ratio([1, 2], [1])
 
 
+def test_end_to_end_target_ratios_and_their_floors():
+    # three rounds (ms); the middle one ran on a machine slowed down 2x throughout
+    slow = np.array([1.0, 2.0, 1.0])
+    invoke, dec_vga, dec_12mp, e2e_vga = 4 * slow, 1 * slow, 20 * slow, 8 * slow
+    r = latency.vga_and_12mp_ratios(invoke, dec_vga, dec_12mp, e2e_vga)
+    assert r["640x480_over_invoke_plus_decode"] == pytest.approx(8 / 5)
+    assert r["12MP_floor_over_640x480"] == pytest.approx(24 / 8)
+    # had 640x480 taken 1.3 x 5 ms, even the bare 12 MP decode + invoke would be 3.69x it
+    assert r["12MP_floor_if_640x480_on_target"] == pytest.approx(24 / (1.3 * 5))
+
+
 def test_jpegs_have_the_promised_sizes():
     from PIL import Image
     import io
@@ -65,8 +76,9 @@ def test_bench_json_and_checks(lite0_files, tmp_path, capsys):
     assert any("int8 vs fp32 on litert" in n for n in names)
     assert any("e2e 640x480 / (invoke + decode)" in n for n in names)
     assert "12MP_draft_1/8" in report["jpeg_decode"]
-    floors = [c["floor"] for c in report["checks"] if "floor" in c]
-    assert floors and all(f > 0 for f in floors)
+    floors = [c for c in report["checks"] if "floor" in c]
+    assert floors and all(c["floor"] > 0 and c["floor_if_640x480_on_target"] > 0 for c in floors)
+    assert "if 640x480 met its target" in printed
     assert all(isinstance(c["ok"], bool) and c["ratio"] > 0 for c in report["checks"])
     assert plot.stat().st_size > 10_000 and plot.read_bytes()[:4] == b"\x89PNG"
 
