@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Classifier, ClassifierOptions
+from runtime import Classifier, ClassifierOptions, ModelError
 
 
 @dataclass
@@ -63,13 +63,15 @@ class TorchCandidate(Candidate):
 
     def load(self):
         import torch
-        from model_export.weights import load_model
+        from model_export.weights import WeightsError, load_model
         from runtime.preprocess import PreprocessConfig
         self.torch = torch
         start = time.perf_counter()
         torch.set_num_threads(self.threads)
-        random_init = self.extra.get("random_init", False)
-        self.model = load_model(self.variant, random_init=random_init)
+        try:
+            self.model = load_model(self.variant, random_init=self.extra.get("random_init", False))
+        except WeightsError as e:
+            raise ModelError(f"--torch {self.variant}: {e}") from None
         v = self.model.variant
         self.config = PreprocessConfig.for_variant(v, self.model.input_size)
         self.x = torch.zeros(1, 3, self.model.input_size, self.model.input_size)

@@ -19,6 +19,8 @@ from runtime.dataset import DatasetError, labelled_images
 from runtime.metrics import mean_kl
 from runtime.progress import track
 
+from .arguments import check_model_files, check_output, positive_int, torch_variants, write_text
+
 
 def file_scorer(path, threads, exact=False):
     clf = Classifier.from_file(path, ClassifierOptions(num_threads=threads, exact=exact))
@@ -27,10 +29,13 @@ def file_scorer(path, threads, exact=False):
 
 def torch_scorer(variant, threads):
     import torch
-    from model_export.weights import load_model
+    from model_export.weights import WeightsError, load_model
     from runtime.preprocess import PreprocessConfig, normalize, preprocess
     torch.set_num_threads(threads or torch.get_num_threads())
-    model = load_model(variant)
+    try:
+        model = load_model(variant)
+    except WeightsError as e:
+        raise ModelError(f"--torch {variant}: {e}") from None
     v = model.variant
     cfg = PreprocessConfig.for_variant(v, model.input_size)
 
@@ -74,22 +79,28 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter,
                                 epilog="example:\n  effnet-eval lite0_int8.tflite lite0_int8.onnx "
                                        "--torch lite0 --data ../shared/data/imagenet-sample-dev")
-    p.add_argument("models", nargs="*", type=Path)
+    p.add_argument("models", nargs="*", type=Path, help=".tflite / .onnx files")
     p.add_argument("--data", type=Path, required=True, help="labelled image folder")
     p.add_argument("--torch", default="", metavar="VARIANTS", help="also evaluate PyTorch fp32")
     p.add_argument("--reference", help="model (file name or torch:VARIANT) to compare against "
                                        "(default: the first torch model, else the first file)")
-    p.add_argument("--limit", type=int, help="only the first N images (sorted by path)")
-    p.add_argument("--threads", type=int)
+    p.add_argument("--limit", type=positive_int, help="only the first N images (sorted by path)")
+    p.add_argument("--threads", type=positive_int, help="inference threads (backend default)")
     p.add_argument("--exact", action="store_true",
                    help="model files use the bit-identical reference preprocessing (the PyTorch "
                         "model always does); default: the runtime's fast path, as users run it")
-    p.add_argument("--json", type=Path)
+    p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--version", action="version", version=f"effnet-eval {__version__}")
     args = p.parse_args(argv)
-    variants = [v for v in args.torch.split(",") if v]
-    if not args.models and not variants:
+    if not args.models and not args.torch:
         p.error("give model files and/or --torch VARIANTS")
+    check_model_files(p, args.models)
+    variants = torch_variants(p, args.torch, False, "evaluate a file exported from a checkpoint "
+                              "instead (effnet-export {name} --weights CHECKPOINT)")
+    check_output(p, args.json, "--json")
+    names = [f"torch:{v}" for v in variants] + [m.name for m in args.models]
+    if args.reference and args.reference not in names:
+        p.error(f"--reference {args.reference}: not among the evaluated models ({', '.join(names)})")
     try:
         items = labelled_images(args.data)[:args.limit]
         scorers = [(f"torch:{v}", torch_scorer(v, args.threads)) for v in variants]
@@ -102,9 +113,6 @@ def main(argv=None) -> int:
         figures, probs[name], _ = evaluate(name, scorer, items)
         results.append(figures)
     ref = args.reference or scorers[0][0]
-    if ref not in probs:
-        print(f"effnet-eval: error: --reference {ref} is not among the evaluated models", file=sys.stderr)
-        return 2
     for r in results:
         r.update({"reference": ref, **agreement(probs[ref], probs[r["model"]])})
     print(f"{len(items)} images from {args.data}; reference for agreement: {ref}")
@@ -112,8 +120,9 @@ def main(argv=None) -> int:
     for r in results:
         print(f"{r['model']:<32} {r['top1']:>7.1%} {r['top5']:>7.1%} {r['top1_agreement']:>7.1%} "
               f"{r['mean_kl']:>8.4f} {r['failed']:>7}")
-    if args.json:
-        args.json.write_text(json.dumps({"data": str(args.data), "images": len(items), "results": results}, indent=2))
+    if args.json and not write_text(args.json, json.dumps(
+            {"data": str(args.data), "images": len(items), "results": results}, indent=2), "effnet-eval"):
+        return 2
     return 1 if any(r["failed"] for r in results) else 0
 
 

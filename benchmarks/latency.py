@@ -6,6 +6,7 @@ ratios to the baseline are taken per round and reported as medians.
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import sys
 import time
@@ -13,12 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import BackendUnavailableError, ModelError, __version__
+from runtime import BackendUnavailableError, ImageError, ModelError, __version__
 from runtime.backends import BACKENDS
 from runtime.preprocess import PreprocessConfig
 from runtime.variants import get_variant
 from runtime.progress import Progress
 
+from .arguments import (check_model_files, check_output, positive_int, positive_ints,
+                        read_json_report, torch_variants, write_text)
 from .candidates import file_candidates, peak_rss_mb, torch_candidates
 from .machine import machine_info
 from .photos import SIZES, decode, decode_draft, make_jpegs, source_photo
@@ -43,14 +46,14 @@ def parse_args(argv=None):
                    help="add PyTorch eager fp32 of these variants (e.g. lite0,lite2): the baseline")
     p.add_argument("--torch-random-init", action="store_true",
                    help="allow untrained PyTorch Lite3/4 (latency does not depend on weights)")
-    p.add_argument("--threads", default="1,2", help="thread counts to try (1,2)")
+    p.add_argument("--threads", default=[1, 2], type=positive_ints, help="thread counts to try (1,2)")
     p.add_argument("--backends", help="backends to use (default: the first installed per file type)")
     p.add_argument("--all-backends", action="store_true", help="every installed backend per file")
     p.add_argument("--mode", default="invoke,e2e",
-                   help="invoke (prepared tensor) and/or e2e (JPEG bytes to top-5)")
+                   help="invoke (prepared tensor) and/or e2e (JPEG bytes to top-5); default both")
     p.add_argument("--photo", type=Path, help="photo for e2e (default: scikit-image's coffee)")
-    p.add_argument("--runs", type=int, default=60, help="timed rounds (60)")
-    p.add_argument("--warmup", type=int, default=5, help="untimed runs per candidate first (5)")
+    p.add_argument("--runs", type=positive_int, default=60, help="timed rounds (60)")
+    p.add_argument("--warmup", type=positive_int, default=5, help="untimed runs per candidate first (5)")
     p.add_argument("--settle", type=int, default=1,
                    help="untimed calls before each timed one in a round (1): lets the previous "
                         "candidate's spinning worker threads go idle (matters on few cores)")
@@ -64,14 +67,27 @@ def parse_args(argv=None):
     args = p.parse_args(argv)
     if args.quick:
         args.runs, args.warmup = 5, 1
-    args.threads = [int(t) for t in args.threads.split(",") if t]
     args.modes = [m for m in args.mode.split(",") if m]
-    if any(m not in ("invoke", "e2e") for m in args.modes):
+    if not args.modes or any(m not in ("invoke", "e2e") for m in args.modes):
         p.error("--mode takes invoke and/or e2e")
     if not args.models and not args.torch:
         p.error("give model files and/or --torch VARIANTS")
-    if args.runs < 1 or any(t < 1 for t in args.threads):
-        p.error("--runs and --threads must be positive")
+    check_model_files(p, args.models)
+    args.torch_variants = torch_variants(
+        p, args.torch, args.torch_random_init,
+        "add --torch-random-init to time it untrained (latency does not depend on the weights)")
+    check_output(p, args.json, "--json")
+    check_output(p, args.plot, "--plot")
+    if args.plot and importlib.util.find_spec("matplotlib") is None:
+        p.error("--plot needs matplotlib: pip install 'effnet-lite-edge[bench]'")
+    args.accuracy_report = (read_json_report(p, args.accuracy, "--accuracy", "results")
+                            if args.accuracy else None)
+    args.source = None
+    if "e2e" in args.modes:
+        try:
+            args.source = source_photo(args.photo)
+        except ImageError as e:
+            p.error(f"--photo {e}")
     return args
 
 
@@ -98,8 +114,7 @@ def run(args) -> dict:
     cands = file_candidates(args.models, args.threads,
                             args.backends.split(",") if args.backends else
                             (list(BACKENDS) if args.all_backends else None))
-    variants = [v for v in args.torch.split(",") if v]
-    cands += torch_candidates(variants, args.threads, args.torch_random_init)
+    cands += torch_candidates(args.torch_variants, args.threads, args.torch_random_init)
     if not cands:
         raise ModelError("no candidate can run here (no backend installed for these files?)")
     for c in cands:
@@ -122,7 +137,7 @@ def run(args) -> dict:
             rows[name]["invoke"]["speedup_vs_baseline"] = median_ratio(times[report["baseline"]], t)
             rows[name]["invoke"]["samples_ms"] = [round(x * 1e3, 4) for x in t]
     if "e2e" in args.modes:
-        jpegs = make_jpegs(source_photo(args.photo))
+        jpegs = make_jpegs(args.source)
         tasks = {}
         for size, jpeg in jpegs.items():
             tasks[("decode", size)] = (lambda j=jpeg: decode(j))
@@ -260,15 +275,20 @@ def main(argv=None) -> int:
         print(f"effnet-bench: error: {e}", file=sys.stderr)
         return 2
     print_report(report)
+    written = True
     if args.json:
-        args.json.write_text(json.dumps(report, indent=2))
-        print(f"wrote {args.json}", file=sys.stderr)
+        written = write_text(args.json, json.dumps(report, indent=2), "effnet-bench")
+        if written:
+            print(f"wrote {args.json}", file=sys.stderr)
     if args.plot:
         from .plot import plot_report
-        accuracy = json.loads(args.accuracy.read_text()) if args.accuracy else None
-        plot_report(report, args.plot, accuracy)
-        print(f"wrote {args.plot}", file=sys.stderr)
-    return 0
+        try:
+            plot_report(report, args.plot, args.accuracy_report)
+            print(f"wrote {args.plot}", file=sys.stderr)
+        except OSError as e:
+            print(f"effnet-bench: error: cannot write {args.plot}: {e.strerror or e}", file=sys.stderr)
+            written = False
+    return 0 if written else 2
 
 
 if __name__ == "__main__":

@@ -7,13 +7,17 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from runtime.preprocess import load_image
+
 # name → (width, height): a typical web photo, a camera frame, a 12-megapixel phone photo
 SIZES = {"500x375": (500, 375), "640x480": (640, 480), "12MP": (4000, 3000)}
 
 
 def source_photo(path: str | Path | None) -> Image.Image:
+    """The photo to encode at each size: `path` (upright RGB; ImageError if unreadable),
+    else scikit-image's coffee."""
     if path is not None:
-        return Image.open(path).convert("RGB")
+        return load_image(path)
     try:
         from skimage import data
     except ImportError:

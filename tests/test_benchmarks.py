@@ -101,6 +101,39 @@ def test_bench_usage_errors(capsys, tmp_path):
     assert "effnet-bench: error:" in capsys.readouterr().err
 
 
+BAD_ARGS = [  # (command, arguments; {m}: a .tflite file, {t}: the test's folder), expected words
+    ("bench", ["{m}", "--threads", "x"], "--threads: expected positive integers"),
+    ("bench", ["{t}/missing.tflite"], "missing.tflite: no such file"),
+    ("bench", ["{t}/notes.txt"], "notes.txt: not a model file"),
+    ("bench", ["--torch", "lite9"], "unknown variant 'lite9'"),
+    ("bench", ["--torch", "lite3"], "--torch"),       # untrained: needs --torch-random-init
+    ("bench", ["{m}", "--photo", "{t}/notes.txt"], "--photo {t}/notes.txt: not an image"),
+    ("bench", ["{m}", "--json", "{t}/absent/b.json"], "folder {t}/absent does not exist"),
+    ("bench", ["{m}", "--plot", "{t}/b.png", "--accuracy", "{t}/notes.txt"], "--accuracy {t}/notes.txt"),
+    ("eval", ["{t}/missing.tflite", "--data", "{t}"], "missing.tflite: no such file"),
+    ("eval", ["{m}", "--torch", "lite4", "--data", "{t}"], "--torch"),
+    ("eval", ["{m}", "--data", "{t}", "--reference", "other.onnx"], "--reference other.onnx"),
+    ("eval", ["{m}", "--data", "{t}", "--limit", "0"], "--limit: expected a positive integer"),
+    ("eval", ["{m}", "--data", "{t}", "--json", "{t}/absent/e.json"], "folder {t}/absent does not exist"),
+]
+
+
+@pytest.mark.parametrize("command,args,expected", BAD_ARGS)
+def test_bench_and_eval_reject_bad_arguments_before_any_work(command, args, expected, tmp_path, capsys):
+    (tmp_path / "m.tflite").write_bytes(b"checked only when loaded, after the arguments")
+    (tmp_path / "notes.txt").write_text("not an image, not JSON")
+    fill = {"m": str(tmp_path / "m.tflite"), "t": str(tmp_path)}
+    main = latency.main if command == "bench" else evaluate.main
+    with pytest.raises(SystemExit) as exit_:
+        main([a.format(**fill) for a in args])
+    assert exit_.value.code == 2
+    err = capsys.readouterr().err
+    prog = "effnet-bench" if command == "bench" else "effnet-eval"
+    last = err.strip().splitlines()[-1]
+    assert last.startswith(f"{prog}: error:") and expected.format(**fill) in last, err
+    assert "Traceback" not in err
+
+
 def labelled_folders(root, photos):
     """The same four photos in the three folder layouts effnet-eval reads."""
     chosen = {"coffee.jpg": ("n07920052", 967), "chelsea.jpg": ("n02123045", 281),
@@ -169,3 +202,15 @@ def test_softmax_and_kl():
     assert mean_kl(p, p) == 0.0
     expected = 0.5 * (0.5 * np.log(0.5 / 0.75) + 0.5 * np.log(0.5 / 0.25))
     assert mean_kl(p[:1].repeat(2, 0), np.array([[0.75, 0.25], [0.5, 0.5]])) == pytest.approx(expected)
+
+
+def test_draft_study_compares_fast_and_exact_and_skips_a_broken_photo(lite0_files, tmp_path, capsys):
+    from benchmarks import draft_study
+    _, _, prefix_dir = labelled_folders(tmp_path, lite0_files["photos"])
+    (prefix_dir / "n07920052_broken.jpg").write_text("broken")
+    code = draft_study.main(["--model", str(lite0_files["int8.tflite"]), "--data", str(prefix_dir),
+                             "--size", "1200x900"])
+    out, err = capsys.readouterr()
+    assert code == 1                                    # one photo could not be read
+    assert "3 photos as 1200x900 JPEGs" in out and "same top-1:" in out
+    assert "n07920052_broken.jpg" in err and "Traceback" not in err

@@ -1,0 +1,108 @@
+"""Checks on what effnet-bench and effnet-eval are given, made before any long work: a
+typo fails in a second with one line, not with a traceback after minutes of timing."""
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import sys
+from pathlib import Path
+
+from runtime.backends import KIND_BY_SUFFIX
+from runtime.variants import UnknownVariantError, get_variant
+
+TORCH_INSTALL = "pip install torch==2.13.0, then pip install -e '.[export]'"
+
+
+def positive_ints(text: str) -> list[int]:
+    """argparse type for "1,2,4"."""
+    try:
+        values = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError:
+        values = []
+    if not values or any(v < 1 for v in values):
+        raise argparse.ArgumentTypeError(f"expected positive integers separated by commas (e.g. 1,2), "
+                                         f"not {text!r}")
+    return values
+
+
+def positive_int(text: str) -> int:
+    """argparse type for a count that must be at least 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, not {text!r}")
+    return value
+
+
+def check_model_files(parser: argparse.ArgumentParser, paths) -> None:
+    for path in map(Path, paths):
+        if not path.is_file():
+            parser.error(f"{path}: {'is a directory' if path.is_dir() else 'no such file'}")
+        if path.suffix.lower() not in KIND_BY_SUFFIX:
+            parser.error(f"{path}: not a model file (expected .tflite or .onnx)")
+
+
+def check_output(parser: argparse.ArgumentParser, path: Path | None, flag: str) -> None:
+    """The file can be written: its folder exists and is writable (so the run's figures are
+    not lost at the end)."""
+    if path is None:
+        return
+    folder = path.parent if str(path.parent) else Path(".")
+    if path.is_dir():
+        parser.error(f"{flag} {path}: is a directory")
+    if not folder.is_dir():
+        parser.error(f"{flag} {path}: folder {folder} does not exist")
+    if not os.access(folder, os.W_OK):
+        parser.error(f"{flag} {path}: folder {folder} is not writable")
+
+
+def torch_variants(parser: argparse.ArgumentParser, text: str, untrained_ok: bool,
+                   no_weights_hint: str) -> list[str]:
+    """The canonical names in a --torch list; PyTorch must be installed, and each variant
+    must have bundled weights unless untrained models are acceptable (`no_weights_hint`,
+    with {name} for the variant, says what to do instead)."""
+    names = []
+    for item in (t.strip() for t in text.split(",")):
+        if not item:
+            continue
+        try:
+            names.append(get_variant(item).name)
+        except UnknownVariantError as e:
+            parser.error(f"--torch: {e}")
+    if names and importlib.util.find_spec("torch") is None:
+        parser.error(f"--torch needs PyTorch, which is not installed ({TORCH_INSTALL})")
+    if names and not untrained_ok:
+        from model_export.weights import WEIGHT_PACKAGES
+        for name in names:
+            if name not in WEIGHT_PACKAGES:
+                parser.error(f"--torch {name}: no pretrained weights are bundled for {name} "
+                             f"(only for {', '.join(WEIGHT_PACKAGES)}); "
+                             + no_weights_hint.format(name=name))
+    return names
+
+
+def read_json_report(parser: argparse.ArgumentParser, path: Path, flag: str, key: str) -> dict:
+    """A JSON file another of our commands wrote, with `key` at its top level."""
+    try:
+        report = json.loads(path.read_text())
+    except FileNotFoundError:
+        parser.error(f"{flag} {path}: no such file")
+    except (OSError, UnicodeDecodeError, ValueError) as e:
+        parser.error(f"{flag} {path}: not readable JSON ({str(e).splitlines()[0]})")
+    if not isinstance(report, dict) or key not in report:
+        parser.error(f"{flag} {path}: no {key!r} in it (expected the --json output of effnet-eval)")
+    return report
+
+
+def write_text(path: Path, text: str, prog: str) -> bool:
+    """Write `path`; on failure say so in one line (the run's figures are already printed)."""
+    try:
+        path.write_text(text)
+    except OSError as e:
+        print(f"{prog}: error: cannot write {path}: {e.strerror or e}", file=sys.stderr)
+        return False
+    return True
