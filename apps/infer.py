@@ -61,6 +61,8 @@ def parse_args(argv=None):
         p.error("--top-k must be at least 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if not 0 <= args.threshold <= 1:
+        p.error(f"--threshold is a probability between 0 and 1, not {args.threshold:g}")
     return args
 
 

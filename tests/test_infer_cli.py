@@ -87,6 +87,11 @@ def test_usage(capsys):
     with pytest.raises(SystemExit) as e:
         main(["x.jpg"])
     assert e.value.code == 2
+    for bad, says in ((["-k", "0"], "--top-k"), (["--threads", "0"], "--threads"),
+                      (["-t", "10"], "--threshold is a probability")):
+        with pytest.raises(SystemExit) as e:
+            main(["x.jpg", "-m", "m.tflite", *bad])
+        assert e.value.code == 2 and says in capsys.readouterr().err.splitlines()[-1]
     with pytest.raises(SystemExit) as e:
         main(["--version"])
     assert "effnet-infer 0." in capsys.readouterr().out
