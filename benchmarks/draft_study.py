@@ -15,12 +15,13 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+from model_export.cli_checks import check_model_files, positive_int
 from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError
 from runtime.dataset import DatasetError, labelled_images
 from runtime.preprocess import load_image
 from runtime.progress import track
 
-from .arguments import check_model_files, positive_int
 from .photos import make_jpegs
 
 

@@ -14,12 +14,11 @@ from pathlib import Path
 
 import numpy as np
 
+from model_export.cli_checks import check_model_files, check_output, positive_int, variant_list, write_text
 from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError, __version__
 from runtime.dataset import DatasetError, labelled_images
 from runtime.metrics import mean_kl
 from runtime.progress import track
-
-from .arguments import check_model_files, check_output, positive_int, torch_variants, write_text
 
 
 def file_scorer(path, threads, exact=False):
@@ -95,7 +94,7 @@ def main(argv=None) -> int:
     if not args.models and not args.torch:
         p.error("give model files and/or --torch VARIANTS")
     check_model_files(p, args.models)
-    variants = torch_variants(p, args.torch, False, "evaluate a file exported from a checkpoint "
+    variants = variant_list(p, args.torch, "--torch", False, "evaluate a file exported from a checkpoint "
                               "instead (effnet-export {name} --weights CHECKPOINT)")
     check_output(p, args.json, "--json")
     names = [f"torch:{v}" for v in variants] + [m.name for m in args.models]

@@ -14,14 +14,14 @@ from pathlib import Path
 
 import numpy as np
 
+from model_export.cli_checks import (check_model_files, check_output, positive_int, positive_ints,
+                                     read_json_report, variant_list, write_text)
 from runtime import BackendUnavailableError, ImageError, ModelError, __version__
 from runtime.backends import BACKENDS
 from runtime.preprocess import PreprocessConfig
-from runtime.variants import get_variant
 from runtime.progress import Progress
+from runtime.variants import get_variant
 
-from .arguments import (check_model_files, check_output, positive_int, positive_ints,
-                        read_json_report, torch_variants, write_text)
 from .candidates import file_candidates, peak_rss_mb, torch_candidates
 from .machine import machine_info
 from .photos import SIZES, decode, decode_draft, make_jpegs, source_photo
@@ -73,8 +73,8 @@ def parse_args(argv=None):
     if not args.models and not args.torch:
         p.error("give model files and/or --torch VARIANTS")
     check_model_files(p, args.models)
-    args.torch_variants = torch_variants(
-        p, args.torch, args.torch_random_init,
+    args.torch_variants = variant_list(
+        p, args.torch, "--torch", args.torch_random_init,
         "add --torch-random-init to time it untrained (latency does not depend on the weights)")
     check_output(p, args.json, "--json")
     check_output(p, args.plot, "--plot")

@@ -22,6 +22,7 @@ from runtime.preprocess import PreprocessConfig
 
 from . import onnx_writer, tflite_writer
 from .calibration import collect, data_free_ranges, load_calibration_images, pixels_to_input
+from .cli_checks import output_problem
 from .folding import fold_batchnorm
 from .graph import build_graph, with_pixel_input
 from .quantize import PIXEL_SCALE, QuantizedGraph, quantize_graph
@@ -53,11 +54,9 @@ class ExportResult:
 
 
 def check_writable(path: Path) -> None:
-    parent = path.resolve().parent
-    if not parent.is_dir():
-        raise ExportError(f"{path}: output folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise ExportError(f"{path}: cannot write to {parent} (permission denied)")
+    problem = output_problem(path)
+    if problem:
+        raise ExportError(f"{path}: {problem}")
 
 
 class Exporter:

@@ -26,6 +26,7 @@ from runtime.preprocess import normalize, preprocess
 from runtime.progress import track
 
 from .calibration import ESTIMATORS, collect, data_free_ranges, pixels_to_input
+from .cli_checks import check_output, variant_list, write_text
 from .export import Exporter
 from .graph import run, with_pixel_input
 
@@ -169,12 +170,16 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True,
                    help="labelled photo folder (labels.csv, synset folders or wnid_ file names)")
-    p.add_argument("--variants", default="lite0,lite1,lite2")
+    p.add_argument("--variants", default="lite0,lite1,lite2",
+                   help="variants to report (lite0,lite1,lite2: those with bundled weights)")
     p.add_argument("--estimators", default=",".join(ESTIMATORS),
                    help="range estimators to compare; the first is also exported to ONNX")
     p.add_argument("--no-ort", action="store_true", help="skip onnxruntime's quantize_static")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     args = p.parse_args(argv)
+    variants = variant_list(p, args.variants, "--variants", False,
+                            "the report compares against the pretrained fp32 model")
+    check_output(p, args.json, "--json")
     estimators = tuple(e for e in args.estimators.split(",") if e)
     bad = [e for e in estimators if e not in ESTIMATORS]
     if bad or not estimators:
@@ -187,11 +192,10 @@ def main(argv=None) -> int:
     if len(items) < 2:
         print(f"effnet-quant-report: error: {args.data}: need at least 2 labelled photos", file=sys.stderr)
         return 2
-    rows = [report_variant(v.strip(), items, estimators, not args.no_ort)
-            for v in args.variants.split(",") if v.strip()]
+    rows = [report_variant(v, items, estimators, not args.no_ort) for v in variants]
     print_table(rows, estimators)
-    if args.json:
-        args.json.write_text(json.dumps(rows, indent=2))
+    if args.json and not write_text(args.json, json.dumps(rows, indent=2), "effnet-quant-report"):
+        return 2
     return 0
 
 

@@ -54,6 +54,27 @@ def test_cli_unknown_variant(capsys):
                            "choose one of lite0, lite1, lite2, lite3, lite4")
 
 
+def test_output_path_that_is_a_folder(tmp_path, capsys):
+    assert main(["lite0", "--precision", "fp32", "-o", str(tmp_path)]) == 1
+    assert f"{tmp_path}: is a directory" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--variants", "lite9"], "--variants: unknown variant 'lite9'"),
+    (["--variants", "lite0,lite4"], "--variants lite4: no pretrained weights are bundled"),
+    (["--json", "{t}/absent/r.json"], "--json {t}/absent/r.json: output folder"),
+])
+def test_quant_report_rejects_bad_arguments_before_any_work(args, message, tmp_path, capsys):
+    from model_export.report import main as report_main
+    with pytest.raises(SystemExit) as exit_info:
+        report_main(["--data", str(tmp_path), *(a.format(t=tmp_path) for a in args)])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("effnet-quant-report: error:") and message.format(t=tmp_path) in last
+    assert "Traceback" not in err
+
+
 def test_empty_and_imageless_calibration_folders(tmp_path, capsys):
     empty = tmp_path / "empty"
     empty.mkdir()

@@ -1,5 +1,7 @@
-"""Checks on what effnet-bench and effnet-eval are given, made before any long work: a
-typo fails in a second with one line, not with a traceback after minutes of timing."""
+"""Checks the project's long-running commands (effnet-export, effnet-quant-report,
+effnet-bench, effnet-eval) make on their arguments before any work: a typo fails in a
+second with one line, not with a traceback after minutes of calibration or timing.
+Imports neither torch nor onnx, so the benchmark commands can use it without them."""
 from __future__ import annotations
 
 import argparse
@@ -46,25 +48,32 @@ def check_model_files(parser: argparse.ArgumentParser, paths) -> None:
             parser.error(f"{path}: not a model file (expected .tflite or .onnx)")
 
 
-def check_output(parser: argparse.ArgumentParser, path: Path | None, flag: str) -> None:
-    """The file can be written: its folder exists and is writable (so the run's figures are
-    not lost at the end)."""
-    if path is None:
-        return
-    folder = path.parent if str(path.parent) else Path(".")
+def output_problem(path: Path) -> str | None:
+    """Why a file cannot be written at `path` (its folder is missing or read-only, or it is
+    a folder), or None."""
+    path = Path(path)
     if path.is_dir():
-        parser.error(f"{flag} {path}: is a directory")
-    if not folder.is_dir():
-        parser.error(f"{flag} {path}: folder {folder} does not exist")
-    if not os.access(folder, os.W_OK):
-        parser.error(f"{flag} {path}: folder {folder} is not writable")
+        return "is a directory"
+    parent = path.resolve().parent
+    if not parent.is_dir():
+        return f"output folder {parent} does not exist"
+    if not os.access(parent, os.W_OK):
+        return f"cannot write to {parent} (permission denied)"
+    return None
 
 
-def torch_variants(parser: argparse.ArgumentParser, text: str, untrained_ok: bool,
-                   no_weights_hint: str) -> list[str]:
-    """The canonical names in a --torch list; PyTorch must be installed, and each variant
-    must have bundled weights unless untrained models are acceptable (`no_weights_hint`,
-    with {name} for the variant, says what to do instead)."""
+def check_output(parser: argparse.ArgumentParser, path: Path | None, flag: str) -> None:
+    """The file `flag` names can be written (so a run's figures are not lost at its end)."""
+    problem = output_problem(path) if path is not None else None
+    if problem:
+        parser.error(f"{flag} {path}: {problem}")
+
+
+def variant_list(parser: argparse.ArgumentParser, text: str, flag: str, untrained_ok: bool,
+                 no_weights_hint: str) -> list[str]:
+    """The canonical names in a comma-separated variant list given with `flag`; PyTorch must
+    be installed, and each variant must have bundled weights unless untrained models are
+    acceptable (`no_weights_hint`, with {name} for the variant, says what to do instead)."""
     names = []
     for item in (t.strip() for t in text.split(",")):
         if not item:
@@ -72,14 +81,14 @@ def torch_variants(parser: argparse.ArgumentParser, text: str, untrained_ok: boo
         try:
             names.append(get_variant(item).name)
         except UnknownVariantError as e:
-            parser.error(f"--torch: {e}")
+            parser.error(f"{flag}: {e}")
     if names and importlib.util.find_spec("torch") is None:
-        parser.error(f"--torch needs PyTorch, which is not installed ({TORCH_INSTALL})")
+        parser.error(f"{flag} needs PyTorch, which is not installed ({TORCH_INSTALL})")
     if names and not untrained_ok:
-        from model_export.weights import WEIGHT_PACKAGES
+        from .weights import WEIGHT_PACKAGES
         for name in names:
             if name not in WEIGHT_PACKAGES:
-                parser.error(f"--torch {name}: no pretrained weights are bundled for {name} "
+                parser.error(f"{flag} {name}: no pretrained weights are bundled for {name} "
                              f"(only for {', '.join(WEIGHT_PACKAGES)}); "
                              + no_weights_hint.format(name=name))
     return names
