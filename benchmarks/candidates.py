@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Classifier, ClassifierOptions, ModelError
+from runtime import Classifier, ClassifierOptions
 
 
 @dataclass
@@ -58,41 +58,28 @@ class FileCandidate(Candidate):
 
 
 class TorchCandidate(Candidate):
-    """PyTorch eager fp32: the unfolded model as a user would run it, with torchvision-
-    style float preprocessing (decode, resize, crop, normalize, to tensor)."""
+    """PyTorch eager fp32 (see torch_reference): the baseline users would otherwise run."""
 
     def load(self):
         import torch
-        from model_export.weights import WeightsError, load_model
-        from runtime.preprocess import PreprocessConfig
+        from .torch_reference import TorchReference
         self.torch = torch
         start = time.perf_counter()
         torch.set_num_threads(self.threads)
-        try:
-            self.model = load_model(self.variant, random_init=self.extra.get("random_init", False))
-        except WeightsError as e:
-            raise ModelError(f"--torch {self.variant}: {e}") from None
-        v = self.model.variant
-        self.config = PreprocessConfig.for_variant(v, self.model.input_size)
-        self.x = torch.zeros(1, 3, self.model.input_size, self.model.input_size)
-        with torch.no_grad():
-            self.model(self.x)
+        self.ref = TorchReference(self.variant, self.extra.get("random_init", False))
+        size = self.ref.model.input_size
+        self.x = torch.zeros(1, 3, size, size)
+        self.ref.probabilities(self.x)
         self.load_ms = (time.perf_counter() - start) * 1e3
 
     def invoke(self):
         self.torch.set_num_threads(self.threads)   # torch's setting is global: set it per call
         with self.torch.no_grad():
-            self.model(self.x)
+            self.ref.model(self.x)
 
     def end_to_end(self, jpeg):
-        from runtime.preprocess import normalize, preprocess
-        torch = self.torch
-        torch.set_num_threads(self.threads)
-        v = self.model.variant
-        x = normalize(preprocess(jpeg, self.config, exact=True), v.mean, v.std)
-        with torch.no_grad():
-            logits = self.model(torch.from_numpy(x.transpose(2, 0, 1).copy())[None])
-        return torch.softmax(logits, 1).topk(5)
+        self.torch.set_num_threads(self.threads)
+        return self.ref.probabilities(self.ref.input(jpeg)).topk(5)
 
 
 def file_candidates(paths, threads, backends=None) -> list[Candidate]:

@@ -28,21 +28,10 @@ def file_scorer(path, threads, exact=False):
 
 def torch_scorer(variant, threads):
     import torch
-    from model_export.weights import WeightsError, load_model
-    from runtime.preprocess import PreprocessConfig, normalize, preprocess
+    from .torch_reference import TorchReference
     torch.set_num_threads(threads or torch.get_num_threads())
-    try:
-        model = load_model(variant)
-    except WeightsError as e:
-        raise ModelError(f"--torch {variant}: {e}") from None
-    v = model.variant
-    cfg = PreprocessConfig.for_variant(v, model.input_size)
-
-    def score(image):
-        x = normalize(preprocess(image, cfg, exact=True), v.mean, v.std).transpose(2, 0, 1).copy()
-        with torch.no_grad():
-            return torch.softmax(model(torch.from_numpy(x)[None]), 1)[0].numpy()
-    return score
+    ref = TorchReference(variant)
+    return lambda image: ref.probabilities(ref.input(image))[0].numpy()
 
 
 def evaluate(name, scorer, items) -> tuple[dict, np.ndarray, list]:
