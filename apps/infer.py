@@ -89,13 +89,10 @@ def expand(inputs: list[str]):
             yield path, "no such file or directory"
 
 
-def format_table(result, show_timing: bool) -> str:
-    head = f"{result.source}"
-    if show_timing:
-        total = result.preprocess_ms + result.inference_ms
-        head += (f"  ({total:.1f} ms: preprocess {result.preprocess_ms:.1f}, "
-                 f"inference {result.inference_ms:.1f})")
-    lines = [head]
+def format_table(result) -> str:
+    total = result.preprocess_ms + result.inference_ms
+    lines = [f"{result.source}  ({total:.1f} ms: preprocess {result.preprocess_ms:.1f}, "
+             f"inference {result.inference_ms:.1f})"]
     for rank, c in enumerate(result.categories, 1):
         lines.append(f"  {rank}. {c.score:6.1%}  {c.label}  [{c.index}]")
     if not result.categories:
@@ -144,7 +141,7 @@ def main(argv=None) -> int:
                 print(f"{path}\t{top.label}\t{top.score:.4f}" if top else f"{path}\t-\t-")
             else:
                 bar.clear()
-                print(format_table(result, show_timing=True))
+                print(format_table(result))
             sys.stdout.flush()
             bar.update()
     bar.close()
