@@ -5,13 +5,13 @@ Imports neither torch nor onnx, so the benchmark commands can use it without the
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import os
 import sys
 from pathlib import Path
 
 from runtime.backends import KIND_BY_SUFFIX
+from runtime.errors import first_line
 from runtime.variants import UnknownVariantError, get_variant
 
 TORCH_INSTALL = "pip install torch==2.13.0, then pip install -e '.[export]'"
@@ -82,8 +82,12 @@ def variant_list(parser: argparse.ArgumentParser, text: str, flag: str, untraine
             names.append(get_variant(item).name)
         except UnknownVariantError as e:
             parser.error(f"{flag}: {e}")
-    if names and importlib.util.find_spec("torch") is None:
-        parser.error(f"{flag} needs PyTorch, which is not installed ({TORCH_INSTALL})")
+    if names:
+        try:
+            import torch  # noqa: F401  (needed anyway: a missing or broken install fails here, not mid-run)
+        except ImportError as e:
+            parser.error(f"{flag} needs PyTorch, which cannot be imported ({first_line(e)}): "
+                         f"{TORCH_INSTALL}")
     if names and not untrained_ok:
         from .weights import WEIGHT_PACKAGES
         for name in names:

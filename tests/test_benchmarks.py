@@ -11,6 +11,7 @@ from benchmarks import evaluate, latency
 from benchmarks.photos import SIZES, make_jpegs
 from benchmarks.stats import median_ratio, summarize
 from runtime.dataset import DatasetError, labelled_images
+from tests_helpers import BLOCKER
 
 
 def test_summarize():
@@ -214,3 +215,21 @@ def test_draft_study_compares_fast_and_exact_and_skips_a_broken_photo(lite0_file
     assert code == 1                                    # one photo could not be read
     assert "3 photos as 1200x900 JPEGs" in out and "same top-1:" in out
     assert "n07920052_broken.jpg" in err and "Traceback" not in err
+
+
+def test_eval_runs_without_torch_and_says_what_torch_is_for(lite0_files, tmp_path):
+    """The benchmark commands need only the runtime (their argument checks included);
+    PyTorch is asked for only with --torch."""
+    import subprocess
+    import sys
+    from conftest import ROOT
+    _, synset_dir, _ = labelled_folders(tmp_path, lite0_files["photos"])
+    code = BLOCKER + f"""
+from benchmarks import evaluate
+print("exit", evaluate.main([{str(lite0_files['int8.tflite'])!r}, "--data", {str(synset_dir)!r}]))
+evaluate.main(["--torch", "lite0", "--data", {str(synset_dir)!r}])
+"""
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert "exit 0" in proc.stdout and "int8.tflite" in proc.stdout, proc.stderr
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().splitlines()[-1].startswith("effnet-eval: error: --torch needs PyTorch")

@@ -13,16 +13,7 @@ from conftest import ROOT
 from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
                      ModelError)
 from runtime.backends import open_model
-
-BLOCKER = """
-import sys, importlib.abc
-class Block(importlib.abc.MetaPathFinder):
-    def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"torch", "onnx", "onnxruntime", "onnxscript", "tensorflow"}:
-            raise ImportError(f"{name} is blocked for this test")
-sys.meta_path.insert(0, Block())
-"""
-
+from tests_helpers import BLOCKER
 
 def test_runtime_works_without_torch_and_onnx(lite0_files):
     code = BLOCKER + f"""

@@ -5,3 +5,14 @@ from pathlib import Path
 def leftovers(folder: Path) -> list[str]:
     """Temporary files an interrupted export would leave (".name.XXXX.suffix")."""
     return sorted(p.name for p in Path(folder).rglob(".*") if p.is_file())
+
+
+# Prepended to a `python -c` script: makes the heavy packages unimportable in that process.
+BLOCKER = """
+import sys, importlib.abc
+class Block(importlib.abc.MetaPathFinder):
+    def find_spec(self, name, path=None, target=None):
+        if name.split(".")[0] in {"torch", "onnx", "onnxruntime", "onnxscript", "tensorflow"}:
+            raise ImportError(f"{name} is blocked for this test")
+sys.meta_path.insert(0, Block())
+"""
