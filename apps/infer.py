@@ -89,6 +89,21 @@ def expand(inputs: list[str]):
             yield path, "no such file or directory"
 
 
+def describe_model(clf) -> str:
+    """What the banner says of a model's metadata (ours, the standard TFLite one, or none)."""
+    meta, standard = clf.metadata, clf.backend.standard
+    if meta:
+        what = f"{meta.variant} {meta.precision}"
+        if meta.labels and len(meta.labels) != 1000:
+            what += f", {len(meta.labels)} classes"
+        return what + (", UNTRAINED random weights" if meta.untrained else "")
+    if standard:
+        labels = f"{len(standard.labels)} labels from the file" if standard.labels else "no labels file"
+        return (f"{standard.name or 'unnamed model'}: standard TFLite metadata, {labels}; "
+                "crop and interpolation from the input size")
+    return "no metadata: defaults from input size"
+
+
 def format_table(result) -> str:
     total = result.preprocess_ms + result.inference_ms
     lines = [f"{result.source}  ({total:.1f} ms: preprocess {result.preprocess_ms:.1f}, "
@@ -112,10 +127,7 @@ def main(argv=None) -> int:
         print(f"effnet-infer: error: {e}", file=sys.stderr)
         return 2
     if not args.quiet:
-        meta = clf.metadata
-        what = (f"{meta.variant} {meta.precision}" if meta else "no metadata: defaults from input size")
-        if meta and meta.untrained:
-            what += ", UNTRAINED random weights"
+        what = describe_model(clf)
         print(f"model: {args.model} ({what}; {clf.backend.name}, "
               f"{clf.io.config.size}px {clf.io.config.interpolation})", file=sys.stderr)
     load_ms = (time.perf_counter() - load_start) * 1e3

@@ -17,12 +17,15 @@ EXAMPLES = """\
 examples:
   effnet-export lite0 --calib-dir photos/ -o lite0_int8.tflite
       int8 TFLite (int8 input = pixel - 128), calibrated on up to 200 photos
-  effnet-export lite0 --io uint8 --calib-dir photos/
-      uint8 input and output, as Google's own files and Edge TPU tools expect
+  effnet-export lite0 --io uint8 --softmax --calib-dir photos/
+      uint8 input, uint8 probabilities out, standard metadata with labels: the file
+      MediaPipe's ImageClassifier, the TFLite Task Library and Android tools take as is
   effnet-export lite0 --format onnx --calib-dir photos/
       int8 ONNX (QDQ, uint8 activations: fastest in onnxruntime on x86; --io int8 for ARM)
   effnet-export lite2 --precision fp32 --format onnx
   effnet-export lite3 --weights tf_efficientnet_lite3.pth --calib-dir photos/
+  effnet-export lite0 --weights my_finetune.pth --labels labels.txt --calib-dir photos/
+      your own classes: a timm-format fine-tune (any number of classes) and its names
   effnet-export --all models/ --calib-dir photos/
       Lite0-2 x fp32/int8 x tflite/onnx, with a summary table
 
@@ -45,6 +48,12 @@ def parse_args(argv=None):
     p.add_argument("-o", "--output", type=Path, help="output file (default VARIANT_PRECISION.FORMAT)")
     p.add_argument("--weights", action="append", default=[], metavar="CKPT",
                    help="timm-format checkpoint (.pth/.pt/.safetensors); with --all: VARIANT=CKPT")
+    p.add_argument("--labels", type=Path, metavar="FILE",
+                   help="class names, one per line in output order (UTF-8); needed for a "
+                        "checkpoint whose classifier is not the 1000 ImageNet classes")
+    p.add_argument("--softmax", action="store_true",
+                   help="end the model in a softmax so it outputs probabilities (int8: TFLite's "
+                        "1/256 steps), as MediaPipe and the TFLite Task Library expect")
     p.add_argument("--random-init", action="store_true",
                    help="allow untrained random weights where none exist (latency work only)")
     p.add_argument("--calib-dir", type=Path, help="folder of calibration images (recursive)")
@@ -63,6 +72,25 @@ def parse_args(argv=None):
     if args.input_size is not None and not 32 <= args.input_size <= 2048:
         p.error("--input-size must be between 32 and 2048")
     return args
+
+
+def read_labels(path: Path | None) -> list | None:
+    """Class names from a labels file, one per line; blank trailing lines ignored."""
+    if path is None:
+        return None
+    from runtime.tflite_metadata import parse_labels
+    try:
+        labels = parse_labels(path.read_bytes())
+    except OSError as e:
+        raise ExportError(f"{path}: cannot read labels file ({e.strerror})") from None
+    except UnicodeDecodeError:
+        raise ExportError(f"{path}: labels file is not UTF-8 text") from None
+    if not labels:
+        raise ExportError(f"{path}: labels file is empty")
+    empty = [i for i, label in enumerate(labels) if not label]
+    if empty:
+        raise ExportError(f"{path}: line {empty[0] + 1} is empty (every class needs a name)")
+    return labels
 
 
 def weights_by_variant(specs: list[str], single: str | None) -> dict[str, str]:
@@ -91,6 +119,7 @@ def print_summary(results) -> None:
 def run(args) -> list:
     variants = [get_variant(args.variant).name] if args.variant else list(VARIANTS)
     weights = weights_by_variant(args.weights, variants[0] if args.variant else None)
+    labels = read_labels(args.labels)
     results = []
     if args.all:
         args.all.mkdir(parents=True, exist_ok=True)
@@ -100,7 +129,7 @@ def run(args) -> list:
                   file=sys.stderr)
             continue
         exporter = Exporter(name, weights.get(name), args.random_init and name not in weights
-                            and name not in WEIGHT_PACKAGES, args.input_size)
+                            and name not in WEIGHT_PACKAGES, args.input_size, labels)
         jobs = ([(p, f) for p in PRECISIONS for f in FORMATS] if args.all
                 else [(args.precision, args.fmt)])
         paths = [args.all / f"{name}_{p}{SUFFIX[f]}" if args.all
@@ -117,7 +146,7 @@ def run(args) -> list:
             io = args.io if precision == "int8" else None
             if args.all and fmt == "onnx" and io == "float32":
                 io = None   # ONNX int8 takes integer pixels; --io float32 is for TFLite
-            results.append(exporter.export(path, precision, fmt, io))
+            results.append(exporter.export(path, precision, fmt, io, softmax=args.softmax))
     return results
 
 

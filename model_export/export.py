@@ -17,21 +17,27 @@ import torch
 
 from runtime import Classifier, ClassifierOptions, __version__
 from runtime.labels import imagenet_labels
-from runtime.metadata import ModelMetadata
+from runtime.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
+from runtime.metrics import softmax as softmax_rows
 from runtime.preprocess import PreprocessConfig
+from runtime.tflite_metadata import STANDARD_NAME
+from runtime.variants import NUM_CLASSES
 
-from . import onnx_writer, tflite_writer
+from . import onnx_writer, standard_metadata, tflite_writer
 from .calibration import collect, data_free_ranges, load_calibration_images, pixels_to_input
 from .cli_checks import output_problem
 from .folding import fold_batchnorm
 from .graph import build_graph, with_pixel_input
 from .quantize import PIXEL_SCALE, QuantizedGraph, quantize_graph
-from .weights import load_model
+from .weights import WEIGHT_PACKAGES, load_model
 
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "int8")
 SUFFIX = {"tflite": ".tflite", "onnx": ".onnx"}
 MIN_COSINE = 0.8   # below this the written file is broken, not merely quantized
+# A file ending in SOFTMAX must give softmax(its logits twin) within this (int8: the op's
+# 1/256 output step plus its fixed-point exp; float: rounding)
+SOFTMAX_TOLERANCE = {"int8": 2.5 / 256, "fp32": 1e-5}
 
 
 class ExportError(RuntimeError):
@@ -61,10 +67,12 @@ def check_writable(path: Path) -> None:
 
 class Exporter:
     def __init__(self, variant: str, weights=None, random_init: bool = False, input_size=None,
-                 log=lambda msg: print(msg, file=sys.stderr)):
+                 labels: list | None = None, log=lambda msg: print(msg, file=sys.stderr)):
         self.log = log
         self.model = load_model(variant, weights, random_init, input_size)
         self.variant = self.model.variant
+        self.own_weights = weights is not None or self.variant.name not in WEIGHT_PACKAGES
+        self.labels = self._labels(labels, self.model.classifier.out_features)
         self.untrained = bool(getattr(self.model, "untrained", False))
         if self.untrained:
             log(f"warning: {self.variant.name} has random weights (untrained): "
@@ -75,6 +83,18 @@ class Exporter:
         self.quantized: QuantizedGraph | None = None
         self._reference = None
         self._synthetic = None
+
+    @staticmethod
+    def _labels(labels: list | None, classes: int) -> list:
+        if labels is None:
+            if classes != NUM_CLASSES:
+                raise ExportError(f"the checkpoint's classifier has {classes} classes: give "
+                                  f"--labels FILE with their {classes} names, one per line")
+            return imagenet_labels()
+        if len(labels) != classes:
+            raise ExportError(f"the labels file names {len(labels)} classes but the checkpoint's "
+                              f"classifier has {classes}")
+        return list(labels)
 
     # ---- calibration -------------------------------------------------------------
     def calibrate(self, calib_dir=None, count: int = 200, estimator: str = "mse") -> QuantizedGraph:
@@ -100,14 +120,14 @@ class Exporter:
         return self.quantized
 
     # ---- writing -----------------------------------------------------------------
-    def metadata(self, precision: str, fmt: str, io: str) -> ModelMetadata:
+    def metadata(self, precision: str, fmt: str, io: str, softmax: bool = False) -> ModelMetadata:
         v = self.variant
         meta = ModelMetadata(
             variant=v.name, input_size=self.model.input_size,
             layout="NHWC" if fmt == "tflite" else "NCHW", crop_pct=v.crop_pct,
             interpolation=v.interpolation, mean=list(v.mean), std=list(v.std), precision=precision,
-            output="logits", input_dtype="float32", labels=imagenet_labels(),
-            exporter=f"effnet-lite-edge {__version__}", untrained=self.untrained)
+            output="probabilities" if softmax else "logits", input_dtype="float32",
+            labels=self.labels, exporter=f"effnet-lite-edge {__version__}", untrained=self.untrained)
         if precision == "int8":
             # the quantized graph takes (pixel - 128)/127.5: mean 128/255, std 0.5
             meta.mean, meta.calibration = [128 / 255] * 3, dict(self.quantized.calibration)
@@ -115,38 +135,65 @@ class Exporter:
             meta.input_zero_point = 128 if io == "uint8" else 0
         return meta
 
-    def serialize(self, precision: str, fmt: str, io: str = "int8") -> bytes:
+    def _tflite_metadata(self, meta: ModelMetadata, io: str) -> tuple[dict, dict]:
+        """(Model.metadata entries, files to pack): the standard document and our JSON
+        without the facts the standard document and the tensors hold."""
+        name = f"EfficientNet-{self.variant.name.capitalize()} {meta.precision}"
+        what = ("a fine-tuned checkpoint" if self.own_weights and not self.untrained
+                else "UNTRAINED random weights" if self.untrained else "ImageNet weights by Google")
+        description = (f"{name} image classifier, {len(meta.labels)} classes ({what}), "
+                       f"{io} input; exported by effnet-lite-edge {__version__}")
+        author = ("EfficientNet-Lite architecture and weights: Google; export: effnet-lite-edge"
+                  if not self.own_weights else "export: effnet-lite-edge; weights: the checkpoint's author")
+        license_ = "Apache-2.0" if not self.own_weights else "unspecified: the checkpoint's license applies"
+        out_type = io if meta.precision == "int8" else "float32"
+        std_buf, files = standard_metadata.build(meta, io, out_type, name, description,
+                                                 __version__, author, license_)
+        own = meta.to_json(omit=TFLITE_ELSEWHERE).encode()
+        return {STANDARD_NAME: std_buf, METADATA_NAME: own}, files
+
+    def serialize(self, precision: str, fmt: str, io: str = "int8", softmax: bool = False) -> bytes:
         if fmt not in FORMATS:
             raise ExportError(f"unknown format {fmt!r}: choose one of {', '.join(FORMATS)}")
         if precision not in PRECISIONS:
             raise ExportError(f"unknown precision {precision!r}: choose one of {', '.join(PRECISIONS)}")
         if precision == "int8" and self.quantized is None:
             self.calibrate()
-        meta = self.metadata(precision, fmt, io).to_json()
+        meta = self.metadata(precision, fmt, io, softmax)
         doc = f"EfficientNet-{self.variant.name.capitalize()} {precision}, made by effnet-lite-edge"
         if fmt == "tflite":
+            entries, files = self._tflite_metadata(meta, io if precision == "int8" else "float32")
             if precision == "fp32":
-                return tflite_writer.write_fp32(self.graph, meta.encode(), doc)
-            return tflite_writer.write_int8(self.quantized, meta.encode(), doc, io)
+                blob = tflite_writer.write_fp32(self.graph, entries, doc, softmax)
+            else:
+                blob = tflite_writer.write_int8(self.quantized, entries, doc, io, softmax)
+            return standard_metadata.pack_files(blob, files)
         if precision == "fp32":
-            return onnx_writer.write_fp32(self.graph, meta, doc)
+            return onnx_writer.write_fp32(self.graph, meta.to_json(), doc, softmax)
         if io not in onnx_writer.ACTIVATION_TYPES:
             raise ExportError(f"ONNX int8 models take uint8 or int8 input, not {io}")
-        return onnx_writer.write_int8(self.quantized, meta, doc, activations=io)
+        return onnx_writer.write_int8(self.quantized, meta.to_json(), doc, activations=io,
+                                      softmax=softmax)
 
     def export(self, path, precision: str = "int8", fmt: str = "tflite", io: str | None = None,
-               verify: bool = True) -> ExportResult:
+               verify: bool = True, softmax: bool = False) -> ExportResult:
         """Write one file atomically (temporary name, verified, then renamed)."""
         start = time.perf_counter()
         path = Path(path)
         check_writable(path)
         io = io or ("float32" if precision == "fp32" else "uint8" if fmt == "onnx" else "int8")
-        blob = self.serialize(precision, fmt, io)
+        blob = self.serialize(precision, fmt, io, softmax)
         fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=SUFFIX[fmt], dir=path.resolve().parent)
         try:
             with os.fdopen(fd, "wb") as f:
                 f.write(blob)
-            agreement, cosine, n, kind = self.verify(tmp) if verify else (float("nan"),) * 2 + (0, "")
+            os.chmod(tmp, 0o666 & ~_umask())     # mkstemp makes 0600; a new file respects the umask
+            if not verify:
+                agreement, cosine, n, kind = float("nan"), float("nan"), 0, ""
+            elif softmax:
+                agreement, cosine, n, kind = self.verify_softmax(tmp, precision, fmt, io)
+            else:
+                agreement, cosine, n, kind = self.verify(tmp)
             os.replace(tmp, path)
         except BaseException:
             Path(tmp).unlink(missing_ok=True)
@@ -174,10 +221,8 @@ class Exporter:
             self._reference = (pixels, logits)
         return self._reference[1]
 
-    def verify(self, path) -> tuple[float, float, int, str]:
-        """Load the written file with the runtime and compare with fp32 PyTorch."""
-        pixels, kind = self.verification_pixels()
-        ref = self.reference_logits(pixels)
+    def outputs(self, path, pixels: np.ndarray) -> np.ndarray:
+        """A written file's dequantized outputs for `pixels`, through the runtime."""
         try:
             clf = Classifier.from_file(path, ClassifierOptions(num_threads=os.cpu_count()))
             got = np.stack([clf.io.dequantize(clf.backend.run(clf.io.to_input(p))) for p in pixels])
@@ -185,6 +230,17 @@ class Exporter:
             raise ExportError(f"written file failed to load or run: {e}") from None
         if not np.isfinite(got).all():
             raise ExportError("written file produces non-finite outputs")
+        return got
+
+    def verify(self, path) -> tuple[float, float, int, str]:
+        """Load the written file with the runtime and compare with fp32 PyTorch."""
+        return self.compare_logits(self.outputs(path, self.verification_pixels()[0]))
+
+    def compare_logits(self, got: np.ndarray) -> tuple[float, float, int, str]:
+        """(top-1 agreement, mean cosine, count, kind) of logits for the verification
+        pixels against fp32 PyTorch; ExportError when they show a broken export."""
+        pixels, kind = self.verification_pixels()
+        ref = self.reference_logits(pixels)
         agreement = float(np.mean(got.argmax(1) == ref.argmax(1)))
         cos = np.sum(got * ref, 1) / (np.linalg.norm(got, axis=1) * np.linalg.norm(ref, axis=1) + 1e-12)
         # an untrained model's logits are noise: only loading and finiteness can be checked
@@ -192,3 +248,25 @@ class Exporter:
             raise ExportError(f"written file disagrees with the PyTorch model "
                               f"(cosine similarity {cos.mean():.3f}): the export is broken")
         return agreement, float(cos.mean()), len(pixels), kind
+
+    def verify_softmax(self, path, precision: str, fmt: str, io: str) -> tuple[float, float, int, str]:
+        """A file ending in softmax: its logits twin (the same file without the op) is
+        verified against PyTorch, then the file must give softmax(twin's logits)."""
+        twin, pixels = f"{path}.logits{SUFFIX[fmt]}", self.verification_pixels()[0]
+        try:
+            Path(twin).write_bytes(self.serialize(precision, fmt, io, softmax=False))
+            logits = self.outputs(twin, pixels)
+        finally:
+            Path(twin).unlink(missing_ok=True)
+        result = self.compare_logits(logits)
+        error = float(np.abs(self.outputs(path, pixels) - softmax_rows(logits)).max())
+        if error > SOFTMAX_TOLERANCE[precision]:
+            raise ExportError(f"written file's probabilities differ from the softmax of its logits "
+                              f"by up to {error:.4f}: the export is broken")
+        return result
+
+
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

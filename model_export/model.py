@@ -129,6 +129,7 @@ class EfficientNetLite(nn.Module):
         return self.classifier(x)
 
 
-def create_model(variant: str, input_size: int | None = None) -> EfficientNetLite:
-    """An untrained model in eval mode (see `weights.load_pretrained` for real weights)."""
-    return EfficientNetLite(variant, input_size).eval()
+def create_model(variant: str, input_size: int | None = None,
+                 num_classes: int = NUM_CLASSES) -> EfficientNetLite:
+    """An untrained model in eval mode (see `weights.load_model` for real weights)."""
+    return EfficientNetLite(variant, input_size, num_classes).eval()

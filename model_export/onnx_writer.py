@@ -5,6 +5,7 @@ DequantizeLinear of integer initializers. onnxruntime fuses DQ→Conv→Q into Q
 (likewise Add, GlobalAveragePool, Gemm). ReLU6 needs no node: the Q range [0, ≤6] clamps.
 Activations are uint8 by default (U8S8, about twice as fast on x86 as S8S8) with the
 zero points shifted by 128 - the very same real values; `activations="int8"` gives S8S8.
+With `softmax`, a float Softmax after the logits makes the model output probabilities.
 """
 from __future__ import annotations
 
@@ -19,6 +20,7 @@ from .quantize import QParams, QuantizedGraph
 
 OPSET = 13
 ACTIVATION_TYPES = ("uint8", "int8")
+PROBABILITIES = "probabilities"
 
 
 class _Builder:
@@ -52,12 +54,13 @@ def _layer(b: _Builder, op, inputs: list, out: str, weight: str | None, bias: st
     raise ValueError(op.kind)
 
 
-def _model(b: _Builder, graph: Graph, in_type, out_type, metadata: str, doc: str) -> bytes:
+def _model(b: _Builder, graph: Graph, in_type, metadata: str, doc: str, softmax: bool) -> bytes:
     size = graph.input_size
+    out = b.node("Softmax", [OUTPUT], [PROBABILITIES], axis=1) if softmax else OUTPUT
     g = helper.make_graph(
         b.nodes, f"efficientnet_{graph.variant}",
         [helper.make_tensor_value_info(INPUT, in_type, [1, 3, size, size])],
-        [helper.make_tensor_value_info(OUTPUT, out_type, list(graph.shapes[OUTPUT]))], b.inits)
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, list(graph.shapes[OUTPUT]))], b.inits)
     model = helper.make_model(g, opset_imports=[helper.make_opsetid("", OPSET)],
                               producer_name="effnet-lite-edge", doc_string=doc)
     model.ir_version = 8   # readable by onnxruntime >= 1.10
@@ -66,7 +69,7 @@ def _model(b: _Builder, graph: Graph, in_type, out_type, metadata: str, doc: str
     return model.SerializeToString()
 
 
-def write_fp32(graph: Graph, metadata: str, doc: str = "") -> bytes:
+def write_fp32(graph: Graph, metadata: str, doc: str = "", softmax: bool = False) -> bytes:
     b = _Builder()
     for op in graph.ops:
         w = b.init(op.output + "/weight", op.weight) if op.weight is not None else None
@@ -76,11 +79,13 @@ def write_fp32(graph: Graph, metadata: str, doc: str = "") -> bytes:
         if op.relu6:
             b.node("Clip", [y, b.init(op.output + "/min", np.float32(0)),
                             b.init(op.output + "/max", np.float32(6))], [op.output])
-    return _model(b, graph, TensorProto.FLOAT, TensorProto.FLOAT, metadata, doc)
+    return _model(b, graph, TensorProto.FLOAT, metadata, doc, softmax)
 
 
-def write_int8(qg: QuantizedGraph, metadata: str, doc: str = "", activations: str = "uint8") -> bytes:
-    """QDQ int8 model: integer image input (uint8 pixel or int8 pixel − 128), float logits out."""
+def write_int8(qg: QuantizedGraph, metadata: str, doc: str = "", activations: str = "uint8",
+               softmax: bool = False) -> bytes:
+    """QDQ int8 model: integer image input (uint8 pixel or int8 pixel − 128), float logits
+    (or probabilities) out."""
     if activations not in ACTIVATION_TYPES:
         raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, not {activations!r}")
     unsigned = activations == "uint8"
@@ -123,5 +128,5 @@ def write_int8(qg: QuantizedGraph, metadata: str, doc: str = "", activations: st
         y = _layer(b, op, [float_name.get(i, i) for i in op.inputs], op.output + "/f", w, bias)
         q_then_dq(op.output, y)     # the last one's DequantizeLinear yields the float logits
     in_type = TensorProto.UINT8 if unsigned else TensorProto.INT8
-    return _model(b, qg.graph, in_type, TensorProto.FLOAT, metadata, doc)
+    return _model(b, qg.graph, in_type, metadata, doc, softmax)
 

@@ -3,14 +3,14 @@
 Layout NHWC. Convolutions use native SAME padding (TFLite computes the same asymmetric
 pads as our graph) with fused RELU6; global pooling is MEAN over H, W; the classifier is
 FULLY_CONNECTED. int8 models add QUANTIZE/DEQUANTIZE only for uint8 or float32 I/O.
+With `softmax`, a SOFTMAX op ends the model (int8: TFLite's fixed output scale 1/256), so
+the file outputs probabilities as Google's own EfficientNet-Lite files do.
 """
 from __future__ import annotations
 
 import flatbuffers
 import numpy as np
 from ai_edge_litert import schema_py_generated as tfl
-
-from runtime.metadata import METADATA_NAME as _META
 
 from .graph import INPUT, OUTPUT, Graph
 from .quantize import QParams, QuantizedGraph
@@ -32,7 +32,11 @@ _OPS = {
     ("fc", "int8"): (tfl.BuiltinOperator.FULLY_CONNECTED, 4),
     ("quantize", "int8"): (tfl.BuiltinOperator.QUANTIZE, 2),
     ("dequantize", "int8"): (tfl.BuiltinOperator.DEQUANTIZE, 2),
+    ("softmax", "fp32"): (tfl.BuiltinOperator.SOFTMAX, 1),
+    ("softmax", "int8"): (tfl.BuiltinOperator.SOFTMAX, 2),
 }
+# TFLite's int8 SOFTMAX kernel requires this output quantization: probabilities in 1/256 steps
+SOFTMAX_QPARAMS = QParams(1.0 / 256.0, -128)
 
 
 def _nhwc(shape) -> list[int]:
@@ -87,11 +91,35 @@ class _Builder:
             o.builtinOptionsType, o.builtinOptions = options_type, options
         self.operators.append(o)
 
+    def softmax(self, logits: int, shape, ttype, qp: QParams | None) -> int:
+        out = self.act("probabilities", shape, ttype, qp)
+        o = tfl.SoftmaxOptionsT()
+        o.beta = 1.0
+        self.op(("softmax", "int8" if qp else "fp32"), [logits], [out], tfl.BuiltinOptions.SoftmaxOptions, o)
+        return out
+
+    def _signature(self, inputs, outputs) -> "tfl.SignatureDefT":
+        """The "serving_default" signature converters write: signature runners and
+        MediaPipe's inference feedback look the tensors up by it."""
+        def maps(indices):
+            out = []
+            for i in indices:
+                m = tfl.TensorMapT()
+                m.name, m.tensorIndex = self.tensors[i].name, i
+                out.append(m)
+            return out
+        sig = tfl.SignatureDefT()
+        sig.signatureKey, sig.subgraphIndex = "serving_default", 0
+        sig.inputs, sig.outputs = maps(inputs), maps(outputs)
+        return sig
+
     def finish(self, inputs, outputs, metadata: dict[str, bytes], description: str) -> bytes:
+        """The flatbuffer; `metadata` maps Model.metadata entry names to their bytes."""
         sg = tfl.SubGraphT()
         sg.tensors, sg.operators, sg.inputs, sg.outputs, sg.name = \
             self.tensors, self.operators, list(inputs), list(outputs), "main"
         self.model.subgraphs = [sg]
+        self.model.signatureDefs = [self._signature(inputs, outputs)]
         self.model.description = description
         self.model.metadata = []
         for name, blob in metadata.items():
@@ -168,15 +196,20 @@ def _ops(b: _Builder, graph: Graph, qg: QuantizedGraph | None, act_type):
             b.op(("fc", precision), inputs, [out], tfl.BuiltinOptions.FullyConnectedOptions, o)
 
 
-def write_fp32(graph: Graph, metadata: bytes, description: str) -> bytes:
-    """A float32 model: NHWC normalised float input, float logits."""
+def write_fp32(graph: Graph, metadata: dict[str, bytes], description: str, softmax: bool = False) -> bytes:
+    """A float32 model: NHWC normalised float input, float logits (or probabilities)."""
     b = _Builder()
-    b.act(INPUT, _nhwc(graph.input_shape), tfl.TensorType.FLOAT32, None)
-    _ops(b, graph, None, tfl.TensorType.FLOAT32)
-    return b.finish([b.index[INPUT]], [b.index[OUTPUT]], {_META: metadata}, description)
+    f32 = tfl.TensorType.FLOAT32
+    b.act(INPUT, _nhwc(graph.input_shape), f32, None)
+    _ops(b, graph, None, f32)
+    out = b.index[OUTPUT]
+    if softmax:
+        out = b.softmax(out, _nhwc(graph.shapes[OUTPUT]), f32, None)
+    return b.finish([b.index[INPUT]], [out], metadata, description)
 
 
-def write_int8(qg: QuantizedGraph, metadata: bytes, description: str, io: str = "int8") -> bytes:
+def write_int8(qg: QuantizedGraph, metadata: dict[str, bytes], description: str, io: str = "int8",
+               softmax: bool = False) -> bytes:
     """A fully integer model; `io` picks the input/output tensor type."""
     if io not in IO_TYPES:
         raise ValueError(f"io must be one of {', '.join(IO_TYPES)}, not {io!r}")
@@ -195,6 +228,8 @@ def write_int8(qg: QuantizedGraph, metadata: bytes, description: str, io: str = 
         model_in = outer
     _ops(b, graph, qg, int8)
     model_out = b.index[OUTPUT]
+    if softmax:
+        model_out, out_q = b.softmax(model_out, out_shape, int8, SOFTMAX_QPARAMS), SOFTMAX_QPARAMS
     if io == "uint8":
         final = b.act("scores", out_shape, tfl.TensorType.UINT8, out_q.as_uint8())
         b.op(("quantize", "int8"), [model_out], [final], tfl.BuiltinOptions.QuantizeOptions, tfl.QuantizeOptionsT())
@@ -204,5 +239,5 @@ def write_int8(qg: QuantizedGraph, metadata: bytes, description: str, io: str = 
         b.op(("dequantize", "int8"), [model_out], [final], tfl.BuiltinOptions.DequantizeOptions,
              tfl.DequantizeOptionsT())
         model_out = final
-    return b.finish([model_in], [model_out], {_META: metadata}, description)
+    return b.finish([model_in], [model_out], metadata, description)
 

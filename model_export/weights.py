@@ -14,6 +14,8 @@ import torch
 
 from runtime.errors import first_line
 
+from runtime.variants import NUM_CLASSES
+
 from .model import EfficientNetLite, create_model
 
 # Which pip package ships the official weights of each variant (importable module name).
@@ -119,16 +121,26 @@ def load_state_dict(model: EfficientNetLite, sd: dict, source: str) -> Efficient
     return model.eval()
 
 
+def checkpoint_classes(sd: dict) -> int:
+    """How many classes a checkpoint's classifier has (fine-tunes have their own); without
+    a recognisable classifier, ImageNet's (the key check then names what is wrong)."""
+    head = sd.get("classifier.weight", sd.get("_fc.weight"))
+    return int(head.shape[0]) if head is not None and head.ndim == 2 and head.shape[0] > 0 else NUM_CLASSES
+
+
 def load_model(variant: str, weights: str | os.PathLike | None = None,
                random_init: bool = False, input_size: int | None = None) -> EfficientNetLite:
-    """The model with real weights: `weights` file if given, else the bundled package.
+    """The model with real weights: `weights` file if given (any number of classes, as its
+    classifier has), else the bundled package.
 
     `random_init=True` skips loading (untrained; for latency measurements only).
     """
+    if weights is not None:
+        sd = read_state_dict(weights)
+        model = create_model(variant, input_size, checkpoint_classes(sd))
+        return load_state_dict(model, sd, str(weights))
     model = create_model(variant, input_size)
     name = model.variant.name
-    if weights is not None:
-        return load_state_dict(model, read_state_dict(weights), str(weights))
     if random_init:
         model.untrained = True
         return model

@@ -12,7 +12,7 @@ import numpy as np
 
 from .errors import BackendUnavailableError, ModelError, first_line
 from .metadata import METADATA_NAME
-from .tflite_metadata import read_metadata
+from .tflite_metadata import STANDARD_NAME, StandardMetadata, read_metadata, read_standard
 
 # name → (file kind, module to import, pip extra that provides it)
 BACKENDS = {
@@ -35,26 +35,36 @@ class TensorInfo:
 class Backend:
     """A loaded model: `run(x)` takes the input tensor and returns the first output."""
     name = ""
+    kind = ""                 # "tflite" or "onnx"
 
     def __init__(self, path: Path, num_threads: int | None):
         self.path, self.num_threads = path, num_threads
         self.input: TensorInfo
         self.output: TensorInfo
-        self.metadata: bytes | None = None
+        self.metadata: bytes | None = None                 # our JSON document
+        self.standard: StandardMetadata | None = None      # standard TFLite Model Metadata
 
     def run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
 
 
 class TFLiteBackend(Backend):
+    kind = "tflite"
+
     def __init__(self, path, num_threads, interpreter_cls, name):
         super().__init__(path, num_threads)
         self.name = name
         data = path.read_bytes()
         try:
-            self.metadata = read_metadata(data).get(METADATA_NAME)
+            entries = read_metadata(data)
         except ValueError as e:
             raise ModelError(f"{path}: not a valid TFLite model ({e})") from None
+        self.metadata = entries.get(METADATA_NAME)
+        if STANDARD_NAME in entries:
+            try:
+                self.standard = read_standard(entries[STANDARD_NAME], data)
+            except ValueError as e:
+                raise ModelError(f"{path}: {first_line(e)}") from None
         try:
             self.interpreter = interpreter_cls(model_content=data, num_threads=num_threads)
             self.interpreter.allocate_tensors()
@@ -80,6 +90,7 @@ _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(in
 
 class OnnxBackend(Backend):
     name = "onnxruntime"
+    kind = "onnx"
 
     def __init__(self, path, num_threads, ort):
         super().__init__(path, num_threads)

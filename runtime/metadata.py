@@ -1,7 +1,10 @@
 """The metadata document every exported model carries (defined here, written by model_export).
 
 A small versioned JSON object, stored in a TFLite model's `metadata` list under the name
-`METADATA_NAME`, and in an ONNX model's `metadata_props` under the same key.
+`METADATA_NAME`, and in an ONNX model's `metadata_props` under the same key. A .tflite file
+states some facts elsewhere (`TFLITE_ELSEWHERE`: labels and normalization in its standard
+TFLite metadata, the input encoding in its input tensor), so its JSON leaves them out and
+the reader supplies them from there: no fact is written twice.
 """
 from __future__ import annotations
 
@@ -10,7 +13,10 @@ from dataclasses import asdict, dataclass, field
 
 METADATA_NAME = "effnet_lite_edge"
 FORMAT = "effnet-lite-edge/model-metadata"
-VERSION = 1
+VERSION = 2          # 2: TFLite files keep labels/normalization in the standard metadata
+# Facts a .tflite file holds in its standard metadata or its tensors, not in our JSON
+TFLITE_ELSEWHERE = ("labels", "mean", "std", "input_size", "layout", "input_dtype", "input_scale",
+                    "input_zero_point")
 
 
 class MetadataError(ValueError):
@@ -36,12 +42,15 @@ class ModelMetadata:
     exporter: str = ""
     untrained: bool = False
 
-    def to_json(self) -> str:
-        doc = {"format": FORMAT, "version": VERSION, **asdict(self)}
+    def to_json(self, omit: tuple = ()) -> str:
+        doc = {"format": FORMAT, "version": VERSION,
+               **{k: v for k, v in asdict(self).items() if k not in omit}}
         return json.dumps(doc, separators=(",", ":"))
 
     @classmethod
-    def from_json(cls, text: str | bytes) -> "ModelMetadata":
+    def from_json(cls, text: str | bytes, **known) -> "ModelMetadata":
+        """Parse our document; `known` supplies (and takes precedence for) the fields the
+        file states elsewhere."""
         try:
             doc = json.loads(text)
         except (ValueError, UnicodeDecodeError) as e:
@@ -51,8 +60,8 @@ class ModelMetadata:
         if doc.get("version", 0) > VERSION:
             raise MetadataError(f"metadata version {doc.get('version')} is newer than this "
                                 f"runtime understands ({VERSION}): upgrade effnet-lite-edge")
-        known = set(cls.__dataclass_fields__)
+        fields = set(cls.__dataclass_fields__)
         try:
-            return cls(**{k: v for k, v in doc.items() if k in known})
+            return cls(**{**{k: v for k, v in doc.items() if k in fields}, **known})
         except TypeError as e:
             raise MetadataError(f"metadata is incomplete ({e})") from None

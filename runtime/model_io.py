@@ -1,5 +1,13 @@
 """How to feed a loaded model and read its output: layout, size, input encoding,
-preprocessing settings (from our metadata, else the variant table), labels, softmax."""
+preprocessing settings, labels, softmax.
+
+Sources, first found wins: our metadata (completed, for .tflite files, by their standard
+TFLite metadata and input tensor), else a file's standard metadata alone (files others made:
+labels from its packed labels file, normalization for float inputs from NormalizationOptions),
+else the variant table by input size and the bundled ImageNet labels. Integer inputs of
+files without our metadata get the pixel bytes (uint8) or pixel - 128 (int8), as MediaPipe
+and the TFLite Task Library feed them.
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass, replace
@@ -62,11 +70,30 @@ class ModelIO:
         return softmax(out)
 
 
-def _metadata(backend: Backend) -> ModelMetadata | None:
+def _standard_normalization(backend: Backend) -> dict:
+    """mean/std on [0, 1] from a file's NormalizationOptions (pixel units), if any."""
+    std = backend.standard
+    if std is None or not std.input.mean or not std.input.std:
+        return {}
+    mean, sd = list(std.input.mean), list(std.input.std)
+    if len(mean) == 1:
+        mean, sd = mean * 3, sd * 3
+    return {"mean": [m / 255.0 for m in mean], "std": [s / 255.0 for s in sd]}
+
+
+def _metadata(backend: Backend, layout: str, size: int) -> ModelMetadata | None:
     if backend.metadata is None:
         return None
+    known = {}
+    if backend.kind == "tflite":     # see metadata.TFLITE_ELSEWHERE
+        info = backend.input
+        known = {"input_size": size, "layout": layout, "input_dtype": info.dtype.name,
+                 "input_scale": info.scale, "input_zero_point": info.zero_point,
+                 **_standard_normalization(backend)}
+        if backend.standard is not None and backend.standard.labels is not None:
+            known["labels"] = backend.standard.labels
     try:
-        return ModelMetadata.from_json(backend.metadata)
+        return ModelMetadata.from_json(backend.metadata, **known)
     except MetadataError as e:
         raise ModelError(f"{backend.path}: {e}") from None
 
@@ -86,13 +113,16 @@ def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
         raise ModelError(f"{path}: not an RGB image classifier (input shape {shape})")
     if h != w:
         raise ModelError(f"{path}: non-square input {h}x{w} is not supported")
-    meta = _metadata(backend)
+    meta = _metadata(backend, layout, h)
     variant = VARIANTS.get(meta.variant) if meta else variant_for_input_size(h)
     variant = variant or VARIANTS["lite0"]
     if meta:
         config = PreprocessConfig(h, meta.crop_pct, meta.interpolation, tuple(meta.mean), tuple(meta.std))
     else:
         config = PreprocessConfig.for_variant(variant, h)
+        norm = _standard_normalization(backend)
+        if norm and info.dtype == np.float32:
+            config = replace(config, mean=tuple(norm["mean"]), std=tuple(norm["std"]))
     if overrides:
         config = replace(config, **{k: v for k, v in overrides.items() if v is not None})
     if config.size != h:
@@ -105,18 +135,25 @@ def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
     pixel_offset = _pixel_offset(info.dtype, scale, zp, config, has_metadata=meta is not None)
     out_scale, out_zp = backend.output.scale, backend.output.zero_point
     n_out = int(np.prod(backend.output.shape))
+    standard_labels = backend.standard.labels if backend.standard is not None else None
     if meta:
         is_prob = meta.output == "probabilities"
-        labels = list(meta.labels) if meta.labels else imagenet_labels()
+        labels = list(meta.labels) if meta.labels else None
     else:
-        # Google's own EfficientNet-Lite files end in softmax: uint8 with scale 1/256
+        # Google's own EfficientNet-Lite files end in softmax: uint8 (or int8) with scale 1/256
         # (float outputs that already sum to one are recognised in to_scores)
-        is_prob = bool(out_scale) and abs(out_scale - 1 / 256) < 1e-6 and out_zp == 0
+        is_prob = bool(out_scale) and abs(out_scale - 1 / 256) < 1e-6 and out_zp in (0, -128)
+        labels = standard_labels
+    if labels is not None and len(labels) != n_out:
+        source = "packed labels file" if standard_labels is not None else "metadata"
+        raise ModelError(f"{path}: its {source} names {len(labels)} classes but the model "
+                         f"outputs {n_out} scores")
+    if labels is None:
         labels = imagenet_labels()
-    if n_out == len(labels) + 1:     # a leading "background" class
-        labels = ["background"] + labels
-    if n_out != len(labels):
-        labels = [f"class {i}" for i in range(n_out)]
+        if n_out == len(labels) + 1:     # a leading "background" class
+            labels = ["background"] + labels
+        if n_out != len(labels):
+            labels = [f"class {i}" for i in range(n_out)]
     return ModelIO(layout, config, info.dtype, scale, zp, pixel_offset, out_scale, out_zp,
                    bool(is_prob), labels, meta)
 

@@ -3,6 +3,7 @@ ONNX/TFLite agreement, I/O types, metadata, onnxruntime fusion."""
 from __future__ import annotations
 
 import collections
+import json
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import torch
 from conftest import calibration_folder, nchw_batch
 from model_export.export import Exporter
 from runtime import Classifier
-from runtime.metadata import METADATA_NAME, ModelMetadata
+from runtime.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
 from runtime.tflite_metadata import read_metadata
 
 ai_edge_litert = pytest.importorskip("ai_edge_litert")
@@ -144,7 +145,7 @@ def test_onnx_model_passes_the_checker(lite0):
 
 def test_metadata_is_embedded(lite0):
     import onnx
-    tfl_meta = ModelMetadata.from_json(read_metadata(lite0.files["uint8.tflite"].read_bytes())[METADATA_NAME])
+    tfl_meta = Classifier.from_file(lite0.files["uint8.tflite"]).metadata   # JSON + standard metadata
     props = {p.key: p.value for p in onnx.load(str(lite0.files["s8s8.onnx"])).metadata_props}
     onnx_meta = ModelMetadata.from_json(props[METADATA_NAME])
     for meta in (tfl_meta, onnx_meta):
@@ -156,8 +157,11 @@ def test_metadata_is_embedded(lite0):
     assert tfl_meta.layout == "NHWC" and onnx_meta.layout == "NCHW"
     assert tfl_meta.input_dtype == "uint8" and tfl_meta.input_zero_point == 128
     assert onnx_meta.input_dtype == "int8" and onnx_meta.input_zero_point == 0
-    fp32 = ModelMetadata.from_json(read_metadata(lite0.files["fp32.tflite"].read_bytes())[METADATA_NAME])
+    fp32 = Classifier.from_file(lite0.files["fp32.tflite"]).metadata
     assert fp32.mean == [0.5] * 3 and fp32.precision == "fp32"
+    # the .tflite JSON leaves out what the standard metadata and the tensors state
+    own = json.loads(read_metadata(lite0.files["uint8.tflite"].read_bytes())[METADATA_NAME])
+    assert not set(own) & set(TFLITE_ELSEWHERE) and own["crop_pct"] == 0.875
 
 
 def test_both_writers_serialize_the_same_parameters(lite0):

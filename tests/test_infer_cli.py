@@ -1,21 +1,17 @@
 """effnet-infer as a user meets it: output formats, exit codes, bad inputs, and the same
 answers as the Python API and the export report on the dev photos."""
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
 
 from apps.infer import main
 from runtime import Classifier, ClassifierOptions
+from tests_helpers import run_module
 
 
 def run_cli(*args):
-    """Run the installed entry point in a fresh process (as a user does)."""
-    proc = subprocess.run([sys.executable, "-m", "apps.infer", *map(str, args)],
-                          capture_output=True, text=True, timeout=300)
-    return proc.returncode, proc.stdout, proc.stderr
+    return run_module("apps.infer", *args)
 
 
 def test_table_output(lite0_files, capsys):

@@ -116,7 +116,7 @@ def test_one_classifier_serves_many_threads(lite0_files):
 def strip_metadata_tflite(lite0_files, tmp_path, io):
     """The model as files made elsewhere come: no metadata at all."""
     from model_export import tflite_writer
-    blob = tflite_writer.write_int8(lite0_files["exporter"].quantized, b"", "", io)
+    blob = tflite_writer.write_int8(lite0_files["exporter"].quantized, {}, "", io)
     path = tmp_path / f"plain_{io}.tflite"
     path.write_bytes(blob)
     return path

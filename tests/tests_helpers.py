@@ -16,3 +16,12 @@ class Block(importlib.abc.MetaPathFinder):
             raise ImportError(f"{name} is blocked for this test")
 sys.meta_path.insert(0, Block())
 """
+
+
+def run_module(module: str, *args, timeout: int = 300) -> tuple[int, str, str]:
+    """Run a command's module in a fresh process, as a user runs the entry point."""
+    import subprocess
+    import sys
+    proc = subprocess.run([sys.executable, "-m", module, *map(str, args)],
+                          capture_output=True, text=True, timeout=timeout)
+    return proc.returncode, proc.stdout, proc.stderr

@@ -1,0 +1,202 @@
+"""Standard TFLite Model Metadata in our files (read back with the schema's own generated
+reader, as shipped by MediaPipe), softmax outputs, and our runtime reading the standard
+metadata of files another tool wrote."""
+from __future__ import annotations
+
+import io
+import json
+import zipfile
+
+import flatbuffers
+import numpy as np
+import pytest
+from PIL import Image
+
+from runtime import Classifier, ModelError
+from runtime.labels import imagenet_labels
+from runtime.metadata import METADATA_NAME
+from runtime.tflite_metadata import STANDARD_NAME, packed_files, read_metadata
+from tests_helpers import run_module
+
+mds = pytest.importorskip("mediapipe.tasks.metadata.metadata_schema_py_generated")
+from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
+
+FILES = {  # name: (precision, format, io, softmax)
+    "uint8_softmax.tflite": ("int8", "tflite", "uint8", True),
+    "int8_softmax.tflite": ("int8", "tflite", "int8", True),
+    "fp32_softmax.tflite": ("fp32", "tflite", None, True),
+    "uint8_softmax.onnx": ("int8", "onnx", "uint8", True),
+    "fp32_softmax.onnx": ("fp32", "onnx", None, True),
+}
+
+
+@pytest.fixture(scope="module")
+def files(lite0_files, tmp_path_factory):
+    out, exporter = tmp_path_factory.mktemp("softmax"), lite0_files["exporter"]
+    for name, (precision, fmt, io_, softmax) in FILES.items():
+        exporter.export(out / name, precision, fmt, io_, softmax=softmax)
+    return {**{n: out / n for n in FILES}, **{n: lite0_files[n] for n in
+            ("int8.tflite", "uint8.tflite", "fp32.tflite", "int8.onnx", "fp32.onnx")}}
+
+
+def standard(path) -> "mds.ModelMetadataT":
+    blob = read_metadata(path.read_bytes())[STANDARD_NAME]
+    assert mds.ModelMetadata.ModelMetadataBufferHasIdentifier(blob, 0)
+    return mds.ModelMetadataT.InitFromObj(mds.ModelMetadata.GetRootAs(blob, 0))
+
+
+def tensor_quantization(path, which):
+    from ai_edge_litert.interpreter import Interpreter
+    it = Interpreter(model_path=str(path))
+    d = (it.get_input_details() if which == "input" else it.get_output_details())[0]
+    return d["dtype"], d["quantization"]
+
+
+@pytest.mark.parametrize("name", ["int8.tflite", "uint8.tflite", "fp32.tflite",
+                                  "uint8_softmax.tflite", "int8_softmax.tflite", "fp32_softmax.tflite"])
+def test_every_standard_field(files, name):
+    path, md = files[name], standard(files[name])
+    softmax, fp32 = "softmax" in name, name.startswith("fp32")
+    assert md.name.decode() == f"EfficientNet-Lite0 {'fp32' if fp32 else 'int8'}"
+    assert b"1000 classes" in md.description and b"ImageNet weights by Google" in md.description
+    assert md.version.decode() and md.author.startswith(b"EfficientNet-Lite architecture")
+    assert md.license == b"Apache-2.0" and md.minParserVersion == b"1.0.0"
+    assert len(md.subgraphMetadata) == 1
+    sub = md.subgraphMetadata[0]
+    (inp,), (out,) = sub.inputTensorMetadata, sub.outputTensorMetadata
+    # input: an RGB image, normalization (pixel units) that maps pixel bytes onto the input
+    assert inp.name == b"image" and b"87.5%" in inp.description and b"bicubic" in inp.description
+    assert inp.content.contentPropertiesType == mds.ContentProperties.ImageProperties
+    assert inp.content.contentProperties.colorSpace == mds.ColorSpaceType.RGB
+    (unit,) = inp.processUnits
+    assert unit.optionsType == mds.ProcessUnitOptions.NormalizationOptions
+    mean, std = np.asarray(unit.options.mean), np.asarray(unit.options.std)
+    assert mean.shape == std.shape == (3,)
+    dtype, (scale, zero_point) = tensor_quantization(path, "input")
+    pixels = np.arange(256.0)
+    if dtype == np.float32:
+        assert np.allclose(mean, 127.5) and np.allclose(std, 127.5)
+        assert np.allclose(inp.stats.min, -1) and np.allclose(inp.stats.max, 1)
+    else:   # the tensor holds the pixel (uint8) or pixel - 128 (int8): both mean the same value
+        q = pixels if dtype == np.uint8 else pixels - 128
+        assert np.allclose((pixels - mean[0]) / std[0], scale * (q - zero_point), atol=1e-6)
+        info = np.iinfo(dtype)
+        assert list(inp.stats.min) == [info.min] and list(inp.stats.max) == [info.max]
+    # output: labels packed as the one associated file; probabilities when softmax
+    assert out.name == (b"probability" if softmax else b"logits")
+    assert out.content.contentPropertiesType == mds.ContentProperties.FeatureProperties
+    (labels,) = out.associatedFiles
+    assert labels.name == b"labels.txt" and labels.type == mds.AssociatedFileType.TENSOR_AXIS_LABELS
+    assert packed_files(path.read_bytes()) == ["labels.txt"]
+    with zipfile.ZipFile(path) as z:
+        assert z.read("labels.txt").decode().splitlines() == imagenet_labels()
+    if softmax:
+        out_type = tensor_quantization(path, "output")[0]
+        hi = {np.uint8: 255, np.int8: 127, np.float32: 1}[out_type]
+        assert list(out.stats.max) == [hi]
+
+
+LOGITS_TWIN = {"uint8_softmax.tflite": "uint8.tflite", "int8_softmax.tflite": "int8.tflite",
+               "fp32_softmax.tflite": "fp32.tflite", "uint8_softmax.onnx": "int8.onnx",
+               "fp32_softmax.onnx": "fp32.onnx"}
+
+
+@pytest.mark.parametrize("name", list(LOGITS_TWIN))
+def test_softmax_files_output_probabilities(files, photos, name):
+    """The file outputs softmax(its logits twin's output), within the int8 softmax's 1/256 steps."""
+    clf, twin = Classifier.from_file(files[name]), Classifier.from_file(files[LOGITS_TWIN[name]])
+    assert clf.io.output_is_probability and clf.metadata.output == "probabilities"
+    assert not twin.io.output_is_probability
+    fp32 = name.startswith("fp32")
+    tolerance = 1e-5 if fp32 else 2.5 / 256
+    for image in photos.values():
+        x = clf.preprocess(image)
+        probs = clf.io.dequantize(clf.backend.run(x))
+        # int8: 1/256 steps round the many tiny classes of a diffuse answer (e.g. the astronaut,
+        # no ImageNet class) to 0, so up to a third of the mass can go missing; never extra
+        assert probs.min() >= 0 and (abs(probs.sum() - 1) < 1e-4 if fp32 else probs.sum() < 1.02)
+        assert np.array_equal(clf.io.to_scores(clf.backend.run(x)), probs)    # no second softmax
+        assert np.abs(probs - twin.scores(x)).max() <= tolerance
+
+
+def rewrite(path, out, labels: list[str], mean=None, std=None, drop_ours=True) -> None:
+    """A copy of `path` as another tool would write it: our JSON removed, standard metadata
+    rebuilt with the schema's generated code (MediaPipe's), `labels` packed."""
+    data = path.read_bytes()
+    model = tfl.ModelT.InitFromObj(tfl.Model.GetRootAs(data, 0))
+    md = standard(path)
+    if mean is not None:
+        options = md.subgraphMetadata[0].inputTensorMetadata[0].processUnits[0].options
+        options.mean, options.std = mean, std
+    md.name, md.author = b"Someone else's classifier", b"another tool"
+    b = flatbuffers.Builder(0)
+    b.Finish(md.Pack(b), b"M001")
+    entries = []
+    for m in model.metadata:
+        name = m.name.decode()
+        if name == STANDARD_NAME:
+            model.buffers[m.buffer].data = np.frombuffer(bytes(b.Output()), np.uint8)
+        if name != METADATA_NAME or not drop_ours:
+            entries.append(m)
+    model.metadata = entries
+    b = flatbuffers.Builder(0)
+    b.Finish(model.Pack(b), b"TFL3")
+    buf = io.BytesIO(bytes(b.Output()))
+    buf.seek(0, io.SEEK_END)
+    with zipfile.ZipFile(buf, "a") as z:
+        z.writestr("labels.txt", "\n".join(labels) + "\n")
+    out.write_bytes(buf.getvalue())
+
+
+def test_runtime_reads_labels_another_tool_packed(files, photos, tmp_path):
+    renamed = [f"thing-{i:04d} ({name})" for i, name in enumerate(imagenet_labels())]
+    foreign = tmp_path / "foreign.tflite"
+    rewrite(files["uint8_softmax.tflite"], foreign, renamed)
+    assert METADATA_NAME not in read_metadata(foreign.read_bytes())
+    ours, theirs = Classifier.from_file(files["uint8_softmax.tflite"]), Classifier.from_file(foreign)
+    assert theirs.metadata is None and theirs.labels == renamed
+    assert theirs.backend.standard.name == "Someone else's classifier"
+    for image in photos.values():
+        a, b = ours.classify(image).categories[0], theirs.classify(image).categories[0]
+        assert b.label == renamed[a.index] and b.score == a.score
+    Image.fromarray(photos["coffee"]).save(tmp_path / "coffee.png")
+    code, out, err = run_module("apps.infer", tmp_path / "coffee.png", "--model", foreign, "--json")
+    assert code == 0 and json.loads(out)["categories"][0]["label"] == renamed[967]
+    assert "Someone else's classifier: standard TFLite metadata, 1000 labels from the file" in err
+
+
+def test_float_input_normalization_comes_from_the_file(files, photos, tmp_path):
+    """A float-input file says its input is pixel/255 (mean 0, std 255): we must follow."""
+    foreign = tmp_path / "unit_range.tflite"
+    rewrite(files["fp32_softmax.tflite"], foreign, imagenet_labels(), mean=[0.0], std=[255.0])
+    clf = Classifier.from_file(foreign)
+    assert clf.io.config.mean == (0.0,) * 3 and clf.io.config.std == (1.0,) * 3
+    image = photos["coffee"]
+    x, reference = clf.preprocess(image), Classifier.from_file(files["fp32_softmax.tflite"]).preprocess(image)
+    assert np.allclose(x, (reference + 1) / 2, atol=1e-6)    # [-1, 1] became [0, 1]
+
+
+@pytest.mark.parametrize("count", [999, 1001])
+def test_labels_that_disagree_with_the_output_are_refused(files, tmp_path, count):
+    foreign = tmp_path / "bad_labels.tflite"
+    rewrite(files["uint8_softmax.tflite"], foreign, [f"c{i}" for i in range(count)])
+    with pytest.raises(ModelError, match=f"labels file names {count} classes but the model outputs 1000"):
+        Classifier.from_file(foreign)
+    ours = tmp_path / "ours_bad_labels.tflite"      # our own JSON kept: the same check
+    rewrite(files["uint8_softmax.tflite"], ours, [f"c{i}" for i in range(count)], drop_ours=False)
+    with pytest.raises(ModelError, match="outputs 1000"):
+        Classifier.from_file(ours)
+
+
+def test_labels_file_named_but_not_packed(files, tmp_path):
+    data = files["uint8.tflite"].read_bytes()
+    cut = data[:data.rfind(b"PK\x03\x04")]          # the flatbuffer without its zip
+    (tmp_path / "nozip.tflite").write_bytes(cut)
+    with pytest.raises(ModelError, match="labels"):
+        Classifier.from_file(tmp_path / "nozip.tflite")
+
+
+def test_json_entry_holds_only_what_the_standard_lacks(files):
+    own = json.loads(read_metadata(files["uint8_softmax.tflite"].read_bytes())[METADATA_NAME])
+    assert {"labels", "mean", "std", "input_scale"}.isdisjoint(own)
+    assert own["crop_pct"] == 0.875 and own["interpolation"] == "bicubic" and own["output"] == "probabilities"
