@@ -22,6 +22,8 @@ from runtime.backends import BACKENDS  # noqa: E402
 from runtime.dataset import IMAGE_SUFFIXES  # noqa: E402
 from runtime.progress import Progress  # noqa: E402
 
+from .quiet import Captured, is_noise  # noqa: E402
+
 _IMPORT_MS = (time.perf_counter() - _IMPORT_START) * 1e3
 
 EXAMPLES = """\
@@ -53,6 +55,9 @@ def parse_args(argv=None):
                    help="preprocess bit-identically to the reference (timm) transform: full-size "
                         "JPEG decode, whole-frame resize (slower; the default differs by a level "
                         "or two on up to a few pixels in 1,000)")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="describe the model file too: its metadata, labels, and whether its "
+                        "SHA-256 digest was verified")
     p.add_argument("--timing", action="store_true",
                    help="print where the time went (imports, model load, per image) to stderr")
     p.add_argument("--version", action="version", version=f"effnet-infer {__version__}")
@@ -96,12 +101,34 @@ def describe_model(clf) -> str:
         what = f"{meta.variant} {meta.precision}"
         if meta.labels and len(meta.labels) != 1000:
             what += f", {len(meta.labels)} classes"
-        return what + (", UNTRAINED random weights" if meta.untrained else "")
+        return what + (", UNTRAINED random weights" if meta.untrained else "") + ", digest verified"
     if standard:
         labels = f"{len(standard.labels)} labels from the file" if standard.labels else "no labels file"
         return (f"{standard.name or 'unnamed model'}: standard TFLite metadata, {labels}; "
                 "crop and interpolation from the input size")
     return "no metadata: defaults from input size"
+
+
+def model_info(clf) -> list[str]:
+    """--verbose: the model file as the runtime understood it."""
+    meta, standard, io = clf.metadata, clf.backend.standard, clf.io
+    lines = [f"integrity: digest {clf.backend.digest} verified" if clf.backend.digest else
+             "integrity: not checked (the file carries no digest: it was not made by effnet-lite-edge)"]
+    if meta:
+        lines.append(f"metadata: effnet-lite-edge ({meta.exporter}); calibration: "
+                     f"{meta.calibration or 'none'}")
+    if standard:
+        lines.append(f"standard TFLite metadata: {standard.name!r} version {standard.version!r} "
+                     f"by {standard.author!r}, license {standard.license!r}")
+    if not meta and not standard:
+        lines.append("metadata: none (settings from the variant table by input size)")
+    cfg = io.config
+    lines.append(f"input: {io.layout} {io.input_dtype.name} {cfg.size}x{cfg.size}, crop {cfg.crop_pct}, "
+                 f"{cfg.interpolation}, mean {tuple(round(m, 4) for m in cfg.mean)}, "
+                 f"std {tuple(round(s, 4) for s in cfg.std)}")
+    lines.append(f"output: {len(io.labels)} classes, "
+                 f"{'probabilities' if io.output_is_probability else 'logits (softmax applied here)'}")
+    return lines
 
 
 def format_table(result) -> str:
@@ -121,42 +148,56 @@ def main(argv=None) -> int:
                                 num_threads=args.threads, backend=args.backend,
                                 exact=args.exact)
     load_start = time.perf_counter()
+    quiet = Captured()        # the libraries' own stderr output stays off ours
     try:
-        clf = Classifier.from_file(args.model, options)
+        with quiet:
+            clf = Classifier.from_file(args.model, options)
     except (ModelError, BackendUnavailableError) as e:
         print(f"effnet-infer: error: {e}", file=sys.stderr)
         return 2
     if not args.quiet:
-        what = describe_model(clf)
-        print(f"model: {args.model} ({what}; {clf.backend.name}, "
+        print(f"model: {args.model} ({describe_model(clf)}; {clf.backend.name}, "
               f"{clf.io.config.size}px {clf.io.config.interpolation})", file=sys.stderr)
+    if args.verbose:
+        for line in model_info(clf):
+            print(f"  {line}", file=sys.stderr)
     load_ms = (time.perf_counter() - load_start) * 1e3
     items = list(expand(args.images))
     failures, pre_ms, inf_ms, done = 0, 0.0, 0.0, 0
     bar = Progress(len(items), "classifying", enabled=None if len(items) > 3 and not args.quiet else False)
     with clf:
         for path, problem in items:
+            notes = []
             if problem is None:
                 try:
-                    result = clf.classify(path)
+                    with quiet:
+                        result = clf.classify(path)
                     pre_ms, inf_ms, done = pre_ms + result.preprocess_ms, inf_ms + result.inference_ms, done + 1
                 except ImageError as e:
                     problem = str(e).removeprefix(f"{path}: ")
+                except ModelError as e:
+                    bar.clear()
+                    print(f"effnet-infer: error: {e}", file=sys.stderr)
+                    return 2
+                notes = [line for line in quiet.lines() if not is_noise(line)]
+            bar.clear()
             if problem is not None:
                 failures += 1
-                bar.clear()
-                print(f"effnet-infer: {path}: {problem}", file=sys.stderr)
-            elif args.json:
-                print(json.dumps(result.to_dict()))
-            elif args.quiet:
-                top = result.categories[0] if result.categories else None
-                print(f"{path}\t{top.label}\t{top.score:.4f}" if top else f"{path}\t-\t-")
+                print(f"effnet-infer: {path}: {problem}" + (f" [{notes[0]}]" if notes else ""), file=sys.stderr)
             else:
-                bar.clear()
-                print(format_table(result))
+                if notes:       # decoded, with a library's complaint: say it once, in our words
+                    print(f"effnet-infer: {path}: warning: {notes[0]}", file=sys.stderr)
+                if args.json:
+                    print(json.dumps(result.to_dict()))
+                elif args.quiet:
+                    top = result.categories[0] if result.categories else None
+                    print(f"{path}\t{top.label}\t{top.score:.4f}" if top else f"{path}\t-\t-")
+                else:
+                    print(format_table(result))
             sys.stdout.flush()
             bar.update()
     bar.close()
+    quiet.close()
     if args.timing:
         per = f"preprocess {pre_ms / max(done, 1):.1f} ms, inference {inf_ms / max(done, 1):.1f} ms per image"
         print(f"timing: imports {_IMPORT_MS:.0f} ms, model load (incl. backend import) {load_ms:.0f} ms, "

@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime import Classifier, ClassifierOptions, __version__
+from runtime import Classifier, ClassifierOptions, __version__, integrity
 from runtime.labels import imagenet_labels
 from runtime.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
 from runtime.metrics import softmax as softmax_rows
@@ -160,6 +160,7 @@ class Exporter:
         if precision == "int8" and self.quantized is None:
             self.calibrate()
         meta = self.metadata(precision, fmt, io, softmax)
+        meta.digest = integrity.PLACEHOLDER           # filled in by integrity.seal below
         doc = f"EfficientNet-{self.variant.name.capitalize()} {precision}, made by effnet-lite-edge"
         if fmt == "tflite":
             entries, files = self._tflite_metadata(meta, io if precision == "int8" else "float32")
@@ -167,13 +168,13 @@ class Exporter:
                 blob = tflite_writer.write_fp32(self.graph, entries, doc, softmax)
             else:
                 blob = tflite_writer.write_int8(self.quantized, entries, doc, io, softmax)
-            return standard_metadata.pack_files(blob, files)
+            return integrity.seal(standard_metadata.pack_files(blob, files))
         if precision == "fp32":
-            return onnx_writer.write_fp32(self.graph, meta.to_json(), doc, softmax)
+            return integrity.seal(onnx_writer.write_fp32(self.graph, meta.to_json(), doc, softmax))
         if io not in onnx_writer.ACTIVATION_TYPES:
             raise ExportError(f"ONNX int8 models take uint8 or int8 input, not {io}")
-        return onnx_writer.write_int8(self.quantized, meta.to_json(), doc, activations=io,
-                                      softmax=softmax)
+        return integrity.seal(onnx_writer.write_int8(self.quantized, meta.to_json(), doc,
+                                                     activations=io, softmax=softmax))
 
     def export(self, path, precision: str = "int8", fmt: str = "tflite", io: str | None = None,
                verify: bool = True, softmax: bool = False) -> ExportResult:

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import importlib
 import importlib.util
+import mmap
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from .errors import BackendUnavailableError, ModelError, first_line
+from .integrity import IntegrityError, verify
 from .metadata import METADATA_NAME
 from .tflite_metadata import STANDARD_NAME, StandardMetadata, read_metadata, read_standard
 
@@ -22,6 +25,9 @@ BACKENDS = {
     "onnxruntime": ("onnx", "onnxruntime", "onnx"),
 }
 KIND_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
+# Neither format holds more in one file (flatbuffers and protobuf stop at 2 GiB); checked
+# before anything is read, so a huge or sparse file costs nothing
+MAX_MODEL_BYTES = 2 << 30
 
 
 @dataclass
@@ -43,6 +49,29 @@ class Backend:
         self.output: TensorInfo
         self.metadata: bytes | None = None                 # our JSON document
         self.standard: StandardMetadata | None = None      # standard TFLite Model Metadata
+        self.digest: str | None = None                     # verified "sha256:…", None: none
+
+    def _checked_map(self) -> mmap.mmap:
+        """The file mapped read-only (no copy in memory), after the size and identifier
+        checks, with its digest verified when it carries one."""
+        path = self.path
+        try:
+            size = path.stat().st_size
+            if size > MAX_MODEL_BYTES:
+                raise ModelError(f"{path}: model file is {size / 2**30:.1f} GiB, over the "
+                                 f"{MAX_MODEL_BYTES >> 30} GiB a .{self.kind} file can hold")
+            with open(path, "rb") as f:
+                if self.kind == "tflite" and f.read(8)[4:8] != b"TFL3":
+                    raise ModelError(f"{path}: not a TFLite model (no TFL3 file identifier)")
+                mapped = mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)
+        except OSError as e:
+            raise ModelError(f"{path}: cannot read model file ({e.strerror or e})") from None
+        try:
+            self.digest = verify(mapped)
+        except IntegrityError as e:
+            mapped.close()
+            raise ModelError(f"{path}: {e}") from None
+        return mapped
 
     def run(self, x: np.ndarray) -> np.ndarray:
         raise NotImplementedError
@@ -54,22 +83,25 @@ class TFLiteBackend(Backend):
     def __init__(self, path, num_threads, interpreter_cls, name):
         super().__init__(path, num_threads)
         self.name = name
-        data = path.read_bytes()
+        data = self._checked_map()
         try:
-            entries = read_metadata(data)
-        except ValueError as e:
-            raise ModelError(f"{path}: not a valid TFLite model ({e})") from None
-        self.metadata = entries.get(METADATA_NAME)
-        if STANDARD_NAME in entries:
             try:
-                self.standard = read_standard(entries[STANDARD_NAME], data)
+                entries = read_metadata(data)
             except ValueError as e:
-                raise ModelError(f"{path}: {first_line(e)}") from None
-        try:
-            self.interpreter = interpreter_cls(model_content=data, num_threads=num_threads)
+                raise ModelError(f"{path}: not a valid TFLite model ({e})") from None
+            self.metadata = entries.get(METADATA_NAME)
+            if STANDARD_NAME in entries:
+                try:
+                    self.standard = read_standard(entries[STANDARD_NAME], data)
+                except ValueError as e:
+                    raise ModelError(f"{path}: {first_line(e)}") from None
+        finally:
+            data.close()
+        try:   # the interpreter maps the file itself: one copy, shared with the page cache
+            self.interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
             self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as e:
-            raise ModelError(f"{path}: cannot load TFLite model ({first_line(e)})") from None
+            raise ModelError(f"{path}: cannot load TFLite model ({_one_line(e)})") from None
         inputs, outputs = self.interpreter.get_input_details(), self.interpreter.get_output_details()
         if len(inputs) != 1 or not outputs:
             raise ModelError(f"{path}: expected 1 image input, found {len(inputs)} inputs")
@@ -98,11 +130,15 @@ class OnnxBackend(Backend):
         if num_threads:
             options.intra_op_num_threads = num_threads
         options.log_severity_level = 3
+        self._checked_map().close()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
-            raise ModelError(f"{path}: cannot load ONNX model ({first_line(e)[:200]})") from None
-        meta = self.session.get_modelmeta().custom_metadata_map
+            raise ModelError(f"{path}: cannot load ONNX model ({_one_line(e)})") from None
+        try:
+            meta = self.session.get_modelmeta().custom_metadata_map
+        except UnicodeDecodeError:
+            raise ModelError(f"{path}: ONNX metadata_props are not valid UTF-8") from None
         self.metadata = meta[METADATA_NAME].encode() if METADATA_NAME in meta else None
         inputs, outputs = self.session.get_inputs(), self.session.get_outputs()
         if len(inputs) != 1:
@@ -117,6 +153,14 @@ class OnnxBackend(Backend):
 
     def run(self, x):
         return self.session.run(None, {self._in: x})[0]
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """A native library's error as one readable line: its first line, runs of whitespace
+    folded, and where XNNPACK/TFLite run sentences together ("...failed.Node..."), a space."""
+    text = " ".join(first_line(error).split())
+    text = re.sub(r"(?<=[a-z)\]])\.(?=[A-Z])", ". ", text)
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _import(module: str):

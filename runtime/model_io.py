@@ -10,6 +10,7 @@ and the TFLite Task Library feed them.
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -36,6 +37,7 @@ class ModelIO:
     output_is_probability: bool
     labels: list
     metadata: ModelMetadata | None
+    path: str = ""
 
     def to_input(self, pixels: np.ndarray) -> np.ndarray:
         """uint8 HxWx3 crop → the model's input tensor (batch 1)."""
@@ -64,8 +66,13 @@ class ModelIO:
     def to_scores(self, raw: np.ndarray) -> np.ndarray:
         """Model output → class probabilities (float32, one row)."""
         out = self.dequantize(raw)
-        if self.output_is_probability or (
-                self.metadata is None and out.min() >= 0 and abs(float(out.sum()) - 1) < 1e-3):
+        if self.output_is_probability:
+            # a file that claims probabilities must deliver them (1/256 steps may lose mass)
+            if out.min() < -1e-3 or out.max() > 1 + 1e-3 or out.sum() > 1.05:
+                raise ModelError(f"{self.path}: the model's output is not probabilities (values "
+                                 f"{out.min():.3g}..{out.max():.3g}), though its metadata says so")
+            return out
+        if self.metadata is None and out.min() >= 0 and abs(float(out.sum()) - 1) < 1e-3:
             return out
         return softmax(out)
 
@@ -76,8 +83,12 @@ def _standard_normalization(backend: Backend) -> dict:
     if std is None or not std.input.mean or not std.input.std:
         return {}
     mean, sd = list(std.input.mean), list(std.input.std)
-    if len(mean) == 1:
+    if len(mean) == 1 and len(sd) == 1:
         mean, sd = mean * 3, sd * 3
+    if (len(mean) != 3 or len(sd) != 3 or not all(math.isfinite(v) for v in mean + sd)
+            or not all(0 < v for v in sd)):
+        raise ModelError(f"{backend.path}: its NormalizationOptions (mean {mean}, std {sd}) "
+                         "are not 1 or 3 finite values with std > 0")
     return {"mean": [m / 255.0 for m in mean], "std": [s / 255.0 for s in sd]}
 
 
@@ -93,9 +104,30 @@ def _metadata(backend: Backend, layout: str, size: int) -> ModelMetadata | None:
         if backend.standard is not None and backend.standard.labels is not None:
             known["labels"] = backend.standard.labels
     try:
-        return ModelMetadata.from_json(backend.metadata, **known)
+        meta = ModelMetadata.from_json(backend.metadata, **known)
     except MetadataError as e:
         raise ModelError(f"{backend.path}: {e}") from None
+    if not meta.digest:
+        raise ModelError(f"{backend.path}: carries no digest (made by an older effnet-lite-edge, "
+                         "or modified): export it again")
+    if meta.digest != backend.digest:
+        raise ModelError(f"{backend.path}: model file is corrupt or was modified (its digest "
+                         "entry does not match the file)")
+    return meta
+
+
+def _check_against_tensors(path, meta: ModelMetadata, layout: str, size: int, info, output) -> None:
+    """Where our metadata and the model's own tensors state the same fact, they must agree
+    (for .tflite files the tensors supply those facts, see metadata.TFLITE_ELSEWHERE)."""
+    for name, stated, actual in (("layout", meta.layout, layout), ("input_size", meta.input_size, size),
+                                 ("input_dtype", meta.input_dtype, info.dtype.name)):
+        if stated != actual:
+            raise ModelError(f"{path}: metadata field {name!r} says {stated}, the model's input "
+                             f"tensor {actual}")
+    if meta.output == "probabilities" and output.scale and not (
+            abs(output.scale - 1 / 256) < 1e-6 and output.zero_point in (0, -128)):
+        raise ModelError(f"{path}: metadata says the output is probabilities, but its "
+                         f"quantization (scale {output.scale:g}) cannot hold them")
 
 
 def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
@@ -114,6 +146,8 @@ def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
     if h != w:
         raise ModelError(f"{path}: non-square input {h}x{w} is not supported")
     meta = _metadata(backend, layout, h)
+    if meta:
+        _check_against_tensors(path, meta, layout, h, info, backend.output)
     variant = VARIANTS.get(meta.variant) if meta else variant_for_input_size(h)
     variant = variant or VARIANTS["lite0"]
     if meta:
@@ -133,6 +167,11 @@ def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
         # ONNX keeps quantization inside the graph; our metadata states the input's encoding
         scale, zp = meta.input_scale, meta.input_zero_point
     pixel_offset = _pixel_offset(info.dtype, scale, zp, config, has_metadata=meta is not None)
+    pixel_shift = {np.dtype(np.uint8): 0, np.dtype(np.int8): -128}.get(info.dtype)
+    if meta and backend.kind == "onnx" and info.dtype != np.float32 and pixel_offset != pixel_shift:
+        # our ONNX files take the pixel (uint8) or pixel - 128 (int8); nothing else is ours
+        raise ModelError(f"{path}: metadata input encoding (scale {scale:g}, zero point {zp}, "
+                         "mean/std) does not describe integer pixel input")
     out_scale, out_zp = backend.output.scale, backend.output.zero_point
     n_out = int(np.prod(backend.output.shape))
     standard_labels = backend.standard.labels if backend.standard is not None else None
@@ -155,7 +194,7 @@ def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
         if n_out != len(labels):
             labels = [f"class {i}" for i in range(n_out)]
     return ModelIO(layout, config, info.dtype, scale, zp, pixel_offset, out_scale, out_zp,
-                   bool(is_prob), labels, meta)
+                   bool(is_prob), labels, meta, str(path))
 
 
 def _pixel_offset(dtype, scale, zp, config, has_metadata) -> int | None:
@@ -171,5 +210,8 @@ def _pixel_offset(dtype, scale, zp, config, has_metadata) -> int | None:
     a = 1.0 / (255.0 * std * scale)
     b = zp - mean / (std * scale)
     if np.allclose(a, 1.0, atol=1e-4) and np.allclose(b, b[0]) and abs(b[0] - round(b[0])) < 1e-3:
-        return int(round(b[0]))
+        shift = int(round(b[0]))
+        # only these keep every pixel in range; any other shift goes the float way (clipped)
+        if shift == (0 if dtype == np.uint8 else -128):
+            return shift
     return None

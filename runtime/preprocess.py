@@ -41,6 +41,10 @@ class PreprocessConfig:
                              f"not {self.interpolation!r}")
         if not 0 < self.crop_pct <= 1:
             raise ValueError(f"crop_pct must be in (0, 1], not {self.crop_pct}")
+        if len(self.mean) != 3 or len(self.std) != 3 or not all(
+                math.isfinite(v) for v in (*self.mean, *self.std)) or min(self.std) <= 0:
+            raise ValueError(f"mean and std must be 3 finite values each, std > 0 "
+                             f"(got {self.mean}, {self.std})")
 
     @classmethod
     def for_variant(cls, variant, size: int | None = None) -> "PreprocessConfig":
@@ -75,7 +79,8 @@ def _upright(img: Image.Image, orientation: int) -> Image.Image:
 def _describe(source) -> str:
     if isinstance(source, (str, os.PathLike)):
         return str(source)
-    return f"<{type(source).__name__}>"
+    name = getattr(source, "name", None)      # an open file
+    return name if isinstance(name, str) else f"<{type(source).__name__}>"
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -96,50 +101,65 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+ACCEPTED = "a path, bytes, a binary file object, a PIL image or an HxWx3 uint8 array"
+MAX_IMAGE_BYTES = 512 << 20     # a file object is read whole: bound what that may cost
+
+
 def load_image(source, config: PreprocessConfig | None = None, draft: bool = True,
                max_pixels: int = DEFAULT_MAX_PIXELS) -> Image.Image:
-    """Open `source` (path, bytes, PIL image or HxWx3 uint8 array) as an upright RGB image.
+    """Open `source` (see ACCEPTED) as an upright RGB image.
 
     With `config` and `draft`, large JPEGs decode at a DCT-domain reduced size that
     stays >= the resize target (much faster, barely different; see README).
     """
-    return _open(source, config if draft else None, max_pixels)[0]
+    return _open(source, config, draft, max_pixels)[0]
 
 
-def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int]]:
+def _check_size(name: str, w: int, h: int, config: PreprocessConfig | None, max_pixels: int) -> None:
+    """Refuse, before any decoding, what cannot be classified within bounded memory."""
+    if w <= 0 or h <= 0:
+        raise ImageError(f"{name}: empty image ({w}x{h})")
+    if w * h > max_pixels:
+        raise ImageError(f"{name}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the "
+                         f"{max_pixels / 1e6:.0f}-megapixel safety limit (decompression-bomb guard)")
+    if config is not None:
+        tw, th = config.resized_dims(w, h)
+        if tw * th > max_pixels:   # the reference resize of a sliver: gigabytes, and no photo
+            raise ImageError(f"{name}: image is {w}x{h}, too elongated to classify (the reference "
+                             f"resize would make it {tw}x{th})")
+
+
+def _open(source, config, draft, max_pixels) -> tuple[Image.Image, tuple[int, int]]:
     """(upright RGB image, its upright size before any draft reduction)."""
     name = _describe(source)
     if isinstance(source, np.ndarray):
         if source.dtype != np.uint8 or source.ndim != 3 or source.shape[2] != 3:
             raise ImageError(f"{name}: expected an HxWx3 uint8 RGB array, got "
                              f"{source.dtype} {source.shape}")
+        _check_size(name, source.shape[1], source.shape[0], config, max_pixels)
         img = Image.fromarray(source, "RGB")
         return img, img.size
     if isinstance(source, Image.Image):
-        img = _to_rgb(_upright(source, source.getexif().get(_ORIENTATION, 1)))
+        _check_size(name, *source.size, config, max_pixels)
+        try:
+            source.load()       # a lazily opened file decodes here: its errors are ours to report
+            img = _to_rgb(_upright(source, source.getexif().get(_ORIENTATION, 1)))
+        except Exception as e:  # noqa: BLE001 - Pillow raises many types for damaged data
+            raise ImageError(f"{name}: cannot decode image ({first_line(e)})") from None
         return img, img.size
+    if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and not hasattr(source, "read"):
+        raise TypeError(f"image must be {ACCEPTED}, not {type(source).__name__}")
     try:
         with warnings.catch_warnings():     # our own limit below replaces Pillow's warning
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
-            if isinstance(source, (bytes, bytearray, memoryview)):
-                if not len(source):
-                    raise ImageError(f"{name}: empty input (0 bytes)")
-                img = Image.open(io.BytesIO(source))
-            else:
-                if os.path.isdir(source):
-                    raise ImageError(f"{name}: is a directory, not an image")
-                if os.path.getsize(source) == 0:
-                    raise ImageError(f"{name}: empty file (0 bytes)")
-                img = Image.open(source)
+            img = Image.open(_readable(source, name))
         w, h = img.size
-        if w * h > max_pixels:
-            raise ImageError(f"{name}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the "
-                             f"{max_pixels / 1e6:.0f}-megapixel safety limit (decompression-bomb guard)")
+        _check_size(name, w, h, config, max_pixels)   # before getexif, which loads a PNG
         orientation = img.getexif().get(_ORIENTATION, 1)
         swapped = orientation in (5, 6, 7, 8)       # these orientations swap the axes
         upright = (h, w) if swapped else (w, h)
-        if draft_config is not None and img.format == "JPEG":
-            tw, th = draft_config.resized_dims(*upright)
+        if draft and config is not None and img.format == "JPEG":
+            tw, th = config.resized_dims(*upright)
             img.draft("RGB", (th, tw) if swapped else (tw, th))
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)
@@ -153,8 +173,30 @@ def _open(source, draft_config, max_pixels) -> tuple[Image.Image, tuple[int, int
         raise ImageError(f"{name}: not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: {e}") from None
-    except (OSError, SyntaxError, ValueError, EOFError) as e:
+    except Exception as e:  # noqa: BLE001 - Pillow raises many types for damaged data
         raise ImageError(f"{name}: cannot decode image ({first_line(e)})") from None
+
+
+def _readable(source, name: str):
+    """What Image.open takes: a path (checked), or a seekable binary stream."""
+    if isinstance(source, (bytes, bytearray, memoryview)):
+        if not len(source):
+            raise ImageError(f"{name}: empty input (0 bytes)")
+        return io.BytesIO(source)
+    if hasattr(source, "read"):
+        data = source.read(MAX_IMAGE_BYTES + 1)
+        if not isinstance(data, (bytes, bytearray)):
+            raise TypeError(f"{name}: a file object must be opened in binary mode ('rb')")
+        if not data:
+            raise ImageError(f"{name}: empty input (0 bytes)")
+        if len(data) > MAX_IMAGE_BYTES:
+            raise ImageError(f"{name}: over {MAX_IMAGE_BYTES >> 20} MiB, too large for an image")
+        return io.BytesIO(data)
+    if os.path.isdir(source):
+        raise ImageError(f"{name}: is a directory, not an image")
+    if os.path.getsize(source) == 0:
+        raise ImageError(f"{name}: empty file (0 bytes)")
+    return source
 
 
 # Pillow's filter supports (in source pixels at scale 1); NEAREST is not a convolution.
@@ -238,5 +280,8 @@ def preprocess(source, config: PreprocessConfig, exact: bool = False,
     is resampled. `exact` decodes at full size and resizes the whole frame, bit-identical
     to the reference (timm / torchvision on Pillow) transform.
     """
-    img, upright = _open(source, None if exact else config, max_pixels)
-    return resize_crop(img, config, upright, exact)
+    img, upright = _open(source, config, not exact, max_pixels)
+    try:
+        return resize_crop(img, config, upright, exact)
+    except (MemoryError, ValueError, OverflowError) as e:
+        raise ImageError(f"{_describe(source)}: cannot resize image ({first_line(e)})") from None

@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import struct
 import zipfile
+import zlib
 from dataclasses import dataclass, field
 
 STANDARD_NAME = "TFLITE_METADATA"      # the Model.metadata entry of the standard schema
@@ -147,10 +148,28 @@ def _tensor(t: _Table | None) -> TensorInfoMetadata:
     return out
 
 
+class _MappedFile:
+    """An mmap as the seekable file zipfile wants (reading it copies only what is read)."""
+
+    def __init__(self, mapped):
+        self._m = mapped
+        mapped.seek(0)
+
+    def seekable(self) -> bool:
+        return True
+
+    def __getattr__(self, name):
+        return getattr(self._m, name)
+
+
+def _seekable(data):
+    return _MappedFile(data) if hasattr(data, "seek") else io.BytesIO(data)
+
+
 def packed_files(data) -> list[str]:
     """Names of the files packed into the model as an appended zip ([] when none)."""
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
+        with zipfile.ZipFile(_seekable(data)) as z:
             return z.namelist()
     except (zipfile.BadZipFile, OSError, ValueError):
         return []
@@ -158,7 +177,7 @@ def packed_files(data) -> list[str]:
 
 def _read_packed(data, name: str) -> bytes:
     try:
-        with zipfile.ZipFile(io.BytesIO(data)) as z:
+        with zipfile.ZipFile(_seekable(data)) as z:
             try:
                 info = z.getinfo(name)
             except KeyError:
@@ -167,7 +186,7 @@ def _read_packed(data, name: str) -> bytes:
             if info.file_size > MAX_LABELS_BYTES:
                 raise ValueError(f"packed labels file {name!r} is {info.file_size} bytes")
             return z.read(info)
-    except (zipfile.BadZipFile, OSError, NotImplementedError) as e:
+    except (zipfile.BadZipFile, OSError, NotImplementedError, EOFError, zlib.error) as e:
         raise ValueError(f"packed labels file {name!r} cannot be read ({e})") from None
 
 

@@ -12,6 +12,12 @@ from runtime.preprocess import PreprocessConfig, normalize, preprocess
 from runtime.variants import get_variant
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def pytest_addoption(parser):
+    parser.addoption("--fuzz-long", action="store_true",
+                     help="run the fuzz suite with 10x the cases (thousands; several minutes)")
+
 DEV_DIR = ROOT.parent / "shared" / "data" / "imagenet-sample-dev"
 
 

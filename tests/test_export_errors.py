@@ -1,4 +1,6 @@
 """effnet-export's command line and its failures: one clear line, no partial file."""
+import os
+
 import pytest
 
 from conftest import SKIMAGE_PHOTOS, photo_folder
@@ -178,3 +180,14 @@ def test_untrained_large_variant_for_latency_work(tmp_path, capsys):
     Image.new("RGB", (400, 300), (120, 80, 40)).save(photo)
     assert infer([str(photo), "--model", str(out)]) == 0
     assert "UNTRAINED" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_exported_files_respect_the_umask(lite0_files, tmp_path, umask):
+    """Written through a temporary file (mkstemp makes 0600), yet created like any file."""
+    old = os.umask(umask)
+    try:
+        lite0_files["exporter"].export(tmp_path / "m.tflite", "fp32", "tflite", verify=False)
+    finally:
+        os.umask(old)
+    assert (tmp_path / "m.tflite").stat().st_mode & 0o777 == 0o666 & ~umask

@@ -150,7 +150,7 @@ def test_jpeg_draft_decodes_smaller_and_stays_close(tmp_path):
     big.save(path, quality=92)
     cfg = PreprocessConfig(224, 0.875, "bicubic")
     from runtime.preprocess import _open
-    drafted, upright = _open(path, cfg, 10**9)
+    drafted, upright = _open(path, cfg, True, 10**9)
     assert upright == (4000, 3000) and drafted.size[0] < 4000 and drafted.size[1] >= cfg.resize_size
     fast, exact = preprocess(path, cfg), preprocess(path, cfg, exact=True)
     assert fast.shape == exact.shape
@@ -164,7 +164,7 @@ def test_small_jpeg_is_not_drafted(tmp_path):
     cfg = PreprocessConfig(224, 0.875, "bicubic")
     from runtime.preprocess import _open
     # 500x375 -> 341x256: a DCT scale of 1/2 would fall below the target, so no draft
-    assert _open(path, cfg, 10**9)[0].size == (500, 375)
+    assert _open(path, cfg, True, 10**9)[0].size == (500, 375)
 
 
 def huge_png_header(tmp_path, w=10_000, h=10_000):

@@ -174,7 +174,7 @@ def test_bad_model_files(lite0_files, tmp_path):
     bad_onnx.write_bytes(lite0_files["int8.onnx"].read_bytes()[:30_000])
     empty = tmp_path / "empty.tflite"
     empty.write_bytes(b"")
-    cases = [(text, "not a valid TFLite model"), (truncated, "not a valid TFLite model|cannot load"),
+    cases = [(text, "not a TFLite model \\(no TFL3 file identifier\\)"), (truncated, "corrupt or was modified|not a valid TFLite model|cannot load"),
              (bad_onnx, "cannot load ONNX model"), (empty, "empty"),
              (tmp_path / "missing.tflite", "no such model file"),
              (tmp_path / "model.pb", "unknown model type"),
