@@ -111,9 +111,12 @@ class TFLiteBackend(Backend):
                                    for t in (inputs[0], outputs[0]))
 
     def run(self, x):
-        self.interpreter.set_tensor(self._in, x)
-        self.interpreter.invoke()
-        return self.interpreter.get_tensor(self._out).copy()
+        try:
+            self.interpreter.set_tensor(self._in, x)
+            self.interpreter.invoke()
+            return self.interpreter.get_tensor(self._out).copy()
+        except (RuntimeError, ValueError) as e:   # a damaged graph can load yet fail here
+            raise ModelError(f"{self.path}: inference failed ({_one_line(e)})") from None
 
 
 _ORT_TYPES = {"tensor(float)": np.float32, "tensor(uint8)": np.uint8, "tensor(int8)": np.int8,
@@ -152,7 +155,10 @@ class OnnxBackend(Backend):
         self.output = TensorInfo(out_shape, np.dtype(_ORT_TYPES.get(outputs[0].type, np.float32)))
 
     def run(self, x):
-        return self.session.run(None, {self._in: x})[0]
+        try:
+            return self.session.run(None, {self._in: x})[0]
+        except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
+            raise ModelError(f"{self.path}: inference failed ({_one_line(e)})") from None
 
 
 def _one_line(error: BaseException, limit: int = 200) -> str:

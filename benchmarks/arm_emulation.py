@@ -1,0 +1,333 @@
+"""The Raspberry Pi check under emulation: Debian userlands for arm64 and armhf run by
+qemu-user, the runtime installed from a wheel built from this checkout, and our files (made
+here on x86) compared with the x86 answers of the same run.
+
+    python -m benchmarks.arm_emulation --files DIR --photos DIR [--targets pi5-bookworm,...]
+
+Per target: `effnet-check compare` (raw outputs on the x86 crops, and the photos end to end),
+`effnet-infer --json` on the photos (top-1 against x86's), and effnet-infer's exit codes on
+a bad image (1) and a missing model (2). Emulation says nothing about speed.
+
+Needs root, qemu-user-static and debootstrap (apt-get). Userlands are cached under the temp
+folder (`--cache`); a second run only reinstalls the wheel.
+"""
+from __future__ import annotations
+
+import argparse
+import fcntl
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+DEFAULT_CACHE = Path(tempfile.gettempdir()) / "effnet-arm"
+
+# /proc/cpuinfo as the boards show it: qemu passes the host's x86 one through otherwise,
+# and the CPU detection in XNNPACK / onnxruntime crashes on it
+PI5_CPUINFO = ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 "
+               "crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\n"
+               "CPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n")
+PI4_CPUINFO = ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
+               "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
+               "CPU revision\t: 3\n\n")
+PI4_32BIT_CPUINFO = ("processor\t: 0\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nBogoMIPS\t: 108.00\n"
+                     "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 "
+                     "lpae evtstrm crc32\nCPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\n"
+                     "CPU part\t: 0xd08\nCPU revision\t: 3\n\nHardware\t: BCM2835\n")
+AARCH64_TAGS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
+                "manylinux2014_aarch64")
+ARMV7_TAGS = ("manylinux_2_34_armv7l", "manylinux_2_31_armv7l", "manylinux_2_28_armv7l",
+              "manylinux_2_17_armv7l", "manylinux2014_armv7l", "linux_armv7l")
+
+
+@dataclass(frozen=True)
+class Target:
+    name: str
+    board: str
+    arch: str                   # Debian architecture
+    suite: str                  # Debian release
+    python: str
+    qemu: str
+    cpu: str                    # qemu -cpu: pinned (qemu's default "max" exposes SME on arm64)
+    cpuinfo: str
+    extra: str                  # the pip extra a user installs on this board
+    tags: tuple
+    debian_packages: tuple = ()  # numpy/Pillow from Debian where PyPI has no wheels
+    formats: tuple = ("tflite",)
+
+    @property
+    def backend_only(self) -> bool:
+        return bool(self.debian_packages)
+
+
+TARGETS = {t.name: t for t in (
+    Target("pi5-bookworm", "Pi 5, 64-bit Pi OS (bookworm)", "arm64", "bookworm", "3.11",
+           "qemu-aarch64-static", "cortex-a76", PI5_CPUINFO, "tflite,onnx", AARCH64_TAGS,
+           formats=("tflite", "onnx")),
+    Target("pi4-bookworm", "Pi 4, 64-bit Pi OS (bookworm)", "arm64", "bookworm", "3.11",
+           "qemu-aarch64-static", "cortex-a72", PI4_CPUINFO, "tflite", AARCH64_TAGS),
+    Target("pi5-trixie", "Pi 5, 64-bit Pi OS (trixie)", "arm64", "trixie", "3.13",
+           "qemu-aarch64-static", "cortex-a76", PI5_CPUINFO, "tflite", AARCH64_TAGS),
+    # qemu-arm has no cortex-a72 model; "max" is an ARMv8 core in AArch32 mode, as a Pi 4
+    # runs 32-bit Pi OS
+    Target("pi4-armhf", "Pi 4, 32-bit Pi OS (bookworm armhf)", "armhf", "bookworm", "3.11",
+           "qemu-arm-static", "max", PI4_32BIT_CPUINFO, "tflite-legacy", ARMV7_TAGS,
+           debian_packages=("python3-numpy", "python3-pil")),
+)}
+
+
+class EmulationError(RuntimeError):
+    pass
+
+
+def log(msg: str) -> None:
+    print(f"arm: {msg}", file=sys.stderr, flush=True)
+
+
+def apt_mirror() -> str:
+    """The Debian mirror apt already uses here."""
+    for f in sorted(Path("/etc/apt/sources.list.d").glob("*")) + [Path("/etc/apt/sources.list")]:
+        text = f.read_text(errors="replace") if f.is_file() else ""
+        for url in re.findall(r"(?:URIs:\s*|deb\s+(?:\[[^]]*\]\s+)?)(https?://\S+)", text):
+            if "security" not in url:
+                return url.rstrip("/")
+    return "http://deb.debian.org/debian"
+
+
+def missing_tools(targets) -> list[str]:
+    tools = {"debootstrap", "dpkg-deb"} | {t.qemu for t in targets}
+    return sorted(t for t in tools if shutil.which(t) is None)
+
+
+def build_rootfs(target: Target, cache: Path) -> Path:
+    """A Debian userland for the target (cached): debootstrap's first stage downloads and
+    unpacks the essential packages without running ARM code; the rest is unpacked here."""
+    root = cache / target.name / "rootfs"
+    recipe = json.dumps([target.arch, target.suite, target.debian_packages, target.cpuinfo])
+    stamp = root / ".effnet-recipe"
+    if stamp.is_file() and stamp.read_text() == recipe:
+        return root
+    shutil.rmtree(root, ignore_errors=True)
+    root.parent.mkdir(parents=True, exist_ok=True)
+    include = ",".join(("python3",) + target.debian_packages)
+    start = time.perf_counter()
+    log(f"{target.name}: debootstrap {target.suite} {target.arch} (first run only)")
+    done = subprocess.run(["debootstrap", "--foreign", f"--arch={target.arch}", "--variant=minbase",
+                           f"--include={include}", target.suite, str(root), apt_mirror()],
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise EmulationError(f"debootstrap failed for {target.name}: {done.stdout[-800:]}{done.stderr[-800:]}")
+    for deb in sorted((root / "var/cache/apt/archives").glob("*.deb")):
+        subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    (root / "proc").mkdir(exist_ok=True)
+    (root / "proc/cpuinfo").write_text(target.cpuinfo)
+    stamp.write_text(recipe)
+    log(f"{target.name}: userland ready in {time.perf_counter() - start:.0f} s")
+    return root
+
+
+def build_wheel(out: Path) -> Path:
+    out.mkdir(parents=True, exist_ok=True)
+    for old in out.glob("*.whl"):
+        old.unlink()
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
+                    "-w", str(out), str(ROOT)], check=True, capture_output=True)
+    return next(out.glob("effnet_lite_edge-*.whl"))
+
+
+def pip_for(target: Target, args: list[str]) -> list[str]:
+    """pip run here on x86, resolving for the target's Python and platform."""
+    platforms = [a for tag in target.tags for a in ("--platform", tag)]
+    return [sys.executable, "-m", "pip", *args, "--only-binary=:all:", "--python-version", target.python,
+            "--implementation", "cp", *platforms, "--disable-pip-version-check", "--quiet"]
+
+
+def install_runtime(target: Target, wheel: Path, cache: Path) -> Path:
+    """The runtime as `pip install 'effnet-lite-edge[EXTRA]'` gives it, into a folder
+    (cached per wheel content). On armhf only the backend comes from PyPI (numpy<2 and
+    Pillow are Debian's, as on Pi OS)."""
+    digest = hashlib.sha256(wheel.read_bytes()).hexdigest()[:16]
+    site = cache / target.name / f"site-{digest}"
+    if site.is_dir():
+        return site
+    for old in (cache / target.name).glob("site-*"):
+        shutil.rmtree(old, ignore_errors=True)
+    tmp = site.with_name(site.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    if target.backend_only:
+        reqs = ["--no-deps", str(wheel), "tflite-runtime>=2.14"]
+    else:
+        reqs = [f"{wheel}[{target.extra}]"]
+    done = subprocess.run(pip_for(target, ["install", "--target", str(tmp), *reqs]),
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise EmulationError(f"pip could not install for {target.name}: {done.stderr[-1500:]}")
+    tmp.rename(site)
+    return site
+
+
+def resolve(target: Target, wheel: Path, dest: Path) -> list[str]:
+    """What a Pi owner's `pip install 'effnet-lite-edge[EXTRA]'` gets: the wheels pip
+    downloads for the target (cached in `dest`)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    done = subprocess.run(pip_for(target, ["download", "-d", str(dest), f"{wheel}[{target.extra}]"]),
+                          capture_output=True, text=True)
+    if done.returncode:
+        raise EmulationError(f"no install for {target.name} with [{target.extra}]: {done.stderr[-1500:]}")
+    report = subprocess.run(pip_for(target, ["install", "--dry-run", "--ignore-installed", "--no-index",
+                                             "--find-links", str(dest), "--report", "-",
+                                             f"{wheel}[{target.extra}]"]),
+                            capture_output=True, text=True, check=True)
+    return sorted(f"{i['metadata']['name']}=={i['metadata']['version']}"
+                  for i in json.loads(report.stdout)["install"])
+
+
+@dataclass
+class Emulator:
+    target: Target
+    root: Path
+    site: Path
+    seconds: float = 0.0
+    runs: list = field(default_factory=list)
+
+    def run(self, module: str, *args, timeout: int = 1800) -> subprocess.CompletedProcess:
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONPATH": str(self.site),
+               "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
+        python = self.root / "usr/bin" / f"python{self.target.python}"
+        cmd = [self.target.qemu, "-L", str(self.root), "-cpu", self.target.cpu, str(python),
+               "-m", module, *map(str, args)]
+        start = time.perf_counter()
+        done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
+        self.seconds += time.perf_counter() - start
+        return done
+
+
+def x86_reference(files: list[Path], photos: list[Path], ref: Path) -> None:
+    from apps.check import write
+    write(ref, files, photos)
+
+
+def x86_top1(model: Path, photos: list[Path]) -> list[int]:
+    from runtime import Classifier
+    with Classifier.from_file(model) as clf:
+        return [clf.classify(p).categories[0].index for p in photos]
+
+
+def check_target(target: Target, files: list[Path], photos: list[Path], ref: Path, wheel: Path,
+                 cache: Path, work: Path) -> dict:
+    """Everything the check asks of one target; a dict of what was measured."""
+    emu = Emulator(target, build_rootfs(target, cache), install_runtime(target, wheel, cache))
+    work.mkdir(parents=True, exist_ok=True)
+    probe = emu.run("platform")
+    if probe.returncode:
+        raise EmulationError(f"{target.name}: Python does not start under {target.qemu}: {probe.stderr[-500:]}")
+    out = {"target": target.name, "board": target.board, "python": target.python, "cpu": target.cpu}
+    compare = emu.run("apps.check", "compare", ref, "--models-dir", files[0].parent, "--images-dir",
+                      photos[0].parent, "--json", work / "compare.json")
+    if compare.returncode not in (0, 1) or not (work / "compare.json").is_file():
+        raise EmulationError(f"{target.name}: effnet-check failed ({compare.returncode}): "
+                             f"{compare.stdout[-800:]}{compare.stderr[-800:]}")
+    result = json.loads((work / "compare.json").read_text())
+    out["packages"] = result["platform"]["packages"]
+    out["rows"] = result["rows"]
+    out["compare_output"] = compare.stdout
+    int8 = next(f for f in files if f.suffix == ".tflite")
+    infer = emu.run("apps.infer", *photos, "--model", int8, "--json", "-k", "1")
+    tops = [json.loads(line)["categories"][0]["index"] for line in infer.stdout.splitlines()]
+    out["infer"] = {"exit": infer.returncode, "photos": len(photos), "top1": tops,
+                    "stderr_lines": infer.stderr.splitlines()}
+    bad = work / "not_a_photo.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 truncated JPEG")
+    bad_run = emu.run("apps.infer", bad, photos[0], "--model", int8, "--json")
+    missing = emu.run("apps.infer", photos[0], "--model", work / "missing.tflite")
+    out["exit_codes"] = {"bad_image": bad_run.returncode, "bad_image_stderr": bad_run.stderr.splitlines(),
+                         "good_after_bad": len(bad_run.stdout.splitlines()),
+                         "missing_model": missing.returncode, "missing_model_stderr": missing.stderr.splitlines()}
+    out["emulated_seconds"] = round(emu.seconds, 1)
+    return out
+
+
+def run_targets(targets: list[Target], files: list[Path], photos: list[Path], cache: Path,
+                work: Path) -> list[dict]:
+    missing = missing_tools(targets)
+    if missing:
+        raise EmulationError(f"missing tools: {', '.join(missing)} (apt-get install qemu-user-static debootstrap)")
+    work.mkdir(parents=True, exist_ok=True)
+    wheel = build_wheel(work / "wheel")
+    results = []
+    for target in targets:
+        kinds = {".tflite"} | ({".onnx"} if "onnx" in target.formats else set())
+        mine = [f for f in files if f.suffix in kinds]
+        ref = work / f"ref-{target.name}"
+        x86_reference(mine, photos, ref)
+        (cache / target.name).mkdir(parents=True, exist_ok=True)
+        with open(cache / target.name / ".lock", "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)     # one builder per userland (parallel tests)
+            row = check_target(target, mine, photos, ref, wheel, cache, work / target.name)
+        int8 = next(f for f in mine if f.suffix == ".tflite")
+        row["infer"]["x86_top1"] = x86_top1(int8, photos)
+        results.append(row)
+        log(f"{target.name}: done in {row['emulated_seconds']:.0f} s emulated")
+    return results
+
+
+def summary(results: list[dict]) -> str:
+    lines = []
+    for r in results:
+        same = sum(a == b for a, b in zip(r["infer"]["top1"], r["infer"]["x86_top1"]))
+        lines.append(f"{r['board']} (qemu -cpu {r['cpu']}, Python {r['python']}, "
+                     f"{', '.join(f'{k} {v}' for k, v in sorted(r['packages'].items()))}):")
+        from apps.check import format_row
+        lines += [f"  {format_row(row)}" for row in r["rows"]]
+        lines.append(f"  effnet-infer --json: top-1 = x86 on {same}/{r['infer']['photos']}; exit codes: bad "
+                     f"image {r['exit_codes']['bad_image']}, missing model {r['exit_codes']['missing_model']}")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.arm_emulation", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--files", type=Path, required=True, help="folder of .tflite/.onnx files made by effnet-export")
+    p.add_argument("--photos", type=Path, required=True, help="folder of photos (the first --count are used)")
+    p.add_argument("--count", type=int, default=20)
+    p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: {', '.join(TARGETS)}")
+    p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"userland cache ({DEFAULT_CACHE})")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--resolve", action="store_true",
+                   help="also check what `pip install 'effnet-lite-edge[EXTRA]'` resolves to per target")
+    args = p.parse_args(argv)
+    unknown = [t for t in args.targets.split(",") if t not in TARGETS]
+    if unknown:
+        p.error(f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(TARGETS)}")
+    files = sorted(f for f in args.files.glob("*") if f.suffix in (".tflite", ".onnx"))
+    photos = sorted(f for f in args.photos.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.count]
+    if not files or not photos:
+        p.error("--files needs .tflite/.onnx files and --photos needs photos")
+    targets = [TARGETS[t] for t in args.targets.split(",")]
+    try:
+        with tempfile.TemporaryDirectory() as work:
+            results = run_targets(targets, files, photos, args.cache, Path(work))
+            if args.resolve:
+                wheel = build_wheel(Path(work) / "wheel")
+                for target, r in zip(targets, results):
+                    r["resolved"] = resolve(target, wheel, args.cache / "downloads" / target.name)
+    except EmulationError as e:
+        print(f"arm_emulation: error: {e}", file=sys.stderr)
+        return 2
+    print(summary(results))
+    if args.json:
+        args.json.write_text(json.dumps(results, indent=1))
+    return 0
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONDONTWRITEBYTECODE", "1")
+    sys.exit(main())
