@@ -27,62 +27,10 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from .arm_targets import RESOLUTIONS, TARGETS, Target
+
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CACHE = Path(tempfile.gettempdir()) / "effnet-arm"
-
-# /proc/cpuinfo as the boards show it: qemu passes the host's x86 one through otherwise,
-# and the CPU detection in XNNPACK / onnxruntime crashes on it
-PI5_CPUINFO = ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm aes pmull sha1 sha2 "
-               "crc32 atomics fphp asimdhp cpuid asimdrdm lrcpc dcpop asimddp\nCPU implementer\t: 0x41\n"
-               "CPU architecture: 8\nCPU variant\t: 0x4\nCPU part\t: 0xd0b\nCPU revision\t: 1\n\n")
-PI4_CPUINFO = ("processor\t: 0\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd evtstrm crc32 cpuid\n"
-               "CPU implementer\t: 0x41\nCPU architecture: 8\nCPU variant\t: 0x0\nCPU part\t: 0xd08\n"
-               "CPU revision\t: 3\n\n")
-PI4_32BIT_CPUINFO = ("processor\t: 0\nmodel name\t: ARMv7 Processor rev 3 (v7l)\nBogoMIPS\t: 108.00\n"
-                     "Features\t: half thumb fastmult vfp edsp neon vfpv3 tls vfpv4 idiva idivt vfpd32 "
-                     "lpae evtstrm crc32\nCPU implementer\t: 0x41\nCPU architecture: 7\nCPU variant\t: 0x0\n"
-                     "CPU part\t: 0xd08\nCPU revision\t: 3\n\nHardware\t: BCM2835\n")
-AARCH64_TAGS = ("manylinux_2_28_aarch64", "manylinux_2_27_aarch64", "manylinux_2_17_aarch64",
-                "manylinux2014_aarch64")
-ARMV7_TAGS = ("manylinux_2_34_armv7l", "manylinux_2_31_armv7l", "manylinux_2_28_armv7l",
-              "manylinux_2_17_armv7l", "manylinux2014_armv7l", "linux_armv7l")
-
-
-@dataclass(frozen=True)
-class Target:
-    name: str
-    board: str
-    arch: str                   # Debian architecture
-    suite: str                  # Debian release
-    python: str
-    qemu: str
-    cpu: str                    # qemu -cpu: pinned (qemu's default "max" exposes SME on arm64)
-    cpuinfo: str
-    extra: str                  # the pip extra a user installs on this board
-    tags: tuple
-    debian_packages: tuple = ()  # numpy/Pillow from Debian where PyPI has no wheels
-    formats: tuple = ("tflite",)
-
-    @property
-    def backend_only(self) -> bool:
-        return bool(self.debian_packages)
-
-
-TARGETS = {t.name: t for t in (
-    Target("pi5-bookworm", "Pi 5, 64-bit Pi OS (bookworm)", "arm64", "bookworm", "3.11",
-           "qemu-aarch64-static", "cortex-a76", PI5_CPUINFO, "tflite,onnx", AARCH64_TAGS,
-           formats=("tflite", "onnx")),
-    Target("pi4-bookworm", "Pi 4, 64-bit Pi OS (bookworm)", "arm64", "bookworm", "3.11",
-           "qemu-aarch64-static", "cortex-a72", PI4_CPUINFO, "tflite", AARCH64_TAGS),
-    Target("pi5-trixie", "Pi 5, 64-bit Pi OS (trixie)", "arm64", "trixie", "3.13",
-           "qemu-aarch64-static", "cortex-a76", PI5_CPUINFO, "tflite", AARCH64_TAGS),
-    # qemu-arm has no cortex-a72 model; "max" is an ARMv8 core in AArch32 mode, as a Pi 4
-    # runs 32-bit Pi OS
-    Target("pi4-armhf", "Pi 4, 32-bit Pi OS (bookworm armhf)", "armhf", "bookworm", "3.11",
-           "qemu-arm-static", "max", PI4_32BIT_CPUINFO, "tflite-legacy", ARMV7_TAGS,
-           debian_packages=("python3-numpy", "python3-pil")),
-)}
-
 
 class EmulationError(RuntimeError):
     pass
@@ -111,7 +59,7 @@ def build_rootfs(target: Target, cache: Path) -> Path:
     """A Debian userland for the target (cached): debootstrap's first stage downloads and
     unpacks the essential packages without running ARM code; the rest is unpacked here."""
     root = cache / target.name / "rootfs"
-    recipe = json.dumps([target.arch, target.suite, target.debian_packages, target.cpuinfo])
+    recipe = json.dumps([2, target.arch, target.suite, target.debian_packages, target.cpuinfo])
     stamp = root / ".effnet-recipe"
     if stamp.is_file() and stamp.read_text() == recipe:
         return root
@@ -127,6 +75,11 @@ def build_rootfs(target: Target, cache: Path) -> Path:
         raise EmulationError(f"debootstrap failed for {target.name}: {done.stdout[-800:]}{done.stderr[-800:]}")
     for deb in sorted((root / "var/cache/apt/archives").glob("*.deb")):
         subprocess.run(["dpkg-deb", "-x", str(deb), str(root)], check=True)
+    # no maintainer script ran, so no update-alternatives: link BLAS/LAPACK where Debian's
+    # numpy looks for them (/usr/lib/<triplet>/libblas.so.3)
+    for lib in root.glob("usr/lib/*/*/lib*.so.3"):
+        if lib.parent.name in ("blas", "lapack") and not (lib.parent.parent / lib.name).exists():
+            (lib.parent.parent / lib.name).symlink_to(f"{lib.parent.name}/{lib.name}")
     (root / "proc").mkdir(exist_ok=True)
     (root / "proc/cpuinfo").write_text(target.cpuinfo)
     stamp.write_text(recipe)
@@ -135,18 +88,24 @@ def build_rootfs(target: Target, cache: Path) -> Path:
 
 
 def build_wheel(out: Path) -> Path:
+    """A wheel of this checkout (one build at a time: setuptools builds inside the tree)."""
     out.mkdir(parents=True, exist_ok=True)
     for old in out.glob("*.whl"):
         old.unlink()
-    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--no-build-isolation",
-                    "-w", str(out), str(ROOT)], check=True, capture_output=True)
+    DEFAULT_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(DEFAULT_CACHE / ".wheel.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
+                               "--no-build-isolation", "-w", str(out), str(ROOT)], capture_output=True, text=True)
+    if done.returncode:
+        raise EmulationError(f"cannot build a wheel of {ROOT}: {done.stderr[-1500:]}")
     return next(out.glob("effnet_lite_edge-*.whl"))
 
 
-def pip_for(target: Target, args: list[str]) -> list[str]:
-    """pip run here on x86, resolving for the target's Python and platform."""
-    platforms = [a for tag in target.tags for a in ("--platform", tag)]
-    return [sys.executable, "-m", "pip", *args, "--only-binary=:all:", "--python-version", target.python,
+def pip_for(python: str, tags: tuple, args: list[str]) -> list[str]:
+    """pip run here on x86, resolving for another Python and platform."""
+    platforms = [a for tag in tags for a in ("--platform", tag)]
+    return [sys.executable, "-m", "pip", *args, "--only-binary=:all:", "--python-version", python,
             "--implementation", "cp", *platforms, "--disable-pip-version-check", "--quiet"]
 
 
@@ -166,7 +125,7 @@ def install_runtime(target: Target, wheel: Path, cache: Path) -> Path:
         reqs = ["--no-deps", str(wheel), "tflite-runtime>=2.14"]
     else:
         reqs = [f"{wheel}[{target.extra}]"]
-    done = subprocess.run(pip_for(target, ["install", "--target", str(tmp), *reqs]),
+    done = subprocess.run(pip_for(target.python, target.tags, ["install", "--target", str(tmp), *reqs]),
                           capture_output=True, text=True)
     if done.returncode:
         raise EmulationError(f"pip could not install for {target.name}: {done.stderr[-1500:]}")
@@ -174,20 +133,22 @@ def install_runtime(target: Target, wheel: Path, cache: Path) -> Path:
     return site
 
 
-def resolve(target: Target, wheel: Path, dest: Path) -> list[str]:
-    """What a Pi owner's `pip install 'effnet-lite-edge[EXTRA]'` gets: the wheels pip
-    downloads for the target (cached in `dest`)."""
+def resolve(python: str, tags: tuple, extra: str, wheel: Path, dest: Path) -> list[str]:
+    """The wheels `pip install 'effnet-lite-edge[EXTRA]'` would install there (binary only;
+    downloaded once into `dest`)."""
     dest.mkdir(parents=True, exist_ok=True)
-    done = subprocess.run(pip_for(target, ["download", "-d", str(dest), f"{wheel}[{target.extra}]"]),
-                          capture_output=True, text=True)
+    if extra == "tflite-legacy":
+        reqs, deps = [str(wheel), "tflite-runtime>=2.14"], ["--no-deps"]
+    else:
+        reqs, deps = [f"{wheel}[{extra}]"], []
+    cmd = [a for a in pip_for(python, tags, ["download", "-d", str(dest), *deps, *reqs]) if a != "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode:
-        raise EmulationError(f"no install for {target.name} with [{target.extra}]: {done.stderr[-1500:]}")
-    report = subprocess.run(pip_for(target, ["install", "--dry-run", "--ignore-installed", "--no-index",
-                                             "--find-links", str(dest), "--report", "-",
-                                             f"{wheel}[{target.extra}]"]),
-                            capture_output=True, text=True, check=True)
-    return sorted(f"{i['metadata']['name']}=={i['metadata']['version']}"
-                  for i in json.loads(report.stdout)["install"])
+        raise EmulationError(f"no binary install for Python {python} {tags[0]} [{extra}]: "
+                             f"{done.stderr.strip().splitlines()[-1:]}")
+    # pip names each wheel it saved or found already downloaded: name-version-tags.whl
+    wheels = re.findall(r"(?:Saved|File was already downloaded) \S*?([^/\s]+\.whl)", done.stdout)
+    return sorted({"==".join(w.split("-")[:2]) for w in wheels})
 
 
 @dataclass
@@ -256,7 +217,7 @@ def check_target(target: Target, files: list[Path], photos: list[Path], ref: Pat
 
 
 def run_targets(targets: list[Target], files: list[Path], photos: list[Path], cache: Path,
-                work: Path) -> list[dict]:
+                work: Path, raise_errors: bool = True) -> list[dict]:
     missing = missing_tools(targets)
     if missing:
         raise EmulationError(f"missing tools: {', '.join(missing)} (apt-get install qemu-user-static debootstrap)")
@@ -271,7 +232,14 @@ def run_targets(targets: list[Target], files: list[Path], photos: list[Path], ca
         (cache / target.name).mkdir(parents=True, exist_ok=True)
         with open(cache / target.name / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)     # one builder per userland (parallel tests)
-            row = check_target(target, mine, photos, ref, wheel, cache, work / target.name)
+            try:
+                row = check_target(target, mine, photos, ref, wheel, cache, work / target.name)
+            except EmulationError as e:
+                if raise_errors:
+                    raise
+                log(f"{target.name}: {e}")
+                results.append({"target": target.name, "error": str(e)})
+                continue
         int8 = next(f for f in mine if f.suffix == ".tflite")
         row["infer"]["x86_top1"] = x86_top1(int8, photos)
         results.append(row)
@@ -282,6 +250,9 @@ def run_targets(targets: list[Target], files: list[Path], photos: list[Path], ca
 def summary(results: list[dict]) -> str:
     lines = []
     for r in results:
+        if "error" in r:
+            lines.append(f"{r['target']}: FAILED: {r['error']}")
+            continue
         same = sum(a == b for a, b in zip(r["infer"]["top1"], r["infer"]["x86_top1"]))
         lines.append(f"{r['board']} (qemu -cpu {r['cpu']}, Python {r['python']}, "
                      f"{', '.join(f'{k} {v}' for k, v in sorted(r['packages'].items()))}):")
@@ -314,18 +285,19 @@ def main(argv=None) -> int:
     targets = [TARGETS[t] for t in args.targets.split(",")]
     try:
         with tempfile.TemporaryDirectory() as work:
-            results = run_targets(targets, files, photos, args.cache, Path(work))
+            results = run_targets(targets, files, photos, args.cache, Path(work), raise_errors=False)
             if args.resolve:
                 wheel = build_wheel(Path(work) / "wheel")
-                for target, r in zip(targets, results):
-                    r["resolved"] = resolve(target, wheel, args.cache / "downloads" / target.name)
+                for python, tags, extra in RESOLUTIONS:
+                    got = resolve(python, tags, extra, wheel, args.cache / "downloads" / f"{python}-{tags[0]}")
+                    print(f"Python {python} {tags[0]} [{extra}]: {' '.join(got)}")
     except EmulationError as e:
         print(f"arm_emulation: error: {e}", file=sys.stderr)
         return 2
     print(summary(results))
     if args.json:
         args.json.write_text(json.dumps(results, indent=1))
-    return 0
+    return 2 if any("error" in r for r in results) else 0
 
 
 if __name__ == "__main__":

@@ -167,8 +167,7 @@ def inspect_model(backend: Backend, overrides: dict | None = None) -> ModelIO:
         # ONNX keeps quantization inside the graph; our metadata states the input's encoding
         scale, zp = meta.input_scale, meta.input_zero_point
     pixel_offset = _pixel_offset(info.dtype, scale, zp, config, has_metadata=meta is not None)
-    pixel_shift = {np.dtype(np.uint8): 0, np.dtype(np.int8): -128}.get(info.dtype)
-    if meta and backend.kind == "onnx" and info.dtype != np.float32 and pixel_offset != pixel_shift:
+    if meta and backend.kind == "onnx" and info.dtype != np.float32 and pixel_offset is None:
         # our ONNX files take the pixel (uint8) or pixel - 128 (int8); nothing else is ours
         raise ModelError(f"{path}: metadata input encoding (scale {scale:g}, zero point {zp}, "
                          "mean/std) does not describe integer pixel input")

@@ -1,0 +1,125 @@
+"""The Raspberry Pi boards, emulated: our files, made here on x86, run by the runtime
+installed from a wheel of this checkout into Debian arm64/armhf userlands under qemu-user,
+compared with the x86 answers of the same run (benchmarks/arm_emulation.py).
+
+Needs root, qemu-user-static and debootstrap (`.ci/run` installs them) and the dev photos;
+skips with the reason otherwise. Userlands are cached under the temp folder.
+"""
+from __future__ import annotations
+
+import os
+import shutil
+
+import pytest
+
+from benchmarks.arm_emulation import (DEFAULT_CACHE, RESOLUTIONS, TARGETS, build_wheel,
+                                      missing_tools, resolve, run_targets, summary)
+from conftest import DEV_DIR
+
+PHOTOS = 20
+# Largest raw-output differences allowed; measured on 2026-11-25 (README, Raspberry Pi
+# guide), with some room: S8S8 ONNX runs onnxruntime's ARM int8 kernels (4 steps);
+# tflite-runtime 2.14 runs TFLite's own int8 kernels, not XNNPACK, whose rounding differs
+# (4 steps on armv7 - and 4 on x86 too, so it is the kernels, not ARM); fp32 XNNPACK on NEON
+# sums in another order than on x86 (1.6e-6 of max |logit|).
+MAX_ONNX_STEPS = 8
+MAX_ARMHF_STEPS = 8
+MAX_FP32_RELATIVE = 1e-4
+
+
+def _skip_reason() -> str | None:
+    if os.geteuid() != 0:
+        return "debootstrap needs root"
+    missing = missing_tools(TARGETS.values())
+    if missing:
+        return f"missing {', '.join(missing)} (apt-get install qemu-user-static debootstrap)"
+    if not (DEV_DIR / "labels.csv").is_file():
+        return f"dev photos not found at {DEV_DIR}"
+    return None
+
+
+pytestmark = pytest.mark.skipif(_skip_reason() is not None, reason=str(_skip_reason()))
+
+
+@pytest.fixture(scope="module")
+def arm_files(tmp_path_factory):
+    """Lite0 int8 (int8 and uint8 I/O), fp32 and S8S8 ONNX, and Lite2 int8, calibrated on
+    the 20 photos the check then uses."""
+    from model_export.export import Exporter
+    photos = tmp_path_factory.mktemp("arm_photos")
+    for path in sorted(DEV_DIR.glob("*.JPEG"))[:PHOTOS]:
+        shutil.copy(path, photos / path.name)
+    files = tmp_path_factory.mktemp("arm_files")
+    jobs = {"lite0": [("int8.tflite", "int8", "tflite", "int8"), ("uint8.tflite", "int8", "tflite", "uint8"),
+                      ("fp32.tflite", "fp32", "tflite", None), ("s8s8.onnx", "int8", "onnx", "int8")],
+            "lite2": [("int8.tflite", "int8", "tflite", "int8")]}
+    for variant, outputs in jobs.items():
+        exporter = Exporter(variant, log=lambda m: None)
+        exporter.calibrate(photos, PHOTOS)
+        for name, precision, fmt, io in outputs:
+            exporter.export(files / f"{variant}_{name}", precision, fmt, io, verify=False)
+    return files, photos
+
+
+def check(result: dict, max_steps: float = 0) -> None:
+    """What must hold on every board: same top-1 as x86 everywhere (raw on the x86 crops,
+    and end to end), integer outputs within `max_steps`, effnet-infer's answers and exit codes."""
+    for row in result["rows"]:
+        name = row["file"]
+        assert row["raw_top1_same"] == row["images"] == PHOTOS, row
+        assert row["e2e_images"] == PHOTOS and row["e2e_top1_same"] == PHOTOS, row
+        if "fp32" in name:
+            assert row["max_difference"] <= MAX_FP32_RELATIVE, row
+        elif name.endswith(".onnx"):
+            assert row["max_difference"] <= MAX_ONNX_STEPS, row
+        else:
+            assert row["max_difference"] <= max_steps, row
+            if max_steps == 0:
+                assert row["raw_identical"] == PHOTOS, row
+    infer = result["infer"]
+    assert infer["exit"] == 0 and infer["top1"] == infer["x86_top1"], infer
+    assert not any(line for line in infer["stderr_lines"] if not line.startswith("model: ")), infer
+    codes = result["exit_codes"]
+    assert codes["bad_image"] == 1 and codes["good_after_bad"] == 1, codes
+    assert len(codes["bad_image_stderr"]) == 2 and "not_a_photo.jpg" in codes["bad_image_stderr"][1], codes
+    assert codes["missing_model"] == 2 and codes["missing_model_stderr"] == [
+        next(line for line in codes["missing_model_stderr"] if "no such model file" in line)], codes
+
+
+def test_pi5_bookworm_arm64(arm_files, tmp_path):
+    """Pi 5, 64-bit Pi OS: LiteRT gives x86's raw int8 outputs bit for bit; onnxruntime
+    the same top-1."""
+    files, photos = arm_files
+    (result,) = run_targets([TARGETS["pi5-bookworm"]], sorted(files.iterdir()),
+                            sorted(photos.iterdir()), DEFAULT_CACHE, tmp_path)
+    print("\n" + summary([result]))
+    assert {r["file"] for r in result["rows"]} == {p.name for p in files.iterdir()}
+    check(result)
+
+
+@pytest.mark.parametrize("name", ["pi4-bookworm", "pi5-trixie", "pi4-armhf"])
+def test_other_boards(arm_files, tmp_path, name):
+    """The other boards, with Lite0's two int8 TFLite files (to keep CI short)."""
+    files, photos = arm_files
+    mine = [files / "lite0_int8.tflite", files / "lite0_uint8.tflite"]
+    (result,) = run_targets([TARGETS[name]], mine, sorted(photos.iterdir()), DEFAULT_CACHE, tmp_path)
+    print("\n" + summary([result]))
+    check(result, MAX_ARMHF_STEPS if name == "pi4-armhf" else 0)
+    backend = "tflite-runtime" if name == "pi4-armhf" else "litert"
+    assert all(row["backend"] == backend for row in result["rows"])
+
+
+def test_pip_resolves_on_each_board(tmp_path):
+    """What a Pi owner's `pip install 'effnet-lite-edge[EXTRA]'` gets, binary wheels only:
+    numpy, Pillow and the one backend (no torch, no onnx)."""
+    wheel = build_wheel(tmp_path)
+    for python, tags, extra in RESOLUTIONS:
+        got = {r.split("==")[0].replace("_", "-").lower(): r.split("==")[1]
+               for r in resolve(python, tags, extra, wheel, DEFAULT_CACHE / "downloads" / f"{python}-{tags[0]}")}
+        backend = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "tflite-legacy": "tflite-runtime"}[extra]
+        assert backend in got and "effnet-lite-edge" in got, (python, extra, got)
+        assert not {"torch", "onnx", "mediapipe"} & set(got), got
+        if extra != "tflite-legacy":
+            assert {"numpy", "pillow"} <= set(got), got
+        else:
+            assert got["tflite-runtime"].startswith("2.14"), got
