@@ -13,16 +13,19 @@ _IMPORT_START = time.perf_counter()
 import argparse  # noqa: E402  (the imports are timed for --timing)
 import glob  # noqa: E402
 import json  # noqa: E402
+import os  # noqa: E402
 import sys  # noqa: E402
+from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,  # noqa: E402
-                     ModelError, __version__)
+from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ModelError,  # noqa: E402
+                     __version__)
 from runtime.backends import BACKENDS  # noqa: E402
 from runtime.dataset import IMAGE_SUFFIXES  # noqa: E402
 from runtime.progress import Progress  # noqa: E402
 
-from .quiet import Captured, is_noise  # noqa: E402
+from .parallel import parallel, sequential  # noqa: E402
+from .quiet import Captured  # noqa: E402
 
 _IMPORT_MS = (time.perf_counter() - _IMPORT_START) * 1e3
 
@@ -47,6 +50,10 @@ def parse_args(argv=None):
     p.add_argument("-t", "--threshold", type=float, default=0.0,
                    help="hide classes scoring below this probability (0)")
     p.add_argument("--threads", type=int, default=None, help="inference threads (backend default)")
+    p.add_argument("--workers", type=int, default=None, metavar="N",
+                   help="worker processes, each with its own interpreter and --threads (default: "
+                        f"1, or min(cores, 4) with 1 thread each for {AUTO_WORKERS_FROM}+ images "
+                        "when --threads is not given); results stay in input order")
     p.add_argument("--backend", choices=list(BACKENDS), help="force a backend (default: by file type)")
     p.add_argument("--json", action="store_true", help="one JSON object per image (JSON Lines)")
     p.add_argument("-q", "--quiet", action="store_true",
@@ -66,9 +73,22 @@ def parse_args(argv=None):
         p.error("--top-k must be at least 1")
     if args.threads is not None and args.threads < 1:
         p.error("--threads must be at least 1")
+    if args.workers is not None and not 1 <= args.workers <= 64:
+        p.error("--workers must be between 1 and 64")
     if not 0 <= args.threshold <= 1:
         p.error(f"--threshold is a probability between 0 and 1, not {args.threshold:g}")
     return args
+
+
+AUTO_WORKERS_FROM = 256    # images; below, starting worker processes costs what they save
+
+
+def choose_workers(workers: int | None, threads: int | None, images: int) -> int:
+    """--workers, or the default: one process per core (at most 4) for many images."""
+    if workers is not None:
+        return min(workers, max(images, 1))
+    cores = os.cpu_count() or 1
+    return min(cores, 4) if images >= AUTO_WORKERS_FROM and cores > 1 and threads is None else 1
 
 
 def expand(inputs: list[str]):
@@ -143,7 +163,14 @@ def format_table(result) -> str:
 
 
 def main(argv=None) -> int:
-    args = parse_args(argv)
+    try:
+        return run(parse_args(argv))
+    except BrokenPipeError:     # the reader left (`| head`): stop quietly, as Unix tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141
+
+
+def run(args) -> int:
     options = ClassifierOptions(max_results=args.top_k, score_threshold=args.threshold,
                                 num_threads=args.threads, backend=args.backend,
                                 exact=args.exact)
@@ -163,23 +190,29 @@ def main(argv=None) -> int:
             print(f"  {line}", file=sys.stderr)
     load_ms = (time.perf_counter() - load_start) * 1e3
     items = list(expand(args.images))
+    runnable = [path for path, problem in items if problem is None]
+    workers = choose_workers(args.workers, args.threads, len(runnable))
+    if workers > 1:
+        clf.close()       # each worker opens its own; this one only checked the file
+        outcomes = parallel(args.model, replace(options, num_threads=args.threads or 1), runnable, workers)
+    else:
+        outcomes = sequential(clf, quiet, runnable)
     failures, pre_ms, inf_ms, done = 0, 0.0, 0.0, 0
     bar = Progress(len(items), "classifying", enabled=None if len(items) > 3 and not args.quiet else False)
-    with clf:
+    try:
         for path, problem in items:
             notes = []
             if problem is None:
-                try:
-                    with quiet:
-                        result = clf.classify(path)
-                    pre_ms, inf_ms, done = pre_ms + result.preprocess_ms, inf_ms + result.inference_ms, done + 1
-                except ImageError as e:
-                    problem = str(e).removeprefix(f"{path}: ")
-                except ModelError as e:
+                kind, payload, notes = next(outcomes)
+                if kind == "model":
                     bar.clear()
-                    print(f"effnet-infer: error: {e}", file=sys.stderr)
+                    print(f"effnet-infer: error: {payload}", file=sys.stderr)
                     return 2
-                notes = [line for line in quiet.lines() if not is_noise(line)]
+                if kind == "image":
+                    problem = payload.removeprefix(f"{path}: ")
+                else:
+                    result = payload
+                    pre_ms, inf_ms, done = pre_ms + result.preprocess_ms, inf_ms + result.inference_ms, done + 1
             bar.clear()
             if problem is not None:
                 failures += 1
@@ -196,6 +229,13 @@ def main(argv=None) -> int:
                     print(format_table(result))
             sys.stdout.flush()
             bar.update()
+    except KeyboardInterrupt:
+        bar.clear()
+        print("effnet-infer: interrupted", file=sys.stderr)
+        return 130
+    finally:
+        outcomes.close()       # stops the workers if we leave early
+        clf.close()
     bar.close()
     quiet.close()
     if args.timing:

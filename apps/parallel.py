@@ -1,0 +1,66 @@
+"""Classify a list of images in one process or in N worker processes, each holding its own
+Classifier (an interpreter is not thread-safe, and int8 Lite0 scales better across processes
+than across threads: one decodes while another infers). Outcomes come back in input order.
+
+An outcome is (kind, payload, notes): ("ok", ClassificationResult, notes),
+("image", one-line error, notes) or ("model", one-line error, []); `notes` are what the
+libraries said on stderr or as warnings while decoding that image (see quiet.py).
+"""
+from __future__ import annotations
+
+import multiprocessing
+import signal
+from dataclasses import asdict
+from typing import Iterable, Iterator
+
+from runtime import Classifier, ClassifierOptions, ImageError, ModelError
+
+from .quiet import Captured, is_noise
+
+_worker: dict = {}
+
+
+def classify_one(clf: Classifier, quiet: Captured, path) -> tuple:
+    try:
+        with quiet:
+            result = clf.classify(path)
+        kind, payload = "ok", result
+    except ImageError as e:
+        kind, payload = "image", str(e)
+    except ModelError as e:
+        return "model", str(e), []
+    return kind, payload, [line for line in quiet.lines() if not is_noise(line)]
+
+
+def sequential(clf: Classifier, quiet: Captured, paths: Iterable) -> Iterator[tuple]:
+    for path in paths:
+        yield classify_one(clf, quiet, path)
+
+
+def _init(model: str, options: dict) -> None:
+    signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
+    quiet = Captured()
+    with quiet:
+        _worker["clf"] = Classifier.from_file(model, ClassifierOptions(**options))
+    _worker["quiet"] = quiet
+
+
+def _classify(path) -> tuple:
+    return classify_one(_worker["clf"], _worker["quiet"], path)
+
+
+def parallel(model: str, options: ClassifierOptions, paths: list, workers: int) -> Iterator[tuple]:
+    """Outcomes from `workers` processes, in input order. The parent must have opened the
+    model once already (so that a bad model is reported before any worker starts).
+    On KeyboardInterrupt or any error the workers are terminated at once."""
+    # spawn, not fork: the parent has an interpreter with threads loaded
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init, (str(model), asdict(options)))
+    try:
+        chunk = max(1, min(16, len(paths) // (workers * 8)))
+        yield from pool.imap(_classify, paths, chunksize=chunk)
+        pool.close()
+    except BaseException:
+        pool.terminate()
+        raise
+    finally:
+        pool.join()

@@ -1,0 +1,94 @@
+"""effnet-infer --workers: N processes, each with its own interpreter; the same answers in the
+same order as one process, bad files reported alike, and Ctrl-C ends everything promptly."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from apps.infer import AUTO_WORKERS_FROM, choose_workers
+from conftest import DEV_DIR
+from tests_helpers import run_module
+
+
+def test_default_workers_only_for_many_images():
+    assert choose_workers(None, None, 10) == 1
+    assert choose_workers(None, 2, 10_000) == 1                  # --threads given: one process
+    assert choose_workers(None, None, AUTO_WORKERS_FROM) == (1 if (os.cpu_count() or 1) == 1
+                                                               else min(os.cpu_count(), 4))
+    assert choose_workers(3, None, 2) == 2                       # never more workers than images
+
+
+@pytest.fixture(scope="module")
+def mixed_inputs(lite0_files, tmp_path_factory):
+    """Real photos with a truncated JPEG and a text file among them."""
+    folder = tmp_path_factory.mktemp("mixed")
+    photos = sorted(DEV_DIR.glob("*.JPEG"))[:40] or sorted(lite0_files["photos"].glob("*.jpg"))
+    (folder / "truncated.jpg").write_bytes(photos[0].read_bytes()[:1500])
+    (folder / "notes.png").write_text("not an image\n")
+    return [*photos[:len(photos) // 2], folder / "truncated.jpg", *photos[len(photos) // 2:], folder / "notes.png"]
+
+
+def test_two_workers_answer_like_one_process(lite0_files, mixed_inputs):
+    model = lite0_files["int8.tflite"]
+    one = run_module("apps.infer", *mixed_inputs, "--model", model, "--json", "--workers", "1")
+    two = run_module("apps.infer", *mixed_inputs, "--model", model, "--json", "--workers", "2")
+    assert one[0] == two[0] == 1
+    answers = [[(r["source"], r["categories"]) for r in map(json.loads, out[1].splitlines())] for out in (one, two)]
+    assert answers[0] == answers[1]              # the same classes and scores, in the same order
+    assert [src for src, _ in answers[1]] == [str(p) for p in mixed_inputs
+                                              if p.name not in ("truncated.jpg", "notes.png")]
+    errors = [line for line in two[2].splitlines() if not line.startswith("model: ")]
+    assert errors == [line for line in one[2].splitlines() if not line.startswith("model: ")]
+    assert len(errors) == 2 and "truncated.jpg" in errors[0] and "notes.png" in errors[1]
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+
+
+def test_ctrl_c_stops_workers_promptly(lite0_files, tmp_path):
+    photos = sorted(lite0_files["photos"].glob("*.jpg"))
+    proc = subprocess.Popen([sys.executable, "-m", "apps.infer", *(photos * 300), "--model",
+                             str(lite0_files["int8.tflite"]), "-q", "--workers", "2"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        assert proc.stdout.readline()          # workers are up and answering
+        os.killpg(proc.pid, signal.SIGINT)     # Ctrl-C reaches the whole process group
+        start = time.perf_counter()
+        _, err = proc.communicate(timeout=15)
+        assert time.perf_counter() - start < 5
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 130 and "Traceback" not in err, err[-2000:]
+    assert err.strip().splitlines()[-1] == "effnet-infer: interrupted"
+    deadline = time.time() + 5
+    while _group_alive(proc.pid) and time.time() < deadline:
+        time.sleep(0.1)
+    assert not _group_alive(proc.pid), "worker processes outlived effnet-infer"
+
+
+def test_bench_throughput_mode(lite0_files, tmp_path):
+    """The workers x threads grid runs and reports images/s and the ratio to the best
+    single-process setting (the figures themselves are the benchmark's, not asserted)."""
+    from benchmarks import latency
+    out = tmp_path / "throughput.json"
+    assert latency.main([str(lite0_files["int8.tflite"]), "--mode", "throughput", "--data",
+                         str(lite0_files["photos"]), "--workers", "1,2", "--threads", "1",
+                         "--repeat", "2", "--rounds", "1", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert [(r["workers"], r["threads"]) for r in report["rows"]] == [(1, 1), (2, 1)]
+    assert all(r["images"] == 16 and r["images_per_s"] > 0 for r in report["rows"])
+    assert report["rows"][0]["vs_best_single"] == 1.0
+    with pytest.raises(SystemExit):
+        latency.main([str(lite0_files["int8.tflite"]), "--mode", "throughput"])   # no --data
