@@ -37,24 +37,39 @@ def sequential(clf: Classifier, quiet: Captured, paths: Iterable) -> Iterator[tu
         yield classify_one(clf, quiet, path)
 
 
-def _init(model: str, options: dict) -> None:
+def scores_one(clf: Classifier, quiet: Captured, path) -> tuple:
+    """Like classify_one, with every class's probability (a float32 array) as the payload."""
+    try:
+        with quiet:
+            probs = clf.scores(clf.preprocess(path))
+        kind, payload = "ok", probs
+    except ImageError as e:
+        kind, payload = "image", str(e)
+    except ModelError as e:
+        return "model", str(e), []
+    return kind, payload, [line for line in quiet.lines() if not is_noise(line)]
+
+
+def _init(model: str, options: dict, want_scores: bool) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
     quiet = Captured()
     with quiet:
         _worker["clf"] = Classifier.from_file(model, ClassifierOptions(**options))
-    _worker["quiet"] = quiet
+    _worker["quiet"], _worker["call"] = quiet, scores_one if want_scores else classify_one
 
 
 def _classify(path) -> tuple:
-    return classify_one(_worker["clf"], _worker["quiet"], path)
+    return _worker["call"](_worker["clf"], _worker["quiet"], path)
 
 
-def parallel(model: str, options: ClassifierOptions, paths: list, workers: int) -> Iterator[tuple]:
-    """Outcomes from `workers` processes, in input order. The parent must have opened the
-    model once already (so that a bad model is reported before any worker starts).
-    On KeyboardInterrupt or any error the workers are terminated at once."""
+def parallel(model: str, options: ClassifierOptions, paths: list, workers: int,
+             want_scores: bool = False) -> Iterator[tuple]:
+    """Outcomes from `workers` processes, in input order (payloads: results, or with
+    `want_scores` probability arrays). The parent must have opened the model once already
+    (so that a bad model is reported before any worker starts). On KeyboardInterrupt or
+    any error the workers are terminated at once."""
     # spawn, not fork: the parent has an interpreter with threads loaded
-    pool = multiprocessing.get_context("spawn").Pool(workers, _init, (str(model), asdict(options)))
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init, (str(model), asdict(options), want_scores))
     try:
         chunk = max(1, min(16, len(paths) // (workers * 8)))
         yield from pool.imap(_classify, paths, chunksize=chunk)

@@ -20,10 +20,40 @@ from runtime.dataset import DatasetError, labelled_images
 from runtime.metrics import mean_kl
 from runtime.progress import track
 
+from apps.parallel import parallel, scores_one
+from apps.quiet import Captured
 
-def file_scorer(path, threads, exact=False):
-    clf = Classifier.from_file(path, ClassifierOptions(num_threads=threads, exact=exact))
-    return lambda image: clf.scores(clf.preprocess(image))
+
+def file_scores(path, threads, exact=False, workers=1):
+    """A function of the images that yields each one's probabilities (or its ImageError),
+    in one process or in `workers` processes (apps.parallel)."""
+    options = ClassifierOptions(num_threads=threads or (1 if workers > 1 else None), exact=exact)
+    clf = Classifier.from_file(path, options)       # a bad file is an error before any work
+
+    def run(paths):
+        if workers > 1:
+            clf.close()
+            outcomes = parallel(str(path), options, list(paths), workers, want_scores=True)
+        else:
+            outcomes = (scores_one(clf, quiet, p) for p in paths)
+        for kind, payload, _ in outcomes:
+            if kind == "model":
+                raise ModelError(payload)
+            yield ImageError(payload) if kind == "image" else payload
+    quiet = Captured()
+    return run
+
+
+def torch_scores(variant, threads):
+    scorer = torch_scorer(variant, threads)
+
+    def run(paths):
+        for path in paths:
+            try:
+                yield scorer(path)
+            except ImageError as e:
+                yield e
+    return run
 
 
 def torch_scorer(variant, threads):
@@ -34,16 +64,18 @@ def torch_scorer(variant, threads):
     return lambda image: ref.probabilities(ref.input(image))[0].numpy()
 
 
-def evaluate(name, scorer, items) -> tuple[dict, np.ndarray, list]:
-    """(figures, probabilities (N, classes), indices of images that failed to load)."""
+def evaluate(name, scores, items) -> tuple[dict, np.ndarray, list]:
+    """(figures, probabilities (N, classes), indices of images that failed to load);
+    `scores(paths)` yields each image's probabilities or its ImageError, in order."""
     probs, failed = [], []
-    for i, (path, _) in enumerate(track(items, desc=f"evaluating {name}")):
-        try:
-            probs.append(scorer(path))
-        except ImageError as e:
-            print(f"effnet-eval: {e}", file=sys.stderr)
+    outcomes = scores([path for path, _ in items])
+    for i, outcome in enumerate(track(outcomes, total=len(items), desc=f"evaluating {name}")):
+        if isinstance(outcome, ImageError):
+            print(f"effnet-eval: {outcome}", file=sys.stderr)
             failed.append(i)
             probs.append(None)
+        else:
+            probs.append(outcome)
     ok = [i for i, p in enumerate(probs) if p is not None]
     p = np.stack([probs[i] for i in ok]) if ok else np.zeros((0, 1000))
     labels = np.array([items[i][1] for i in ok])
@@ -73,7 +105,9 @@ def main(argv=None) -> int:
     p.add_argument("--reference", help="model (file name or torch:VARIANT) to compare against "
                                        "(default: the first torch model, else the first file)")
     p.add_argument("--limit", type=positive_int, help="only the first N images (sorted by path)")
-    p.add_argument("--threads", type=positive_int, help="inference threads (backend default)")
+    p.add_argument("--threads", type=positive_int, help="inference threads (backend default; 1 per worker)")
+    p.add_argument("--workers", type=positive_int, default=1,
+                   help="worker processes per model file, each with its own interpreter (1)")
     p.add_argument("--exact", action="store_true",
                    help="model files use the bit-identical reference preprocessing (the PyTorch "
                         "model always does); default: the runtime's fast path, as users run it")
@@ -91,15 +125,22 @@ def main(argv=None) -> int:
         p.error(f"--reference {args.reference}: not among the evaluated models ({', '.join(names)})")
     try:
         items = labelled_images(args.data)[:args.limit]
-        scorers = [(f"torch:{v}", torch_scorer(v, args.threads)) for v in variants]
-        scorers += [(m.name, file_scorer(m, args.threads, args.exact)) for m in args.models]
+        scorers = [(f"torch:{v}", torch_scores(v, args.threads)) for v in variants]
+        scorers += [(m.name, file_scores(m, args.threads, args.exact, args.workers)) for m in args.models]
     except (DatasetError, ModelError, BackendUnavailableError) as e:
         print(f"effnet-eval: error: {e}", file=sys.stderr)
         return 2
     results, probs = [], {}
-    for name, scorer in scorers:
-        figures, probs[name], _ = evaluate(name, scorer, items)
-        results.append(figures)
+    try:
+        for name, scorer in scorers:
+            figures, probs[name], _ = evaluate(name, scorer, items)
+            results.append(figures)
+    except ModelError as e:
+        print(f"effnet-eval: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("effnet-eval: interrupted", file=sys.stderr)
+        return 130
     ref = args.reference or scorers[0][0]
     for r in results:
         r.update({"reference": ref, **agreement(probs[ref], probs[r["model"]])})

@@ -92,3 +92,20 @@ def test_bench_throughput_mode(lite0_files, tmp_path):
     assert report["rows"][0]["vs_best_single"] == 1.0
     with pytest.raises(SystemExit):
         latency.main([str(lite0_files["int8.tflite"]), "--mode", "throughput"])   # no --data
+
+
+def test_eval_workers_give_the_same_figures(lite0_files, tmp_path):
+    """effnet-eval --workers 2: the same accuracy, agreement and failures as one process."""
+    from test_benchmarks import labelled_folders
+    csv_dir, _, _ = labelled_folders(tmp_path, lite0_files["photos"])
+    (csv_dir / "broken.jpg").write_bytes((lite0_files["photos"] / "coffee.jpg").read_bytes()[:900])
+    with open(csv_dir / "labels.csv", "a") as f:
+        f.write("broken.jpg,967,n07920052\n")
+    figures = []
+    for workers in ("1", "2"):
+        out = tmp_path / f"eval{workers}.json"
+        code, _, err = run_module("benchmarks.evaluate", lite0_files["int8.tflite"], lite0_files["fp32.onnx"],
+                                  "--data", csv_dir, "--workers", workers, "--json", out)
+        assert code == 1 and "broken.jpg" in err and "Traceback" not in err   # one bad file: exit 1
+        figures.append(json.loads(out.read_text())["results"])
+    assert figures[0] == figures[1] and figures[0][0]["images"] == 4 and figures[0][0]["failed"] == 1
