@@ -35,6 +35,8 @@ examples:
   effnet-infer photos/ --model lite0_int8.tflite --top-k 3 --threshold 0.1
   effnet-infer 'holiday/*.jpg' --model lite2_int8.onnx --threads 4 --json > results.jsonl
   effnet-infer cat.png --model efficientnet-lite0-int8.tflite   (Google's own file works too)
+  effnet-infer --video clip.mp4 --model lite0_int8.tflite --max-fps 2 --json
+  effnet-infer --video /dev/video0 --model lite0_int8.tflite     (newest frame each time)
 
 Directories are searched recursively for images. Quote glob patterns to let
 effnet-infer expand them (useful with many files).
@@ -44,7 +46,13 @@ effnet-infer expand them (useful with many files).
 def parse_args(argv=None):
     p = argparse.ArgumentParser(prog="effnet-infer", description=__doc__, epilog=EXAMPLES,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, directories or globs")
+    p.add_argument("images", nargs="*", metavar="IMAGE", help="image files, directories or globs")
+    p.add_argument("--video", metavar="SOURCE",
+                   help="classify video frames instead: a file, /dev/videoN, rtsp://... or "
+                        "'picamera' (Raspberry Pi camera via picamera2); needs the 'video' extra")
+    p.add_argument("--every", type=int, default=1, metavar="N", help="video: classify every Nth frame (1)")
+    p.add_argument("--max-fps", type=float, metavar="F",
+                   help="video: classify at most F frames per second of video time")
     p.add_argument("-m", "--model", required=True, help=".tflite or .onnx model file")
     p.add_argument("-k", "--top-k", type=int, default=5, help="classes to show per image (5)")
     p.add_argument("-t", "--threshold", type=float, default=0.0,
@@ -75,6 +83,10 @@ def parse_args(argv=None):
         p.error("--threads must be at least 1")
     if args.workers is not None and not 1 <= args.workers <= 64:
         p.error("--workers must be between 1 and 64")
+    if bool(args.images) == bool(args.video):
+        p.error("give IMAGE arguments or --video SOURCE (one of the two)")
+    if args.every < 1 or (args.max_fps is not None and not args.max_fps > 0):
+        p.error("--every must be at least 1 and --max-fps above 0")
     if not 0 <= args.threshold <= 1:
         p.error(f"--threshold is a probability between 0 and 1, not {args.threshold:g}")
     return args
@@ -189,6 +201,10 @@ def run(args) -> int:
         for line in model_info(clf):
             print(f"  {line}", file=sys.stderr)
     load_ms = (time.perf_counter() - load_start) * 1e3
+    if args.video:
+        from .video import run as run_video
+        with clf:
+            return run_video(args, clf, quiet)
     items = list(expand(args.images))
     runnable = [path for path, problem in items if problem is None]
     workers = choose_workers(args.workers, args.threads, len(runnable))
