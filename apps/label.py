@@ -1,0 +1,184 @@
+"""effnet-label: label a large photo collection, resumably, on one machine or a Ray cluster.
+
+Results go to OUT as shards of JSON Lines (or Parquet with --format parquet), one row per
+image: path, top-k indices, labels and scores, error (null when classified). Each shard is
+written whole (temporary name, then renamed) every --shard-size images, so a crashed or
+interrupted job loses at most one shard; a rerun skips every image already in OUT.
+
+Engines: `local` (this machine, --workers processes; the default) and `ray` (Ray Data:
+decoding and preprocessing as tasks, a pool of actors each holding a Classifier;
+`ray.init()` locally, or the cluster at --ray-address / RAY_ADDRESS; the `cluster` extra).
+Exit status: 0 all labelled, 1 some images failed (recorded in OUT), 2 usage or model error.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ModelError, __version__
+from runtime.dataset import IMAGE_SUFFIXES
+from runtime.progress import Progress
+
+from .quiet import Captured
+
+EXAMPLES = """\
+examples:
+  effnet-label photos/ --model lite0_int8.tflite --output labels/
+  effnet-label list.txt --model lite0_int8.tflite --output labels/ --workers 4 --format parquet
+  effnet-label /data/archive --model lite0_int8.tflite --output labels/ --engine ray \\
+      --ray-address ray://head:10001
+Run it again with the same --output to continue after a crash: finished images are skipped.
+"""
+
+
+class LabelError(RuntimeError):
+    pass
+
+
+def list_source(source: Path) -> list[str]:
+    """The images of a folder (recursive, sorted) or of a list file (one path per line)."""
+    if source.is_dir():
+        return sorted(str(p) for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    if source.is_file():
+        base = source.parent
+        lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]
+        return [str(base / line) if not os.path.isabs(line) else line for line in lines if line and not line.startswith("#")]
+    raise LabelError(f"{source}: no such folder or list file")
+
+
+class ShardWriter:
+    """Rows into OUT/part-NNNNN.{jsonl,parquet}, one whole file per shard."""
+
+    def __init__(self, out: Path, fmt: str, shard_size: int):
+        self.out, self.fmt, self.shard_size, self.rows = out, fmt, shard_size, []
+        out.mkdir(parents=True, exist_ok=True)
+        self.next = 1 + max((int(p.stem.split("-")[1]) for p in out.glob("part-*.*")
+                             if p.stem.split("-")[1].isdigit()), default=-1)
+
+    def add(self, row: dict) -> None:
+        self.rows.append(row)
+        if len(self.rows) >= self.shard_size:
+            self.flush()
+
+    def flush(self) -> None:
+        if not self.rows:
+            return
+        path = self.out / f"part-{self.next:05d}.{self.fmt}"
+        tmp = self.out / f".{path.name}.tmp"
+        if self.fmt == "parquet":
+            import pyarrow as pa
+            import pyarrow.parquet as pq
+            pq.write_table(pa.Table.from_pylist(self.rows), tmp)
+        else:
+            tmp.write_text("".join(json.dumps(r) + "\n" for r in self.rows), encoding="utf-8")
+        os.replace(tmp, path)
+        self.next, self.rows = self.next + 1, []
+
+
+def done_paths(out: Path) -> set[str]:
+    """Paths already labelled in OUT's finished shards."""
+    done = set()
+    for shard in sorted(out.glob("part-*.jsonl")):
+        for line in shard.read_text(encoding="utf-8").splitlines():
+            done.add(json.loads(line)["path"])
+    parquet = sorted(out.glob("part-*.parquet"))
+    if parquet:
+        import pyarrow.parquet as pq
+        for shard in parquet:
+            done.update(pq.read_table(shard, columns=["path"]).column("path").to_pylist())
+    return done
+
+
+def row_of(path: str, kind: str, payload) -> dict:
+    if kind == "ok":
+        cats = payload.categories
+        return {"path": path, "indices": [c.index for c in cats], "labels": [c.label for c in cats],
+                "scores": [c.score for c in cats], "error": None}
+    message = payload.removeprefix(f"{path}: ")
+    return {"path": path, "indices": [], "labels": [], "scores": [], "error": message}
+
+
+def label_local(model: str, options: ClassifierOptions, paths: list[str], workers: int):
+    """A row per image, in order: this machine, `workers` processes."""
+    from .parallel import parallel, sequential
+    if workers > 1:
+        outcomes = parallel(model, options, paths, workers)
+    else:
+        quiet = Captured()
+        with quiet:
+            clf = Classifier.from_file(model, options)
+        outcomes = sequential(clf, quiet, paths)
+    for path, (kind, payload, _) in zip(paths, outcomes):
+        if kind == "model":
+            raise ModelError(payload)
+        yield row_of(path, kind, payload)
+
+
+def parse_args(argv=None):
+    p = argparse.ArgumentParser(prog="effnet-label", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("source", help="a folder of images, a list file of paths, or (ray) a location Ray Data reads")
+    p.add_argument("-m", "--model", required=True, help=".tflite or .onnx model file")
+    p.add_argument("-o", "--output", type=Path, required=True, help="folder for the result shards")
+    p.add_argument("--engine", choices=("local", "ray"), default="local")
+    p.add_argument("--workers", type=int, default=max(1, min(os.cpu_count() or 1, 4)),
+                   help="processes (local) or Classifier actors (ray); default: cores, at most 4")
+    p.add_argument("--threads", type=int, default=1, help="inference threads per worker (1)")
+    p.add_argument("-k", "--top-k", type=int, default=5)
+    p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
+    p.add_argument("--shard-size", type=int, default=1000, help="images per result shard (1000)")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster to use (default: $RAY_ADDRESS, else a local Ray)")
+    p.add_argument("--version", action="version", version=f"effnet-label {__version__}")
+    args = p.parse_args(argv)
+    for name in ("workers", "threads", "top_k", "shard_size"):
+        if getattr(args, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be at least 1")
+    return args
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    options = ClassifierOptions(max_results=args.top_k, num_threads=args.threads)
+    start = time.perf_counter()
+    try:
+        with Captured():
+            Classifier.from_file(args.model, options).close()       # a bad model: an error now
+        done = done_paths(args.output) if args.output.is_dir() else set()
+        if args.engine == "ray":
+            from .label_ray import label_ray, ray_paths
+            paths = ray_paths(args.source)
+        else:
+            paths = list_source(Path(args.source))
+        todo = [p for p in paths if p not in done]
+        print(f"effnet-label: {len(paths)} images, {len(paths) - len(todo)} already in {args.output}, "
+              f"{len(todo)} to label ({args.engine} engine)", file=sys.stderr)
+        writer = ShardWriter(args.output, args.format, args.shard_size)
+        results = (label_ray(args.model, options, todo, args.workers, args.ray_address) if args.engine == "ray"
+                   else label_local(args.model, options, todo, min(args.workers, max(len(todo), 1))))
+        errors = 0
+        with Progress(len(todo), "labelling") as bar:
+            for row in results:
+                errors += row["error"] is not None
+                writer.add(row)
+                bar.update()
+        writer.flush()
+    except (ModelError, BackendUnavailableError, LabelError, OSError) as e:
+        print(f"effnet-label: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("effnet-label: interrupted (finished shards are kept: run again to continue)", file=sys.stderr)
+        return 130
+    seconds = time.perf_counter() - start
+    print(f"effnet-label: labelled {len(todo) - errors}, errors {errors}, skipped (already done) "
+          f"{len(paths) - len(todo)}; {len(todo) / max(seconds, 1e-9):.1f} images/s; results in {args.output}",
+          file=sys.stderr)
+    return 1 if errors else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""effnet-label: the same answers as effnet-infer, bad files recorded, crash-safe resuming,
+and the Ray engine on a local Ray (one session start)."""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from conftest import DEV_DIR
+from tests_helpers import run_module
+
+
+@pytest.fixture(scope="module")
+def collection(lite0_files, tmp_path_factory):
+    """(folder, paths in label order, the truncated one): real photos and one broken file."""
+    folder = tmp_path_factory.mktemp("collection")
+    photos = sorted(DEV_DIR.glob("*.JPEG"))[:30] or sorted(lite0_files["photos"].glob("*.jpg"))
+    for p in photos:
+        (folder / p.name).write_bytes(p.read_bytes())
+    (folder / "zz_broken.jpg").write_bytes(photos[0].read_bytes()[:1200])
+    return folder, sorted(str(p) for p in folder.iterdir()), str(folder / "zz_broken.jpg")
+
+
+def rows_of(out_dir) -> list[dict]:
+    rows = []
+    for shard in sorted(out_dir.glob("part-*.jsonl")):
+        rows += [json.loads(line) for line in shard.read_text().splitlines()]
+    if any(out_dir.glob("part-*.parquet")):
+        import pyarrow.parquet as pq
+        rows += pq.read_table(out_dir).to_pylist()
+    return rows
+
+
+def infer_answers(model, paths) -> dict:
+    code, out, _ = run_module("apps.infer", *paths, "--model", model, "--json")
+    return {r["source"]: r["categories"] for r in map(json.loads, out.splitlines())}
+
+
+def check_rows(rows, paths, broken, answers):
+    assert sorted(r["path"] for r in rows) == sorted(paths)          # each image once
+    for r in rows:
+        if r["path"] == broken:
+            assert r["error"] and not r["indices"], r
+            continue
+        cats = answers[r["path"]]
+        assert r["error"] is None and r["indices"] == [c["index"] for c in cats]
+        assert r["labels"] == [c["label"] for c in cats]
+        assert r["scores"] == pytest.approx([c["score"] for c in cats], abs=1e-6)
+
+
+def test_local_engine_labels_like_effnet_infer(lite0_files, collection, tmp_path):
+    folder, paths, broken = collection
+    model = lite0_files["int8.tflite"]
+    code, _, err = run_module("apps.label", folder, "--model", model, "--output", tmp_path / "out",
+                              "--workers", "2", "--shard-size", "8")
+    assert code == 1 and "Traceback" not in err          # one image failed, recorded
+    assert f"labelled {len(paths) - 1}, errors 1" in err.splitlines()[-1]
+    assert len(list((tmp_path / "out").glob("part-*.jsonl"))) == -(-len(paths) // 8)
+    check_rows(rows_of(tmp_path / "out"), paths, broken, infer_answers(model, paths))
+
+
+def test_a_killed_job_continues_where_it_stopped(lite0_files, collection, tmp_path):
+    folder, paths, broken = collection
+    listing = tmp_path / "list.txt"
+    listing.write_text("\n".join(paths) + "\n")
+    out = tmp_path / "out"
+    cmd = [sys.executable, "-m", "apps.label", str(listing), "--model", str(lite0_files["int8.tflite"]),
+           "--output", str(out), "--workers", "1", "--shard-size", "4"]
+    proc = subprocess.Popen(cmd + ["--top-k", "3"], stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while len(list(out.glob("part-*.jsonl"))) < 2 and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.02)
+        os.killpg(proc.pid, signal.SIGKILL)         # a crash: no chance to clean up
+    finally:
+        proc.wait()
+    first = rows_of(out)
+    assert 8 <= len(first) < len(paths), len(first)
+    done = subprocess.run(cmd + ["--top-k", "3"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 1, done.stderr
+    assert f"{len(first)} already in" in done.stderr and f"skipped (already done) {len(first)}" in done.stderr
+    rows = rows_of(out)
+    assert sorted(r["path"] for r in rows) == sorted(paths)          # nothing twice, nothing missing
+    assert rows[:len(first)] == first                                # finished shards untouched
+
+
+def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
+    pytest.importorskip("ray")
+    folder, paths, broken = collection
+    model = lite0_files["int8.tflite"]
+    code, _, err = run_module("apps.label", folder, "--model", model, "--output", tmp_path / "out",
+                              "--engine", "ray", "--workers", "2", "--format", "parquet", timeout=600)
+    assert code == 1, err
+    lines = err.strip().splitlines()
+    assert all(line.startswith("effnet-label: ") for line in lines), lines      # Ray's logs stay off
+    check_rows(rows_of(tmp_path / "out"), paths, broken, infer_answers(model, paths))
+
+
+@pytest.mark.parametrize("args, says", [(["absent_folder"], "no such folder or list file"),
+                                        (["--shard-size", "0"], "at least 1")])
+def test_bad_arguments(lite0_files, collection, tmp_path, args, says):
+    folder = collection[0]
+    source = [str(tmp_path / args[0])] if args[0] == "absent_folder" else [str(folder), *args]
+    code, _, err = run_module("apps.label", *source, "--model", lite0_files["int8.tflite"],
+                              "--output", tmp_path / "o")
+    assert code == 2 and says in err and "Traceback" not in err
