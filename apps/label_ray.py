@@ -62,35 +62,42 @@ def _preprocess(batch: dict, config, exact: bool) -> dict:
 
 
 class _Scorer:
-    """Ray actor: one Classifier, opened from the model's bytes."""
+    """Ray actor: one Classifier, opened from the model's bytes. Rows carry the top-k
+    categories, or with `probabilities` every class's probability (for effnet-eval)."""
 
-    def __init__(self, model_ref, suffix: str, options: dict):
+    def __init__(self, model_ref, suffix: str, options: dict, probabilities: bool = False):
         import ray
         model_bytes = ray.get(model_ref[0])     # wrapped in a list: Ray passes a bare ref as is
         fd, self.file = tempfile.mkstemp(suffix=suffix)
         with os.fdopen(fd, "wb") as f:
             f.write(model_bytes)
         self.clf = Classifier.from_file(self.file, ClassifierOptions(**options))
+        self.probabilities = probabilities
 
     def __call__(self, batch: dict) -> dict:
         out = {"path": [], "indices": [], "labels": [], "scores": [], "error": []}
+        if self.probabilities:
+            out = {"path": [], "probs": [], "error": []}
         for path, crop, error in zip(batch["path"], batch["crop"], batch["error"]):
-            cats = [] if error else self.clf.top(self.clf.scores(self.clf.io.to_input(crop)))
+            probs = None if error else self.clf.scores(self.clf.io.to_input(crop))
             out["path"].append(path)
+            out["error"].append(error or None)
+            if self.probabilities:
+                out["probs"].append(probs if probs is not None else np.zeros(len(self.clf.labels), np.float32))
+                continue
+            cats = [] if probs is None else self.clf.top(probs)
             out["indices"].append([c.index for c in cats])
             out["labels"].append([c.label for c in cats])
             out["scores"].append([c.score for c in cats])
-            out["error"].append(error or None)
         return out
 
 
-def label_ray(model: str, options: ClassifierOptions, paths: list[str], actors: int, address: str | None):
-    """Rows, in input order, labelled by Ray."""
-    if not paths:
-        return
+def _rows(model: str, options: ClassifierOptions, paths: list[str], actors: int, address: str | None,
+          probabilities: bool):
+    """Ray's output rows, in input order."""
     # Ray's own logging stays off our stderr (its C++ core reads this before starting)
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
-    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "ERROR")
+    os.environ.setdefault("RAY_DATA_LOG_LEVEL", "CRITICAL")
     import ray
     with Captured():      # the C++ core announces its log level on stderr
         ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
@@ -104,12 +111,25 @@ def label_ray(model: str, options: ClassifierOptions, paths: list[str], actors: 
     ds = ray.data.from_items([{"path": p} for p in paths])
     ds = ds.map_batches(_preprocess, batch_size=BATCH, fn_kwargs={"config": config, "exact": options.exact})
     ds = ds.map_batches(_Scorer, batch_size=BATCH, concurrency=actors,
-                        fn_constructor_args=([model_ref], Path(model).suffix, asdict(options)))
+                        fn_constructor_args=([model_ref], Path(model).suffix, asdict(options), probabilities))
     try:
-        for row in ds.iter_rows():
-            yield {"path": row["path"], "indices": list(map(int, row["indices"])),
-                   "labels": list(row["labels"]), "scores": list(map(float, row["scores"])),
-                   "error": row["error"]}
+        yield from ds.iter_rows()
     except ray.exceptions.RayError as e:     # a worker's failure, as one line
         from .label import LabelError
         raise LabelError(f"Ray: {' '.join(str(e).split())[:300]}") from None
+
+
+def label_ray(model: str, options: ClassifierOptions, paths: list[str], actors: int, address: str | None):
+    """effnet-label's rows, in input order, labelled by Ray."""
+    if not paths:
+        return
+    for row in _rows(model, options, paths, actors, address, probabilities=False):
+        yield {"path": row["path"], "indices": list(map(int, row["indices"])), "labels": list(row["labels"]),
+               "scores": list(map(float, row["scores"])), "error": row["error"]}
+
+
+def probabilities_ray(model: str, options: ClassifierOptions, paths: list[str], actors: int,
+                      address: str | None):
+    """effnet-eval's outcomes, in input order: each image's probabilities, or its ImageError."""
+    for row in _rows(model, options, [str(p) for p in paths], actors, address, probabilities=True):
+        yield ImageError(f"{row['path']}: {row['error']}") if row["error"] else np.asarray(row["probs"])

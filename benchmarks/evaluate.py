@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,13 +25,18 @@ from apps.parallel import parallel, scores_one
 from apps.quiet import Captured
 
 
-def file_scores(path, threads, exact=False, workers=1):
+def file_scores(path, threads, exact=False, workers=1, engine="local", ray_address=None):
     """A function of the images that yields each one's probabilities (or its ImageError),
-    in one process or in `workers` processes (apps.parallel)."""
+    in one process, in `workers` processes (apps.parallel), or on Ray (`workers` actors)."""
     options = ClassifierOptions(num_threads=threads or (1 if workers > 1 else None), exact=exact)
     clf = Classifier.from_file(path, options)       # a bad file is an error before any work
 
     def run(paths):
+        if engine == "ray":
+            from apps.label_ray import probabilities_ray
+            clf.close()
+            yield from probabilities_ray(str(path), options, list(paths), workers, ray_address)
+            return
         if workers > 1:
             clf.close()
             outcomes = parallel(str(path), options, list(paths), workers, want_scores=True)
@@ -107,7 +113,11 @@ def main(argv=None) -> int:
     p.add_argument("--limit", type=positive_int, help="only the first N images (sorted by path)")
     p.add_argument("--threads", type=positive_int, help="inference threads (backend default; 1 per worker)")
     p.add_argument("--workers", type=positive_int, default=1,
-                   help="worker processes per model file, each with its own interpreter (1)")
+                   help="worker processes (local) or Classifier actors (ray) per model file (1)")
+    p.add_argument("--engine", choices=("local", "ray"), default="local",
+                   help="ray: evaluate on Ray Data, e.g. a whole validation set on a cluster")
+    p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
+                   help="Ray cluster (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--exact", action="store_true",
                    help="model files use the bit-identical reference preprocessing (the PyTorch "
                         "model always does); default: the runtime's fast path, as users run it")
@@ -126,7 +136,8 @@ def main(argv=None) -> int:
     try:
         items = labelled_images(args.data)[:args.limit]
         scorers = [(f"torch:{v}", torch_scores(v, args.threads)) for v in variants]
-        scorers += [(m.name, file_scores(m, args.threads, args.exact, args.workers)) for m in args.models]
+        scorers += [(m.name, file_scores(m, args.threads, args.exact, args.workers, args.engine,
+                                         args.ray_address)) for m in args.models]
     except (DatasetError, ModelError, BackendUnavailableError) as e:
         print(f"effnet-eval: error: {e}", file=sys.stderr)
         return 2
@@ -135,7 +146,7 @@ def main(argv=None) -> int:
         for name, scorer in scorers:
             figures, probs[name], _ = evaluate(name, scorer, items)
             results.append(figures)
-    except ModelError as e:
+    except (ModelError, RuntimeError) as e:      # RuntimeError: apps.label.LabelError (Ray)
         print(f"effnet-eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

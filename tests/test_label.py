@@ -90,15 +90,26 @@ def test_a_killed_job_continues_where_it_stopped(lite0_files, collection, tmp_pa
 
 
 def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
+    """effnet-label and effnet-eval on Ray, in one process (one Ray session start)."""
     pytest.importorskip("ray")
+    from test_benchmarks import labelled_folders
     folder, paths, broken = collection
     model = lite0_files["int8.tflite"]
-    code, _, err = run_module("apps.label", folder, "--model", model, "--output", tmp_path / "out",
-                              "--engine", "ray", "--workers", "2", "--format", "parquet", timeout=600)
-    assert code == 1, err
-    lines = err.strip().splitlines()
-    assert all(line.startswith("effnet-label: ") for line in lines), lines      # Ray's logs stay off
+    csv_dir, _, _ = labelled_folders(tmp_path, lite0_files["photos"])
+    code, _, _ = run_module("benchmarks.evaluate", model, "--data", csv_dir, "--json", tmp_path / "local.json")
+    assert code == 0
+    script = (f"import sys\nfrom apps.label import main as label\nfrom benchmarks.evaluate import main as evaluate\n"
+              f"print('label', label([{str(folder)!r}, '--model', {str(model)!r}, '--output', "
+              f"{str(tmp_path / 'out')!r}, '--engine', 'ray', '--workers', '2', '--format', 'parquet']))\n"
+              f"print('eval', evaluate([{str(model)!r}, '--data', {str(csv_dir)!r}, '--engine', 'ray', "
+              f"'--workers', '2', '--json', {str(tmp_path / 'ray.json')!r}]))\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert "label 1" in done.stdout and "eval 0" in done.stdout, done.stdout + done.stderr[-2000:]
+    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("effnet-label: ")]
+    assert not lines, lines          # Ray's own logs stay off stderr
     check_rows(rows_of(tmp_path / "out"), paths, broken, infer_answers(model, paths))
+    assert json.loads((tmp_path / "ray.json").read_text())["results"] == \
+        json.loads((tmp_path / "local.json").read_text())["results"]
 
 
 @pytest.mark.parametrize("args, says", [(["absent_folder"], "no such folder or list file"),
