@@ -57,7 +57,7 @@ def _preprocess(batch: dict, config, exact: bool) -> dict:
             errors.append("")
         except (ImageError, OSError) as e:
             crops.append(np.zeros((config.size, config.size, 3), np.uint8))
-            errors.append(str(e).removeprefix(f"{path}: "))
+            errors.append(str(e).removeprefix(f"{path}: ").removeprefix("<bytes>: "))
     return {"path": list(batch["path"]), "crop": np.stack(crops), "error": errors}
 
 

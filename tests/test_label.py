@@ -98,8 +98,9 @@ def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
     csv_dir, _, _ = labelled_folders(tmp_path, lite0_files["photos"])
     code, _, _ = run_module("benchmarks.evaluate", model, "--data", csv_dir, "--json", tmp_path / "local.json")
     assert code == 0
+    # the source as a location pyarrow reads (file://, as s3:// or gs:// would be on a cluster)
     script = (f"import sys\nfrom apps.label import main as label\nfrom benchmarks.evaluate import main as evaluate\n"
-              f"print('label', label([{str(folder)!r}, '--model', {str(model)!r}, '--output', "
+              f"print('label', label(['file://{folder}', '--model', {str(model)!r}, '--output', "
               f"{str(tmp_path / 'out')!r}, '--engine', 'ray', '--workers', '2', '--format', 'parquet']))\n"
               f"print('eval', evaluate([{str(model)!r}, '--data', {str(csv_dir)!r}, '--engine', 'ray', "
               f"'--workers', '2', '--json', {str(tmp_path / 'ray.json')!r}]))\n")
@@ -107,7 +108,10 @@ def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
     assert "label 1" in done.stdout and "eval 0" in done.stdout, done.stdout + done.stderr[-2000:]
     lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("effnet-label: ")]
     assert not lines, lines          # Ray's own logs stay off stderr
-    check_rows(rows_of(tmp_path / "out"), paths, broken, infer_answers(model, paths))
+    rows = rows_of(tmp_path / "out")
+    assert all(r["path"].startswith("file:///") for r in rows)
+    check_rows([{**r, "path": r["path"].removeprefix("file://")} for r in rows], paths, broken,
+               infer_answers(model, paths))
     assert json.loads((tmp_path / "ray.json").read_text())["results"] == \
         json.loads((tmp_path / "local.json").read_text())["results"]
 
