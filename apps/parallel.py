@@ -20,34 +20,30 @@ from .quiet import Captured, is_noise
 _worker: dict = {}
 
 
-def classify_one(clf: Classifier, quiet: Captured, path) -> tuple:
+def _outcome(quiet: Captured, work, path) -> tuple:
     try:
         with quiet:
-            result = clf.classify(path)
-        kind, payload = "ok", result
+            payload = work(path)
+        kind = "ok"
     except ImageError as e:
         kind, payload = "image", str(e)
     except ModelError as e:
         return "model", str(e), []
     return kind, payload, [line for line in quiet.lines() if not is_noise(line)]
+
+
+def classify_one(clf: Classifier, quiet: Captured, path) -> tuple:
+    return _outcome(quiet, clf.classify, path)
+
+
+def scores_one(clf: Classifier, quiet: Captured, path) -> tuple:
+    """Like classify_one, with every class's probability (a float32 array) as the payload."""
+    return _outcome(quiet, lambda p: clf.scores(clf.preprocess(p)), path)
 
 
 def sequential(clf: Classifier, quiet: Captured, paths: Iterable) -> Iterator[tuple]:
     for path in paths:
         yield classify_one(clf, quiet, path)
-
-
-def scores_one(clf: Classifier, quiet: Captured, path) -> tuple:
-    """Like classify_one, with every class's probability (a float32 array) as the payload."""
-    try:
-        with quiet:
-            probs = clf.scores(clf.preprocess(path))
-        kind, payload = "ok", probs
-    except ImageError as e:
-        kind, payload = "image", str(e)
-    except ModelError as e:
-        return "model", str(e), []
-    return kind, payload, [line for line in quiet.lines() if not is_noise(line)]
 
 
 def _init(model: str, options: dict, want_scores: bool) -> None:
