@@ -27,7 +27,7 @@ from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, Ima
 from runtime.backends import BACKENDS
 from runtime.preprocess import preprocess
 
-from .quiet import Captured
+from runtime.quiet import Captured
 
 FORMAT = "effnet-lite-edge/reference-outputs"
 VERSION = 1

@@ -25,7 +25,7 @@ from runtime.dataset import IMAGE_SUFFIXES  # noqa: E402
 from runtime.progress import Progress  # noqa: E402
 
 from .parallel import parallel, sequential  # noqa: E402
-from .quiet import Captured  # noqa: E402
+from runtime.quiet import Captured  # noqa: E402
 
 _IMPORT_MS = (time.perf_counter() - _IMPORT_START) * 1e3
 

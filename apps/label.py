@@ -23,7 +23,7 @@ from runtime import BackendUnavailableError, Classifier, ClassifierOptions, Mode
 from runtime.dataset import IMAGE_SUFFIXES
 from runtime.progress import Progress
 
-from .quiet import Captured
+from runtime.quiet import Captured
 
 EXAMPLES = """\
 examples:

@@ -19,7 +19,7 @@ import numpy as np
 from runtime import Classifier, ClassifierOptions, ImageError
 from runtime.preprocess import preprocess
 
-from .quiet import Captured
+from runtime.quiet import Captured
 
 BATCH = 16
 

@@ -15,7 +15,7 @@ from typing import Iterable, Iterator
 
 from runtime import Classifier, ClassifierOptions, ImageError, ModelError
 
-from .quiet import Captured, is_noise
+from runtime.quiet import Captured, is_noise
 
 _worker: dict = {}
 

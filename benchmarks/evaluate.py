@@ -22,7 +22,7 @@ from runtime.metrics import mean_kl
 from runtime.progress import track
 
 from apps.parallel import parallel, scores_one
-from apps.quiet import Captured
+from runtime.quiet import Captured
 
 
 def file_scores(path, threads, exact=False, workers=1, engine="local", ray_address=None):

@@ -20,6 +20,7 @@ from runtime.labels import imagenet_labels
 from runtime.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
 from runtime.metrics import softmax as softmax_rows
 from runtime.preprocess import PreprocessConfig
+from runtime.quiet import Captured
 from runtime.tflite_metadata import STANDARD_NAME
 from runtime.variants import NUM_CLASSES
 
@@ -225,7 +226,8 @@ class Exporter:
     def outputs(self, path, pixels: np.ndarray) -> np.ndarray:
         """A written file's dequantized outputs for `pixels`, through the runtime."""
         try:
-            clf = Classifier.from_file(path, ClassifierOptions(num_threads=os.cpu_count()))
+            with Captured():     # LiteRT's delegate banner stays off the command's stderr
+                clf = Classifier.from_file(path, ClassifierOptions(num_threads=os.cpu_count()))
             got = np.stack([clf.io.dequantize(clf.backend.run(clf.io.to_input(p))) for p in pixels])
         except Exception as e:  # noqa: BLE001 - any failure here means the file is broken
             raise ExportError(f"written file failed to load or run: {e}") from None
