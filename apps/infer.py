@@ -21,7 +21,7 @@ from pathlib import Path  # noqa: E402
 from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ModelError,  # noqa: E402
                      __version__)
 from runtime.backends import BACKENDS  # noqa: E402
-from runtime.dataset import IMAGE_SUFFIXES  # noqa: E402
+from runtime.dataset import image_files  # noqa: E402
 from runtime.progress import Progress  # noqa: E402
 
 from .parallel import parallel, sequential  # noqa: E402
@@ -108,8 +108,7 @@ def expand(inputs: list[str]):
     for item in inputs:
         path = Path(item)
         if path.is_dir():
-            found = sorted(p for p in path.rglob("*")
-                           if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+            found = image_files(path)
             if not found:
                 yield path, "no images found in this directory"
             for p in found:

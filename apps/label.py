@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ModelError, __version__
-from runtime.dataset import IMAGE_SUFFIXES
+from runtime.dataset import image_files
 from runtime.progress import Progress
 
 from runtime.quiet import Captured
@@ -42,7 +42,7 @@ class LabelError(RuntimeError):
 def list_source(source: Path) -> list[str]:
     """The images of a folder (recursive, sorted) or of a list file (one path per line)."""
     if source.is_dir():
-        return sorted(str(p) for p in source.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        return [str(p) for p in image_files(source)]
     if source.is_file():
         base = source.parent
         lines = [line.strip() for line in source.read_text(encoding="utf-8").splitlines()]

@@ -15,14 +15,14 @@ import time
 from pathlib import Path
 
 from model_export.cli_checks import write_text
-from runtime.dataset import IMAGE_SUFFIXES
+from runtime.dataset import image_files
 from runtime.progress import Progress
 
 from .machine import machine_info
 
 
 def count_images(folder: Path) -> int:
-    return sum(1 for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    return len(image_files(folder))
 
 
 def run_once(model: Path, folder: Path, repeat: int, workers: int, threads: int) -> float:

@@ -17,6 +17,11 @@ class DatasetError(ValueError):
     pass
 
 
+def image_files(folder: str | os.PathLike) -> list[Path]:
+    """The image files below `folder` (recursive, by IMAGE_SUFFIXES), sorted by path."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+
+
 def labelled_images(folder: str | os.PathLike) -> list[tuple[Path, int]]:
     folder = Path(folder)
     if not folder.is_dir():
