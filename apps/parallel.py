@@ -20,7 +20,7 @@ from runtime.quiet import Captured, is_noise
 _worker: dict = {}
 
 
-def _outcome(quiet: Captured, work, path) -> tuple:
+def outcome(quiet: Captured, work, path) -> tuple:
     try:
         with quiet:
             payload = work(path)
@@ -33,12 +33,12 @@ def _outcome(quiet: Captured, work, path) -> tuple:
 
 
 def classify_one(clf: Classifier, quiet: Captured, path) -> tuple:
-    return _outcome(quiet, clf.classify, path)
+    return outcome(quiet, clf.classify, path)
 
 
 def scores_one(clf: Classifier, quiet: Captured, path) -> tuple:
     """Like classify_one, with every class's probability (a float32 array) as the payload."""
-    return _outcome(quiet, lambda p: clf.scores(clf.preprocess(p)), path)
+    return outcome(quiet, lambda p: clf.scores(clf.preprocess(p)), path)
 
 
 def sequential(clf: Classifier, quiet: Captured, paths: Iterable) -> Iterator[tuple]:

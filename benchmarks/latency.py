@@ -34,6 +34,7 @@ examples:
   effnet-bench lite0_int8.tflite --quick          (a few seconds; for CI or a first look)
   effnet-bench lite0_int8.tflite --all-backends   (LiteRT and tflite-runtime, if both installed)
   effnet-bench lite0_int8.tflite --mode throughput --data photos/ --workers 1,2 --threads 1,2
+  effnet-bench lite0_int8.tflite --mode service --data photos/    (effnet-serve vs in-process)
 """
 
 DRAFT_12MP = "12MP_draft_1/8"   # jpeg_decode key: the 12 MP photo decoded at 1/8 DCT scale
@@ -52,12 +53,16 @@ def parse_args(argv=None):
     p.add_argument("--all-backends", action="store_true", help="every installed backend per file")
     p.add_argument("--mode", default="invoke,e2e",
                    help="invoke (prepared tensor) and/or e2e (JPEG bytes to top-5); default both; "
-                        "or throughput (images/s on --data over a --workers x --threads grid)")
+                        "or throughput (images/s on --data over a --workers x --threads grid), "
+                        "or service (effnet-serve with --workers vs in-process, on --data)")
     p.add_argument("--data", type=Path, help="throughput: a folder of images")
     p.add_argument("--workers", default=[1, 2], type=positive_ints, help="throughput: worker counts (1,2)")
     p.add_argument("--repeat", type=positive_int, default=5,
                    help="throughput: classify the folder this many times per run (5)")
-    p.add_argument("--rounds", type=positive_int, default=3, help="throughput: interleaved rounds (3)")
+    p.add_argument("--rounds", type=positive_int, default=3,
+                   help="throughput, service: interleaved rounds (3)")
+    p.add_argument("--requests", type=positive_int, default=400,
+                   help="service: classifications per worker and run (400)")
     p.add_argument("--photo", type=Path, help="photo for e2e (default: scikit-image's coffee)")
     p.add_argument("--runs", type=positive_int, default=60, help="timed rounds (60)")
     p.add_argument("--warmup", type=positive_int, default=5, help="untimed runs per candidate first (5)")
@@ -75,14 +80,16 @@ def parse_args(argv=None):
     if args.quick:
         args.runs, args.warmup = 5, 1
     args.modes = [m for m in args.mode.split(",") if m]
-    if args.modes == ["throughput"]:
+    if args.modes in (["throughput"], ["service"]):
         if not args.models or args.torch or args.data is None or not args.data.is_dir():
-            p.error("--mode throughput needs model files and --data FOLDER of images (no --torch)")
+            p.error(f"--mode {args.mode} needs model files and --data FOLDER of images (no --torch)")
+        if args.modes == ["service"] and importlib.util.find_spec("uvicorn") is None:
+            p.error("--mode service needs effnet-serve: pip install 'effnet-lite-edge[serve]'")
         check_model_files(p, args.models)
         check_output(p, args.json, "--json")
         return args
     if not args.modes or any(m not in ("invoke", "e2e") for m in args.modes):
-        p.error("--mode takes invoke and/or e2e, or throughput alone")
+        p.error("--mode takes invoke and/or e2e, or throughput or service alone")
     if not args.models and not args.torch:
         p.error("give model files and/or --torch VARIANTS")
     check_model_files(p, args.models)
@@ -284,6 +291,9 @@ def main(argv=None) -> int:
     args = parse_args(argv)
     if args.modes == ["throughput"]:
         from .throughput import main_from_args
+        return main_from_args(args)
+    if args.modes == ["service"]:
+        from .service import main_from_args
         return main_from_args(args)
     try:
         report = run(args)

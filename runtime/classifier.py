@@ -110,26 +110,33 @@ class Classifier:
             raw = self.backend.run(x)
         return self.io.to_scores(raw)
 
-    def classify(self, image) -> ClassificationResult:
+    def classify(self, image, *, max_results: int | None = None,
+                 score_threshold: float | None = None) -> ClassificationResult:
+        """Classify one image; `max_results` and `score_threshold` override the options'
+        for this call (a service answers each request with its own)."""
         t0 = time.perf_counter()
         x = self.preprocess(image)
         t1 = time.perf_counter()
         probs = self.scores(x)
         t2 = time.perf_counter()
         source = os.fspath(image) if isinstance(image, (str, os.PathLike)) else ""
-        return ClassificationResult(self.top(probs), (t1 - t0) * 1e3, (t2 - t1) * 1e3, source)
+        categories = self.top(probs, max_results, score_threshold)
+        return ClassificationResult(categories, (t1 - t0) * 1e3, (t2 - t1) * 1e3, source)
 
-    def top(self, probs: np.ndarray) -> list:
+    def top(self, probs: np.ndarray, max_results: int | None = None,
+            score_threshold: float | None = None) -> list:
         o, f = self.options, self._filter
+        max_results = o.max_results if max_results is None else max_results
+        threshold = o.score_threshold if score_threshold is None else score_threshold
         masked = probs.copy()
         if f.allowed is not None:
             masked[~f.allowed] = -1
         if f.denied is not None:
             masked[f.denied] = -1
-        k = len(masked) if o.max_results is None or o.max_results < 0 else min(o.max_results, len(masked))
+        k = len(masked) if max_results is None or max_results < 0 else min(max_results, len(masked))
         order = np.argsort(-masked, kind="stable")[:k]
         return [Category(int(i), self.labels[i], float(probs[i])) for i in order
-                if masked[i] >= 0 and probs[i] >= o.score_threshold]
+                if masked[i] >= 0 and probs[i] >= threshold]
 
     def classify_many(self, images: Iterable) -> Iterator:
         """Yield a ClassificationResult per image, or the ImageError for an unreadable one

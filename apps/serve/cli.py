@@ -1,0 +1,223 @@
+"""effnet-serve: classify images over HTTP, with a web page to try it (camera included).
+
+POST an image to /v1/classify and get the top classes as JSON (the shape of
+`effnet-infer --json`); open the URL it prints in a browser for the page. Each of
+--workers processes holds its own interpreter. Ctrl-C or SIGTERM stops it cleanly:
+requests in flight are answered first. Access lines and diagnostics go to stderr.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import socket
+import sys
+from pathlib import Path
+
+from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ModelError, __version__
+from runtime.backends import BACKENDS
+from runtime.quiet import Captured
+
+EXAMPLES = """\
+examples:
+  effnet-serve --model lite0_int8.tflite                      (http://127.0.0.1:8000/)
+  effnet-serve --model lite0_int8.tflite --host 0.0.0.0       (reachable on the LAN)
+  curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg 'http://127.0.0.1:8000/v1/classify?top_k=3'
+  curl -F image=@photo.jpg http://127.0.0.1:8000/v1/classify
+
+API: POST /v1/classify (?top_k=5&threshold=0), GET /v1/model, GET /healthz, GET /metrics
+(Prometheus). Errors are JSON: {"error": "...", "status": N}; 503 (with Retry-After) when
+--workers are busy and --max-queue requests wait. Memory held by uploads is at most
+(workers + max-queue) x max-upload-mb. Browsers allow the camera only on localhost or over
+HTTPS: give --tls-cert/--tls-key to use it from another machine.
+"""
+
+
+def parse_args(argv=None):
+    cores = os.cpu_count() or 1
+    p = argparse.ArgumentParser(prog="effnet-serve", description=__doc__, epilog=EXAMPLES,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("-m", "--model", required=True, help=".tflite or .onnx model file")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (127.0.0.1: this machine only; 0.0.0.0: every interface)")
+    p.add_argument("--port", type=int, default=8000, help="TCP port (8000; 0 picks a free one)")
+    p.add_argument("--workers", type=int, default=min(cores, 4),
+                   help=f"interpreter processes (default: one per core, at most 4; here {min(cores, 4)})")
+    p.add_argument("--threads", type=int, default=1, help="inference threads per worker (1)")
+    p.add_argument("--max-upload-mb", type=float, default=20, metavar="MB",
+                   help="largest accepted upload; bigger ones get 413 before they are read (20)")
+    p.add_argument("--max-queue", type=int, default=16, metavar="N",
+                   help="requests that may wait for a busy worker; more get 503 + Retry-After (16)")
+    p.add_argument("--timeout", type=float, default=30, metavar="S",
+                   help="seconds a request may take, upload and queue included: 408 while "
+                        "uploading, 504 after (30)")
+    p.add_argument("-k", "--top-k", type=int, default=5, help="classes per answer unless ?top_k= says (5)")
+    p.add_argument("--backend", choices=list(BACKENDS), help="force a backend (default: by file type)")
+    p.add_argument("--exact", action="store_true", help="bit-identical reference preprocessing (slower)")
+    p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (and --tls-key)")
+    p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--version", action="version", version=f"effnet-serve {__version__}")
+    args = p.parse_args(argv)
+    if not 1 <= args.workers <= 64:
+        p.error("--workers must be between 1 and 64")
+    if not 1 <= args.threads <= 64:
+        p.error("--threads must be between 1 and 64")
+    if not 0 <= args.port <= 65535:
+        p.error("--port must be between 0 and 65535")
+    if not 0 < args.max_upload_mb <= 1024:
+        p.error("--max-upload-mb must be above 0 and at most 1024")
+    if not 0 <= args.max_queue <= 10000:
+        p.error("--max-queue must be between 0 and 10000")
+    if not 0 < args.timeout <= 3600:
+        p.error("--timeout must be above 0 and at most 3600 seconds")
+    if args.top_k < 1:
+        p.error("--top-k must be at least 1")
+    if bool(args.tls_cert) != bool(args.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    return args
+
+
+def model_summary(clf: Classifier, model: str, workers: int, threads: int) -> dict:
+    """GET /v1/model: the file as the runtime understood it."""
+    meta, io = clf.metadata, clf.io
+    return {
+        "model": Path(model).name,
+        "format": Path(model).suffix.lstrip(".").lower(),
+        "variant": meta.variant if meta else None,
+        "precision": meta.precision if meta else None,
+        "input_size": io.config.size,
+        "input_type": io.input_dtype.name,
+        "interpolation": io.config.interpolation,
+        "crop_pct": io.config.crop_pct,
+        "labels": len(io.labels),
+        "output": "probabilities" if io.output_is_probability else "logits",
+        "backend": clf.backend.name,
+        "workers": workers,
+        "threads": threads,
+        "digest": clf.backend.digest,
+        "version": __version__,
+    }
+
+
+class _OneLine(logging.Handler):
+    """uvicorn's own warnings and errors as one stderr line each (no tracebacks)."""
+
+    def emit(self, record):
+        if record.getMessage().startswith("Exception in ASGI application"):
+            return      # Starlette re-raises what app.internal_error has already logged
+        lines = record.getMessage().strip().splitlines() or [""]
+        detail = f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}" if record.exc_info else ""
+        print(f"effnet-serve: {lines[0]}{detail}", file=sys.stderr, flush=True)
+
+
+def fail(message: str) -> int:
+    print(f"effnet-serve: error: {message}", file=sys.stderr, flush=True)
+    return 2
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        import python_multipart  # noqa: F401  (Starlette's form parser needs it)
+        import uvicorn  # noqa: F401
+
+        from .app import Settings
+    except ImportError as e:
+        return fail(f"{e.name or e} is missing: install the server with pip install 'effnet-lite-edge[serve]'")
+    options = ClassifierOptions(num_threads=args.threads, backend=args.backend, exact=args.exact)
+    quiet = Captured()
+    try:
+        with quiet:
+            clf = Classifier.from_file(args.model, options)
+    except (ModelError, BackendUnavailableError) as e:
+        return fail(str(e))
+    summary = model_summary(clf, args.model, args.workers, args.threads)
+    clf.close()         # each worker opens its own; this one checked the file and described it
+    settings = Settings(model=str(args.model), options={"num_threads": args.threads, "backend": args.backend,
+                                                        "exact": args.exact, "max_results": args.top_k},
+                        summary=summary, workers=args.workers, max_queue=args.max_queue,
+                        max_upload=int(args.max_upload_mb * 1e6), timeout=args.timeout, top_k=args.top_k)
+    try:
+        sock = listen(args.host, args.port)
+    except OSError as e:
+        return fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate, logger.level = [_OneLine(logging.WARNING)], False, logging.WARNING
+    return run_loop(serve(args, settings, sock))
+
+
+def run_loop(main_coroutine) -> int:
+    """uvloop's event loop where installed (as uvicorn would choose), else asyncio's."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main_coroutine)
+    return uvloop.run(main_coroutine)
+
+
+def listen(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    # IPPROTO_TCP spelled out: asyncio turns Nagle off only on sockets that say so, and with
+    # Nagle on, a response's body waits out the client's delayed ACK (40 ms) on a kept-alive
+    # connection.
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
+    sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.bind((host, port))
+    sock.listen(128)        # connections wait in the backlog while the workers start
+    return sock
+
+
+async def serve(args, settings, sock: socket.socket) -> int:
+    import uvicorn
+
+    from .app import create_app, create_pool
+    from .pool import StartError
+
+    class Server(uvicorn.Server):
+        def handle_exit(self, sig, frame):
+            if not self.should_exit:
+                print(f"effnet-serve: stopping; finishing {len(self.server_state.tasks)} request(s) "
+                      "in flight", file=sys.stderr, flush=True)
+            super().handle_exit(sig, frame)
+
+    pool = create_pool(settings)
+    try:
+        await pool.start()
+    except StartError as e:
+        sock.close()
+        return fail(str(e))
+    config = uvicorn.Config(create_app(settings, pool), log_config=None, access_log=False, lifespan="off",
+                            server_header=False, timeout_keep_alive=5,
+                            timeout_graceful_shutdown=int(settings.timeout) + 5,
+                            ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
+    try:
+        config.load()       # reads the TLS files: a bad one is a one-line error
+    except (OSError, ValueError) as e:
+        await pool.close()
+        return fail(f"cannot use the TLS certificate or key: {e}")
+    server = Server(config)
+    host, port = sock.getsockname()[:2]
+    s = settings.summary
+    what = " ".join(str(x) for x in (s["variant"], s["precision"]) if x) or s["model"]
+    print(f"effnet-serve: {'https' if args.tls_cert else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/"
+          f"  ({what} on {s['backend']}, {settings.workers} worker(s) x {args.threads} thread(s); "
+          "Ctrl-C stops)", flush=True)
+    # uvicorn re-raises the stop signal once it has shut down: let it land on a no-op, so the
+    # workers are stopped here, after the last answer, and the exit status is 0.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    try:
+        await server.serve(sockets=[sock])
+    finally:
+        await pool.close()
+    print(f"effnet-serve: stopped after {server.server_state.total_requests} request(s)",
+          file=sys.stderr, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,80 @@
+"""effnet-serve's /metrics, in the Prometheus text format (prometheus_client's registry).
+
+Everything is counted in the server process: the workers report their timings with each
+reply, and the pool's state (queue, workers, their memory) is read when scraped.
+"""
+from __future__ import annotations
+
+import os
+
+from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics,
+                               generate_latest)
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+
+LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
+ROUTES = {"/", "/v1/classify", "/v1/model", "/healthz", "/metrics"}     # others count as "other"
+CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
+_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+class ServiceMetrics:
+    def __init__(self, pool):
+        disable_created_metrics()       # *_created series: noise for a single long-lived process
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("effnet_http_requests", "HTTP requests answered, by route and status",
+                                ["route", "status"], registry=r)
+        self.latency = Histogram("effnet_http_request_duration_seconds",
+                                 "Time from the request's arrival to the end of its response",
+                                 ["route"], buckets=LATENCY_BUCKETS, registry=r)
+        self.preprocess = Histogram("effnet_preprocess_seconds", "Decoding, resizing and normalising "
+                                    "one image (in a worker)", buckets=LATENCY_BUCKETS, registry=r)
+        self.inference = Histogram("effnet_inference_seconds", "Running the model on one image "
+                                   "(in a worker)", buckets=LATENCY_BUCKETS, registry=r)
+        ProcessCollector(registry=r)        # process_resident_memory_bytes etc., the server itself
+        r.register(_PoolCollector(pool))
+
+    def observe(self, route: str, status: int, seconds: float) -> None:
+        route = route if route in ROUTES or route.startswith("/static/") else "other"
+        route = "/static" if route.startswith("/static/") else route
+        self.requests.labels(route, str(status)).inc()
+        self.latency.labels(route).observe(seconds)
+
+    def observe_result(self, result: dict) -> None:
+        self.preprocess.observe(result["preprocess_ms"] / 1e3)
+        self.inference.observe(result["inference_ms"] / 1e3)
+
+    def text(self) -> bytes:
+        return generate_latest(self.registry)
+
+
+class _PoolCollector:
+    def __init__(self, pool):
+        self.pool = pool
+
+    def collect(self):
+        p = self.pool
+        yield GaugeMetricFamily("effnet_queue_depth", "Requests waiting for a worker to start on them",
+                                p.queued())
+        yield GaugeMetricFamily("effnet_classify_held", "Classify requests holding a place: reading "
+                                "the upload, queued or running", p.held)
+        yield GaugeMetricFamily("effnet_classify_capacity", "Places (workers + queue) before 503", p.size + p.max_queue)
+        yield GaugeMetricFamily("effnet_workers_ready", "Worker processes able to take a request",
+                                sum(w.ready for w in p.workers.values()))
+        yield CounterMetricFamily("effnet_worker_restarts", "Workers replaced after they stopped", p.restarts)
+        rss = GaugeMetricFamily("effnet_worker_resident_memory_bytes", "Resident memory of each worker",
+                                labels=["worker"])
+        for w in list(p.workers.values()):
+            size = resident_bytes(w.pid)
+            if size is not None:
+                rss.add_metric([str(w.slot)], size)
+        yield rss
+
+
+def resident_bytes(pid: int) -> int | None:
+    """A process's resident set size from /proc (Linux), or None."""
+    try:
+        with open(f"/proc/{pid}/statm") as f:
+            return int(f.read().split()[1]) * _PAGE
+    except (OSError, ValueError, IndexError):
+        return None

@@ -1,0 +1,196 @@
+"""effnet-bench --mode service: what HTTP costs. effnet-serve's requests per second and latency
+against in-process Classifier throughput on the same cores, in one run.
+
+For each worker count W: W processes each classify the images in a loop with their own
+Classifier (1 thread), versus `effnet-serve --workers W --threads 1` loaded by 2W keep-alive
+http.client processes posting the same JPEG bytes. Clients share the machine with the server,
+as they would on a board serving itself; their cost is part of the figure. Then one client,
+one request at a time: the p50 that HTTP adds to an in-process classify of the same image.
+Rounds interleave the settings; medians are reported with the targets (service >= 80 % of
+in-process throughput; HTTP adds <= 1.5 ms at p50).
+"""
+from __future__ import annotations
+
+import http.client
+import json
+import multiprocessing
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+from model_export.cli_checks import write_text
+from runtime.dataset import image_files
+from runtime.progress import Progress
+
+from .machine import machine_info
+
+THROUGHPUT_TARGET, ADDED_P50_TARGET_MS = 0.80, 1.5
+_state: dict = {}
+
+
+# -- in-process: one Classifier per process ---------------------------------------------------------
+def _load(model: str) -> None:
+    from runtime import Classifier, ClassifierOptions
+    from runtime.quiet import Captured
+    with Captured():        # LiteRT's banner, once per process
+        _state["clf"] = Classifier.from_file(model, ClassifierOptions(num_threads=1))
+
+
+def _classify_loop(images: list[bytes], count: int) -> tuple[float, float, list[float]]:
+    clf, times = _state["clf"], []
+    for image in images[:3]:
+        clf.classify(image)         # warm-up
+    start = time.perf_counter()     # CLOCK_MONOTONIC: comparable across processes
+    for n in range(count):
+        t0 = time.perf_counter()
+        clf.classify(images[n % len(images)])
+        times.append(time.perf_counter() - t0)
+    return start, time.perf_counter(), times
+
+
+# -- over HTTP: a keep-alive http.client per process -----------------------------------------------
+def connect(host: str, port: int) -> http.client.HTTPConnection:
+    """A keep-alive connection with Nagle off, as curl, requests and browsers have it (http.client
+    sends headers and body in two writes: with Nagle on, the body waits out a delayed ACK)."""
+    conn = http.client.HTTPConnection(host, port, timeout=120)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
+def _post_loop(host: str, port: int, images: list[bytes], count: int) -> tuple[float, float, list[float]]:
+    conn, times = connect(host, port), []
+
+    def post(image):
+        conn.request("POST", "/v1/classify", image, {"Content-Type": "image/jpeg"})
+        response = conn.getresponse()
+        body = response.read()
+        if response.status != 200:
+            raise RuntimeError(f"effnet-serve answered {response.status}: {body[:200]!r}")
+    for image in images[:3]:
+        post(image)
+    start = time.perf_counter()
+    for n in range(count):
+        t0 = time.perf_counter()
+        post(images[n % len(images)])
+        times.append(time.perf_counter() - t0)
+    conn.close()
+    return start, time.perf_counter(), times
+
+
+def _rate(parts) -> tuple[float, list[float]]:
+    """Images per second over the span every process was working, and all latencies."""
+    start, end = min(p[0] for p in parts), max(p[1] for p in parts)
+    times = [t for p in parts for t in p[2]]
+    return len(times) / (end - start), times
+
+
+def in_process(pool, images: list[bytes], workers: int, count: int):
+    return _rate(pool.starmap(_classify_loop, [(images, count)] * workers))
+
+
+class Service:
+    def __init__(self, model: Path, workers: int):
+        cmd = [sys.executable, "-m", "apps.serve.cli", "--model", str(model), "--port", "0",
+               "--workers", str(workers), "--threads", "1", "--max-queue", "64"]
+        self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        line = self.proc.stdout.readline()
+        if "://" not in line:
+            self.proc.kill()
+            raise RuntimeError(f"effnet-serve did not start (exit {self.proc.wait()})")
+        host_port = line.split()[1].split("//")[1].rstrip("/")
+        self.host, self.port = host_port.rsplit(":", 1)[0], int(host_port.rsplit(":", 1)[1])
+
+    def close(self):
+        self.proc.send_signal(signal.SIGTERM)
+        self.proc.wait(60)
+
+
+def over_http(pool, service: Service, images: list[bytes], clients: int, count: int):
+    return _rate(pool.starmap(_post_loop, [(service.host, service.port, images, count)] * clients))
+
+
+def percentile(times: list[float], q: float) -> float:
+    return float(np.percentile(np.asarray(times) * 1e3, q))
+
+
+def measure(model: Path, folder: Path, workers: list[int], count: int, rounds: int) -> dict:
+    images = [p.read_bytes() for p in image_files(folder)]
+    if not images:
+        raise RuntimeError(f"{folder}: no images")
+    spawn = multiprocessing.get_context("spawn")
+    grid = {w: {"in_process": [], "service": [], "p50": [], "p99": []} for w in workers}
+    sequential = {"in_process": [], "service": []}
+    with Progress(rounds * (2 * len(workers) + 2), "service benchmark") as bar:
+        for _ in range(rounds):
+            for w in workers:       # interleaved: every setting sees the same machine state
+                with spawn.Pool(w, _load, (str(model),)) as pool:
+                    grid[w]["in_process"].append(in_process(pool, images, w, count)[0])
+                bar.update()
+                service = Service(model, w)
+                try:
+                    with spawn.Pool(2 * w) as pool:
+                        rate, times = over_http(pool, service, images, 2 * w, count // 2)
+                finally:
+                    service.close()
+                grid[w]["service"].append(rate)
+                grid[w]["p50"].append(percentile(times, 50))
+                grid[w]["p99"].append(percentile(times, 99))
+                bar.update()
+            with spawn.Pool(1, _load, (str(model),)) as pool:
+                sequential["in_process"].append(percentile(in_process(pool, images, 1, count)[1], 50))
+            bar.update()
+            service = Service(model, 1)
+            try:
+                with spawn.Pool(1) as pool:
+                    sequential["service"].append(percentile(over_http(pool, service, images, 1, count)[1], 50))
+            finally:
+                service.close()
+            bar.update()
+    med = statistics.median
+    rows = [{"workers": w, "clients": 2 * w, "in_process_per_s": med(g["in_process"]),
+             "service_per_s": med(g["service"]), "ratio": med(s / i for s, i in zip(g["service"], g["in_process"])),
+             "p50_ms": med(g["p50"]), "p99_ms": med(g["p99"])} for w, g in grid.items()]
+    added = [s - i for s, i in zip(sequential["service"], sequential["in_process"])]
+    return {"model": model.name, "folder": str(folder), "images": len(images), "requests_per_run": count,
+            "rounds": rounds, "rows": rows,
+            "sequential": {"in_process_p50_ms": med(sequential["in_process"]),
+                           "service_p50_ms": med(sequential["service"]), "added_p50_ms": med(added)}}
+
+
+def print_report(r: dict) -> None:
+    print(f"service: {r['model']}, {r['images']} images from {r['folder']} cycled, {r['requests_per_run']} "
+          f"classifications per run, median of {r['rounds']} interleaved rounds")
+    print(f"{'workers':>7} {'clients':>7} {'in-process/s':>13} {'service req/s':>14} {'ratio':>6} "
+          f"{'p50 ms':>7} {'p99 ms':>7}")
+    for row in r["rows"]:
+        print(f"{row['workers']:>7} {row['clients']:>7} {row['in_process_per_s']:>13.1f} "
+              f"{row['service_per_s']:>14.1f} {row['ratio']:>6.2f} {row['p50_ms']:>7.1f} {row['p99_ms']:>7.1f}")
+    s = r["sequential"]
+    print(f"one client, one request at a time (1 worker): in-process p50 {s['in_process_p50_ms']:.2f} ms, "
+          f"over HTTP {s['service_p50_ms']:.2f} ms")
+    worst = min(row["ratio"] for row in r["rows"])
+    print(f"  [{'ok' if worst >= THROUGHPUT_TARGET else 'MISSED'}] service throughput / in-process: "
+          f"{worst:.2f} at worst (target >= {THROUGHPUT_TARGET:.2f})")
+    print(f"  [{'ok' if s['added_p50_ms'] <= ADDED_P50_TARGET_MS else 'MISSED'}] HTTP adds "
+          f"{s['added_p50_ms']:.2f} ms at p50 (target <= {ADDED_P50_TARGET_MS} ms)")
+
+
+def main_from_args(args) -> int:
+    """effnet-bench's service mode (arguments already checked by effnet-bench)."""
+    try:
+        report = measure(args.models[0], args.data, args.workers, args.requests, args.rounds)
+    except (RuntimeError, OSError) as e:
+        print(f"effnet-bench: error: {e}", file=sys.stderr)
+        return 2
+    report["machine"] = machine_info()
+    print_report(report)
+    if args.json and not write_text(args.json, json.dumps(report, indent=2), "effnet-bench"):
+        return 2
+    return 0

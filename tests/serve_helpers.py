@@ -1,0 +1,156 @@
+"""effnet-serve under test: the real command as a subprocess on 127.0.0.1 (a free port it picks
+itself) and plain HTTP/1.1 clients (http.client, raw sockets)."""
+from __future__ import annotations
+
+import http.client
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from urllib.parse import urlsplit
+
+
+class Server:
+    """`with Server(model, "--workers", "2") as s:` runs effnet-serve until the block ends,
+    then stops it with SIGTERM; `s.code` and `s.stderr` hold how it ended."""
+
+    def __init__(self, model, *args, start_timeout: float = 60):
+        self.argv = [sys.executable, "-m", "apps.serve.cli", "--model", str(model), "--port", "0", *map(str, args)]
+        self.start_timeout = start_timeout
+        self.code = None
+        self.stderr = ""
+        self._err: list[str] = []
+
+    def __enter__(self):
+        self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                     start_new_session=True)
+        threading.Thread(target=lambda: self._err.extend(self.proc.stderr), daemon=True).start()
+        line = _readline(self.proc.stdout, self.start_timeout)
+        if "://" not in line:
+            self.stop()
+            raise RuntimeError(f"effnet-serve did not start: {line!r} {self.stderr}")
+        self.banner = line
+        self.url = line.split()[1]
+        parts = urlsplit(self.url)
+        self.host, self.port = parts.hostname, parts.port
+        return self
+
+    def __exit__(self, *exc):
+        self.stop()
+
+    def stop(self, sig=signal.SIGTERM, timeout: float = 60) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(sig)
+        try:
+            self.code = self.proc.wait(timeout)
+        except subprocess.TimeoutExpired:
+            os.killpg(self.proc.pid, signal.SIGKILL)
+            self.code = self.proc.wait()
+        time.sleep(0.1)
+        self.stderr = "".join(self._err)
+        return self.code
+
+    def workers(self) -> list[int]:
+        """The pids of the server's worker processes."""
+        found = []
+        for entry in Path("/proc").iterdir():
+            if entry.name.isdigit():
+                try:
+                    stat = (entry / "stat").read_text()
+                except OSError:
+                    continue
+                ppid = int(stat.rsplit(")", 1)[1].split()[1])
+                cmdline = (entry / "cmdline").read_bytes()
+                if ppid == self.proc.pid and b"spawn_main" in cmdline:
+                    found.append(int(entry.name))
+        return found
+
+    def rss(self) -> int:
+        """Resident bytes of the server and its workers together."""
+        total = 0
+        for pid in [self.proc.pid, *self.workers()]:
+            try:
+                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+            except OSError:
+                pass
+        return total
+
+    def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
+        return connect(self.host, self.port, timeout)
+
+    def request(self, method: str, path: str, body=None, headers=None, conn=None):
+        """(status, headers, parsed JSON or text) over `conn` (kept alive) or a new connection."""
+        own = conn is None
+        conn = conn or self.connection()
+        try:
+            conn.request(method, path, body=body, headers=headers or {})
+            response = conn.getresponse()
+            data = response.read()
+            kind = response.getheader("Content-Type", "")
+            payload = json.loads(data) if kind.startswith("application/json") else data.decode("utf-8", "replace")
+            return response.status, {k.lower(): v for k, v in response.getheaders()}, payload
+        finally:
+            if own:
+                conn.close()
+
+    def classify(self, image: bytes, query: str = "", conn=None, content_type: str = "image/jpeg"):
+        return self.request("POST", f"/v1/classify{query}", image, {"Content-Type": content_type}, conn)
+
+    def metric(self, name: str, labels: dict | None = None) -> float:
+        """One sample of /metrics, read with prometheus_client's parser."""
+        from prometheus_client.parser import text_string_to_metric_families
+        status, _, text = self.request("GET", "/metrics")
+        assert status == 200
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                if sample.name == name and (labels or {}).items() <= sample.labels.items():
+                    return sample.value
+        raise KeyError(name)
+
+    def raw(self, data: bytes, then_read: bool = True, pause: float = 0.0) -> bytes:
+        """Send bytes on a fresh socket and (optionally) read the reply until the server closes."""
+        with socket.create_connection((self.host, self.port), timeout=30) as sock:
+            sock.sendall(data)
+            if pause:
+                time.sleep(pause)
+            if not then_read:
+                return b""
+            chunks = []
+            try:
+                while chunk := sock.recv(65536):
+                    chunks.append(chunk)
+            except (ConnectionResetError, socket.timeout):
+                pass
+            return b"".join(chunks)
+
+
+def connect(host: str, port: int, timeout: float = 60) -> http.client.HTTPConnection:
+    """http.client with Nagle off, as curl, requests and browsers have it (it writes headers and
+    body separately: with Nagle on, each request waits out the server's delayed ACK)."""
+    conn = http.client.HTTPConnection(host, port, timeout=timeout)
+    conn.connect()
+    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+    return conn
+
+
+def _readline(stream, timeout: float) -> str:
+    box: list[str] = []
+    reader = threading.Thread(target=lambda: box.append(stream.readline()), daemon=True)
+    reader.start()
+    reader.join(timeout)
+    return box[0] if box else ""
+
+
+def status_of(reply: bytes) -> int:
+    """The status code of a raw HTTP/1.1 reply (0 if there was none)."""
+    head = reply.split(b"\r\n", 1)[0].split()
+    return int(head[1]) if len(head) >= 2 and head[1].isdigit() else 0
+
+
+def json_body(reply: bytes) -> dict:
+    return json.loads(reply.split(b"\r\n\r\n", 1)[1])

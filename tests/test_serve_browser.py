@@ -1,0 +1,140 @@
+"""effnet-serve's web page in a real headless browser (Debian's chromium + chromium-driver,
+driven by Selenium): a photo chosen through the page, and live camera frames from Chromium's
+fake capture device playing a video made here from real photos."""
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import time
+
+import numpy as np
+import pytest
+
+pytest.importorskip("uvicorn", reason="effnet-serve needs the 'serve' extra")
+pytest.importorskip("selenium", reason="the browser tests drive Chromium with Selenium (test extra)")
+if not (shutil.which("chromium") and shutil.which("chromedriver")):
+    pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver; .ci/run does)",
+                allow_module_level=True)
+
+from PIL import Image  # noqa: E402
+from selenium import webdriver  # noqa: E402
+from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
+
+from conftest import DEV_DIR  # noqa: E402
+from serve_helpers import Server  # noqa: E402
+from tests_helpers import run_module  # noqa: E402
+
+FRAME = (640, 480)
+FPS = 10
+
+
+@pytest.fixture(scope="module")
+def server(lite0_files):
+    with Server(lite0_files["int8.tflite"], "--workers", "2") as s:
+        yield s
+    assert s.code == 0
+
+
+def browser(video: str | None = None):
+    options = webdriver.ChromeOptions()
+    options.binary_location = shutil.which("chromium")
+    for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
+                 "--disable-background-networking", "--no-first-run", "--window-size=1000,900"):
+        options.add_argument(flag)
+    if video:
+        options.add_argument("--use-fake-device-for-media-stream")
+        options.add_argument("--use-fake-ui-for-media-stream")       # grant the camera without a prompt
+        options.add_argument(f"--use-file-for-fake-video-capture={video}")
+    return webdriver.Chrome(service=Service(shutil.which("chromedriver")), options=options)
+
+
+def text(driver, element_id: str) -> str:
+    return driver.find_element("id", element_id).text
+
+
+def test_upload_through_the_page(server, lite0_files):
+    photo = sorted(DEV_DIR.glob("*.JPEG"))[3] if DEV_DIR.is_dir() else lite0_files["photos"] / "chelsea.jpg"
+    code, out, err = run_module("apps.infer", photo, "--model", lite0_files["int8.tflite"], "--json")
+    assert code == 0, err
+    expected = json.loads(out)["categories"]
+    driver = browser()
+    try:
+        driver.get(server.url)
+        WebDriverWait(driver, 30).until(lambda d: "lite0 int8" in text(d, "model"))
+        driver.find_element("id", "file").send_keys(str(photo))
+        WebDriverWait(driver, 30).until(lambda d: text(d, "top-label"))
+        assert text(driver, "top-label") == expected[0]["label"]
+        items = driver.find_elements("css selector", "#results li")
+        assert [int(li.get_attribute("data-index")) for li in items] == [c["index"] for c in expected]
+        assert "inference" in text(driver, "timings") and "round trip" in text(driver, "timings")
+        assert driver.find_element("id", "preview").is_displayed()
+        assert not driver.find_element("id", "error").is_displayed()
+    finally:
+        driver.quit()
+
+
+def y4m_frame(photo) -> tuple[bytes, bytes]:
+    """(4:2:0 planes for the video, the same frame back as PNG): what the camera will show."""
+    with Image.open(photo) as im:
+        rgb = im.convert("RGB").resize(FRAME, Image.BICUBIC)
+    y, cb, cr = rgb.convert("YCbCr").split()
+    half = (FRAME[0] // 2, FRAME[1] // 2)
+    cb, cr = cb.resize(half, Image.BILINEAR), cr.resize(half, Image.BILINEAR)
+    planes = b"".join(np.asarray(p).tobytes() for p in (y, cb, cr))
+    seen = Image.merge("YCbCr", (y, cb.resize(FRAME, Image.BILINEAR), cr.resize(FRAME, Image.BILINEAR)))
+    png = io.BytesIO()
+    seen.convert("RGB").save(png, "PNG")
+    return planes, png.getvalue()
+
+
+def confident_pair(server, candidates) -> list[tuple[bytes, str]]:
+    """Two photos the model names confidently, with different names, as (planes, label)."""
+    scored = []
+    for photo in candidates:
+        planes, png = y4m_frame(photo)
+        status, _, body = server.classify(png, content_type="image/png")
+        assert status == 200, body
+        top, second = body["categories"][:2]
+        scored.append((top["score"] - second["score"], planes, top["label"]))
+    scored.sort(key=lambda s: -s[0])
+    first = scored[0]
+    second = next(s for s in scored[1:] if s[2] != first[2])
+    assert second[0] > 0.3, "no two photos are named confidently enough for a camera test"
+    return [(first[1], first[2]), (second[1], second[2])]
+
+
+def test_live_camera_frames(server, lite0_files, tmp_path):
+    candidates = sorted(DEV_DIR.glob("*.JPEG"))[::10] if DEV_DIR.is_dir() else \
+        sorted(lite0_files["photos"].glob("*.jpg"))
+    pair = confident_pair(server, candidates)
+    video = tmp_path / "camera.y4m"      # one second of each photo; Chromium loops it
+    with open(video, "wb") as f:
+        f.write(f"YUV4MPEG2 W{FRAME[0]} H{FRAME[1]} F{FPS}:1 Ip A1:1 C420jpeg\n".encode())
+        for planes, _ in pair:
+            for _ in range(FPS):
+                f.write(b"FRAME\n" + planes)
+    expected = {label for _, label in pair}
+    driver = browser(str(video))
+    try:
+        driver.get(server.url)
+        driver.find_element("id", "camera-start").click()
+        WebDriverWait(driver, 30).until(lambda d: d.find_element("id", "live").is_enabled())
+        assert driver.find_element("id", "video").is_displayed()
+        driver.find_element("id", "live").click()
+        seen, t0 = set(), time.monotonic()
+        while time.monotonic() - t0 < 8 and not (seen >= expected and time.monotonic() - t0 > 4):
+            label = text(driver, "top-label")
+            if label:
+                seen.add(label)
+            time.sleep(0.05)
+        fps = driver.find_element("id", "fps")
+        frames, rate = int(fps.get_attribute("data-frames")), float(fps.get_attribute("data-fps") or 0)
+        driver.find_element("id", "live").click()       # stop
+    finally:
+        driver.quit()
+    print(f"\nlive camera: {frames} frames classified, {rate:.1f} frames/s, labels seen {sorted(seen)}")
+    assert frames >= 10 and rate > 1
+    assert seen == expected, (seen, expected)
