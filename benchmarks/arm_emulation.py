@@ -137,6 +137,8 @@ def resolve(python: str, tags: tuple, extra: str, wheel: Path, dest: Path) -> li
     """The wheels `pip install 'effnet-lite-edge[EXTRA]'` would install there (binary only;
     downloaded once into `dest`)."""
     dest.mkdir(parents=True, exist_ok=True)
+    for stale in dest.glob("effnet_lite_edge-*.whl"):   # pip would reuse an older build's metadata
+        stale.unlink()
     if extra == "tflite-legacy":
         reqs, deps = [str(wheel), "tflite-runtime>=2.14"], ["--no-deps"]
     else:
@@ -159,12 +161,20 @@ class Emulator:
     seconds: float = 0.0
     runs: list = field(default_factory=list)
 
-    def run(self, module: str, *args, timeout: int = 1800) -> subprocess.CompletedProcess:
-        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8", "PYTHONPATH": str(self.site),
+    def command(self, module: str, *args, pythonpath: tuple = ()) -> tuple[list[str], dict]:
+        """The command line and environment that run `python -m module` on the board."""
+        env = {"PATH": "/usr/bin:/bin", "HOME": "/tmp", "LANG": "C.UTF-8",
+               "PYTHONPATH": os.pathsep.join([*map(str, pythonpath), str(self.site)]),
                "PYTHONDONTWRITEBYTECODE": "1", "PYTHONNOUSERSITE": "1"}
-        python = self.root / "usr/bin" / f"python{self.target.python}"
-        cmd = [self.target.qemu, "-L", str(self.root), "-cpu", self.target.cpu, str(python),
-               "-m", module, *map(str, args)]
+        return [*self.python(), "-m", module, *map(str, args)], env
+
+    def python(self) -> list[str]:
+        """The emulated Python interpreter, as a command line."""
+        return [self.target.qemu, "-L", str(self.root), "-cpu", self.target.cpu,
+                str(self.root / "usr/bin" / f"python{self.target.python}")]
+
+    def run(self, module: str, *args, timeout: int = 1800) -> subprocess.CompletedProcess:
+        cmd, env = self.command(module, *args)
         start = time.perf_counter()
         done = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)
         self.seconds += time.perf_counter() - start

@@ -44,7 +44,7 @@ class Target:
 
 TARGETS = {t.name: t for t in (
     Target("pi5-bookworm", "Pi 5, 64-bit Pi OS (bookworm)", "arm64", "bookworm", "3.11",
-           "qemu-aarch64-static", "cortex-a76", PI5_CPUINFO, "tflite,onnx", AARCH64_TAGS,
+           "qemu-aarch64-static", "cortex-a76", PI5_CPUINFO, "tflite,onnx,serve", AARCH64_TAGS,
            formats=("tflite", "onnx")),
     Target("pi4-bookworm", "Pi 4, 64-bit Pi OS (bookworm)", "arm64", "bookworm", "3.11",
            "qemu-aarch64-static", "cortex-a72", PI4_CPUINFO, "tflite", AARCH64_TAGS),
@@ -60,5 +60,6 @@ TARGETS = {t.name: t for t in (
 # What `pip install` resolves to on the boards, checked per Python: (Python, tags, extra).
 # 32-bit Pi OS: PyPI has no armv7 numpy/Pillow wheels (Pi OS takes them from apt or
 # piwheels), so there only the backend is resolved; Debian's numpy/Pillow fill the rest.
+# effnet-serve's extra on the newer Pythons (3.11's is installed on the emulated Pi 5).
 RESOLUTIONS = [(py, AARCH64_TAGS, extra) for py in ("3.11", "3.12", "3.13") for extra in ("tflite", "onnx")] \
-    + [("3.11", ARMV7_TAGS, "tflite-legacy")]
+    + [(py, AARCH64_TAGS, "tflite,serve") for py in ("3.12", "3.13")] + [("3.11", ARMV7_TAGS, "tflite-legacy")]

@@ -12,7 +12,6 @@ in-process throughput; HTTP adds <= 1.5 ms at p50).
 from __future__ import annotations
 
 import http.client
-import json
 import multiprocessing
 import signal
 import socket
@@ -24,11 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.cli_checks import write_text
 from runtime.dataset import image_files
 from runtime.progress import Progress
 
-from .machine import machine_info
+from .throughput import report_mode
 
 THROUGHPUT_TARGET, ADDED_P50_TARGET_MS = 0.80, 1.5
 _state: dict = {}
@@ -184,13 +182,5 @@ def print_report(r: dict) -> None:
 
 def main_from_args(args) -> int:
     """effnet-bench's service mode (arguments already checked by effnet-bench)."""
-    try:
-        report = measure(args.models[0], args.data, args.workers, args.requests, args.rounds)
-    except (RuntimeError, OSError) as e:
-        print(f"effnet-bench: error: {e}", file=sys.stderr)
-        return 2
-    report["machine"] = machine_info()
-    print_report(report)
-    if args.json and not write_text(args.json, json.dumps(report, indent=2), "effnet-bench"):
-        return 2
-    return 0
+    return report_mode(args, lambda: measure(args.models[0], args.data, args.workers, args.requests,
+                                             args.rounds), print_report)

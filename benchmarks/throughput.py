@@ -69,15 +69,22 @@ def print_table(report: dict) -> None:
               f"{r['images_per_s']:>9.1f} {ratio:>18}")
 
 
-def main_from_args(args) -> int:
-    """effnet-bench's throughput mode (arguments already checked by effnet-bench)."""
+def report_mode(args, measure, show) -> int:
+    """An effnet-bench mode: measure (a RuntimeError/OSError is a one-line error), show the
+    report, write it with the machine to --json."""
     try:
-        report = measure(args.models, args.data, args.workers, args.threads, args.repeat, args.rounds)
-    except RuntimeError as e:
+        report = measure()
+    except (RuntimeError, OSError) as e:
         print(f"effnet-bench: error: {e}", file=sys.stderr)
         return 2
     report["machine"] = machine_info()
-    print_table(report)
+    show(report)
     if args.json and not write_text(args.json, json.dumps(report, indent=2), "effnet-bench"):
         return 2
     return 0
+
+
+def main_from_args(args) -> int:
+    """effnet-bench's throughput mode (arguments already checked by effnet-bench)."""
+    return report_mode(args, lambda: measure(args.models, args.data, args.workers, args.threads,
+                                             args.repeat, args.rounds), print_table)

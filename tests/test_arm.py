@@ -116,10 +116,42 @@ def test_pip_resolves_on_each_board(tmp_path):
     for python, tags, extra in RESOLUTIONS:
         got = {r.split("==")[0].replace("_", "-").lower(): r.split("==")[1]
                for r in resolve(python, tags, extra, wheel, DEFAULT_CACHE / "downloads" / f"{python}-{tags[0]}")}
-        backend = {"tflite": "ai-edge-litert", "onnx": "onnxruntime", "tflite-legacy": "tflite-runtime"}[extra]
+        backend = {"tflite": "ai-edge-litert", "onnx": "onnxruntime",
+                   "tflite-legacy": "tflite-runtime"}[extra.split(",")[0]]
         assert backend in got and "effnet-lite-edge" in got, (python, extra, got)
         assert not {"torch", "onnx", "mediapipe"} & set(got), got
         if extra != "tflite-legacy":
             assert {"numpy", "pillow"} <= set(got), got
         else:
             assert got["tflite-runtime"].startswith("2.14"), got
+        if "serve" in extra:        # with the fast HTTP parser and event loop: aarch64 has wheels
+            assert {"uvicorn", "starlette", "python-multipart", "prometheus-client", "httptools",
+                    "uvloop"} <= set(got), got
+
+
+def test_effnet_serve_on_pi5(arm_files, tmp_path):
+    """effnet-serve with its worker process on the emulated Pi 5, asked from x86 over
+    loopback: the same answers as x86 effnet-infer, a 400 for a bad image, a clean stop."""
+    import json
+    from benchmarks.arm_serve import emulator, serve_check
+    from tests_helpers import run_module
+    files, photos = arm_files
+    model = files / "lite0_int8.tflite"
+    chosen = sorted(photos.iterdir())[:4]
+    emu = emulator(TARGETS["pi5-bookworm"], build_wheel(tmp_path / "wheel"), DEFAULT_CACHE)
+    result = serve_check(emu, model, chosen, tmp_path / "serve")
+    print(f"\neffnet-serve on the emulated Pi 5: started in {result['startup_seconds']} s; {result['banner']}")
+    code, out, err = run_module("apps.infer", *chosen, "--model", model, "--json")
+    assert code == 0, err
+    for line in out.splitlines():
+        x86 = json.loads(line)
+        arm = result["answers"][os.path.basename(x86["source"])]
+        assert [c["index"] for c in arm] == [c["index"] for c in x86["categories"]], arm
+        assert max(abs(a["score"] - b["score"]) for a, b in zip(arm, x86["categories"])) < 1e-6
+    assert result["bad_image"][0] == 400 and "upload" in result["bad_image"][1]["error"]
+    assert result["health"][0] == 200 and result["health"][1]["workers_ready"] == 1
+    assert result["model"]["backend"] == "litert" and result["model"]["digest"].startswith("sha256:")
+    workers = [w for w in result["workers"] if "spawn_main" in w]
+    assert len(workers) == 1 and workers[0].startswith("qemu-aarch64-static "), result["workers"]
+    assert result["exit"] == 0, result["stderr"]
+    assert not [s for s in result["stderr"] if "Traceback" in s or "error" in s.lower()], result["stderr"]

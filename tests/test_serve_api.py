@@ -330,3 +330,21 @@ def test_readme_systemd_unit_is_valid(tmp_path):
     done = subprocess.run(["systemd-analyze", "verify", str(path)], capture_output=True, text=True, timeout=60)
     problems = [line for line in done.stderr.splitlines() if "effnet-serve.service" in line]
     assert done.returncode == 0 and not problems, done.stderr
+
+
+def test_bench_service_mode(lite0_files, tmp_path, capsys):
+    """effnet-bench --mode service runs both sides and reports the ratio and the added p50
+    (the figures are the benchmark's to print, not asserted here)."""
+    from benchmarks import latency
+    out = tmp_path / "service.json"
+    assert latency.main([str(lite0_files["int8.tflite"]), "--mode", "service", "--data", str(lite0_files["photos"]),
+                         "--workers", "1", "--rounds", "1", "--requests", "24", "--json", str(out)]) == 0
+    report = json.loads(out.read_text())
+    (row,) = report["rows"]
+    assert row["workers"] == 1 and row["clients"] == 2 and row["in_process_per_s"] > 0 and row["service_per_s"] > 0
+    assert row["ratio"] == pytest.approx(row["service_per_s"] / row["in_process_per_s"], rel=1e-9)
+    assert 0 < row["p50_ms"] <= row["p99_ms"]
+    seq = report["sequential"]
+    assert seq["added_p50_ms"] == pytest.approx(seq["service_p50_ms"] - seq["in_process_p50_ms"])
+    printed = capsys.readouterr().out
+    assert "service throughput / in-process" in printed and "HTTP adds" in printed

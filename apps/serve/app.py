@@ -23,7 +23,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .metrics import CONTENT_TYPE, ServiceMetrics
-from .pool import Busy, Pool, TimedOut, WorkerLost
+from .pool import Busy, Pool, WorkerLost
 
 STATIC = Path(__file__).with_name("static")
 RAW_TYPES = ("application/octet-stream", "")          # plus image/*
@@ -106,20 +106,27 @@ def create_app(settings: Settings, pool: Pool, log=None):
         declared = request.headers.get("content-length", "")
         if declared.isdigit() and int(declared) > settings.max_upload:
             raise too_large(int(declared))
+        uploading = True
         try:
-            with pool.admission():
-                body = await read_body(request, deadline)
-                if media == "multipart/form-data":
-                    body, name = await form_image(request, body)
-                else:
-                    name = request.query_params.get("name", "upload")[:200]
-                request_options = {"name": name, "top_k": top_k, "threshold": threshold}
-                return await pool.classify(body, request_options, deadline)
+            # One deadline for the whole request, upload and queue included: slow or endless
+            # uploads cannot hold a place forever.
+            async with asyncio.timeout_at(deadline):
+                with pool.admission():
+                    body = await read_body(request)
+                    uploading = False
+                    if media == "multipart/form-data":
+                        body, name = await form_image(request, body)
+                    else:
+                        name = request.query_params.get("name", "upload")[:200]
+                    return await pool.classify(body, {"name": name, "top_k": top_k, "threshold": threshold})
         except Busy:
             raise Refused(503, f"all {settings.workers} workers are busy and {settings.max_queue} "
                                "requests are queued; retry shortly", {"Retry-After": "1"}) from None
-        except TimedOut as e:
-            raise Refused(504, f"{e} ({settings.timeout:g} s)") from None
+        except TimeoutError:
+            if uploading:
+                raise Refused(408, f"the upload did not arrive within the request timeout "
+                                   f"({settings.timeout:g} s)", {"Connection": "close"}) from None
+            raise Refused(504, f"no answer within the request timeout ({settings.timeout:g} s)") from None
         except WorkerLost as e:
             raise Refused(500, str(e)) from None
 
@@ -127,23 +134,14 @@ def create_app(settings: Settings, pool: Pool, log=None):
         return Refused(413, f"the upload is {size / 1e6:.1f} MB or more, over the "
                             f"{settings.max_upload / 1e6:g} MB limit (--max-upload-mb)", {"Connection": "close"})
 
-    async def read_body(request: Request, deadline: float) -> bytes:
-        """The body, refused (413) as soon as it passes the limit and (408) if it is not all
-        here by the deadline: slow or endless uploads cannot hold a place forever."""
+    async def read_body(request: Request) -> bytes:
+        """The body, refused (413) as soon as it passes the limit."""
         chunks, size = [], 0
-
-        async def collect():
-            nonlocal size
-            async for chunk in request.stream():
-                size += len(chunk)
-                if size > settings.max_upload:
-                    raise too_large(size)
-                chunks.append(chunk)
-        try:
-            await asyncio.wait_for(collect(), max(0.0, deadline - asyncio.get_running_loop().time()))
-        except asyncio.TimeoutError:
-            raise Refused(408, f"the upload did not arrive within the request timeout "
-                               f"({settings.timeout:g} s)", {"Connection": "close"}) from None
+        async for chunk in request.stream():
+            size += len(chunk)
+            if size > settings.max_upload:
+                raise too_large(size)
+            chunks.append(chunk)
         return b"".join(chunks)
 
     routes = [

@@ -119,6 +119,8 @@ def fail(message: str) -> int:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
+    if sys.version_info < (3, 11):
+        return fail("effnet-serve needs Python 3.11 or newer (Pi OS bookworm has 3.11)")
     try:
         import python_multipart  # noqa: F401  (Starlette's form parser needs it)
         import uvicorn  # noqa: F401

@@ -3,7 +3,7 @@ socket pair the event loop reads and writes as a stream (no threads, no blocking
 
 Processes rather than threads: requests then use every core for decoding as well as
 inference, and an image that crashes a native decoder takes down one worker, which is
-replaced, not the server. A request waits at most until its deadline for a place.
+replaced, not the server.
 """
 from __future__ import annotations
 
@@ -27,10 +27,6 @@ RESPAWN_DELAYS = (0.5, 1, 2, 5, 10, 30)    # seconds between attempts to replace
 
 class Busy(Exception):
     """Every worker is busy and the queue is full (503)."""
-
-
-class TimedOut(Exception):
-    """The request's deadline passed (504)."""
 
 
 class WorkerLost(Exception):
@@ -195,32 +191,32 @@ class Pool:
         finally:
             self.held -= 1
 
-    async def classify(self, data: bytes, request: dict, deadline: float) -> dict:
-        """The worker's reply (see worker.py) for one image, by `deadline` (loop time)."""
+    async def classify(self, data: bytes, request: dict) -> dict:
+        """The worker's reply (see worker.py) for one image. The caller bounds the wait
+        (asyncio.timeout): a job cancelled while its worker runs it is dropped when it
+        comes back, and a worker that does not come back is replaced."""
         loop = asyncio.get_running_loop()
-        w = await self._place(deadline)
+        w = await self._place()
         w.job += 1
         job, reply = w.job, loop.create_future()
         w.pending.append((job, reply))
         w.writer.writelines(worker_module.request_frame(request, data))
         try:
-            await asyncio.wait_for(_drain(w.writer, reply), max(0.0, deadline - loop.time()))
-            return await asyncio.wait_for(asyncio.shield(reply), max(0.0, deadline - loop.time()))
-        except asyncio.TimeoutError:
-            # Its answer is dropped when it comes; a worker that never comes back is replaced.
+            try:
+                await w.writer.drain()       # back-pressure, when the worker's socket is full
+            except (ConnectionError, OSError):
+                pass        # the worker is gone: _lost fails `reply` as its socket closes
+            return await reply
+        except asyncio.CancelledError:
             loop.call_later(self.stuck_after, self._kill_if_stuck, w, job)
-            raise TimedOut("the image took longer than the request timeout") from None
+            raise
 
-    async def _place(self, deadline: float) -> _Worker:
-        """A live worker with a free place, the least loaded, by `deadline` (else TimedOut)."""
-        loop = asyncio.get_running_loop()
+    async def _place(self) -> _Worker:
+        """A live worker with a free place, the least loaded."""
         self.waiting += 1
         try:
             while True:
-                try:
-                    await asyncio.wait_for(self._free.acquire(), max(0.0, deadline - loop.time()))
-                except asyncio.TimeoutError:
-                    raise TimedOut("no worker became free before the request's deadline") from None
+                await self._free.acquire()
                 open_ = [w for w in self.workers.values() if w.ready and len(w.pending) < DEPTH]
                 if open_:       # (else the place was a lost worker's: try again)
                     return min(open_, key=lambda w: len(w.pending))
@@ -232,14 +228,6 @@ class Pool:
             print(f"effnet-serve: worker {w.slot} is stuck ({self.stuck_after:g} s past a request's "
                   "timeout); replacing it", file=sys.stderr, flush=True)
             w.process.kill()        # its socket closes: _lost replaces it
-
-
-async def _drain(writer: asyncio.StreamWriter, reply: asyncio.Future) -> None:
-    """Wait until the socket takes the frame (back-pressure), unless the worker is gone."""
-    try:
-        await writer.drain()
-    except (ConnectionError, OSError):
-        await reply         # _lost fails it as the socket closes
 
 
 def _reap(process) -> None:
