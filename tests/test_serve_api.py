@@ -143,6 +143,17 @@ def test_errors_are_small_json(server, photos):
             assert "allow" in reply_headers
 
 
+def test_access_log_lines_cannot_be_forged(server):
+    assert server.request("GET", "/no/such%0Afake-line%0D%1B[31m")[0] == 404
+    deadline = time.monotonic() + 10
+    while time.monotonic() < deadline and "fake-line" not in "".join(server._err):
+        time.sleep(0.1)
+    lines = "".join(server._err).splitlines()
+    (logged,) = [line for line in lines if "fake-line" in line]
+    assert '"GET /no/such\\nfake-line\\r\\x1b[31m HTTP/1.1" 404' in logged, logged
+    assert not any(line.startswith("fake-line") for line in lines)
+
+
 def test_oversize_refused_before_the_body_is_read(server, photos):
     # Declared too large: 413 after 64 KiB of a claimed 50 MB, and the connection is closed.
     head = (b"POST /v1/classify HTTP/1.1\r\nHost: x\r\nContent-Type: image/jpeg\r\n"
@@ -192,9 +203,11 @@ def test_bad_model_port_and_missing_extra_are_one_line_errors(tmp_path, model):
     assert code == 0 and "curl" in out and "/v1/classify" in out and "--max-queue" in out
 
 
-def test_sigterm_finishes_the_request_in_flight(model, photos):
-    """systemd's stop (SIGTERM to the whole group) while an upload is half sent: the request is
-    still answered correctly, then the server and its workers exit with status 0."""
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "Ctrl-C"])
+def test_stop_signal_finishes_the_request_in_flight(model, photos, sig):
+    """systemd's stop (SIGTERM) or a terminal's Ctrl-C (SIGINT), to the whole process group,
+    while an upload is half sent: the request is still answered correctly, then the server
+    and its workers exit with status 0."""
     jpeg = photos[0].read_bytes()
     with Server(model, "--workers", "2") as s:
         expected = s.classify(jpeg)[2]
@@ -205,7 +218,7 @@ def test_sigterm_finishes_the_request_in_flight(model, photos):
         with socket.create_connection((s.host, s.port), timeout=60) as sock:
             sock.sendall(head + jpeg[:1000])
             time.sleep(0.5)
-            os.killpg(s.proc.pid, signal.SIGTERM)       # as systemd's default KillMode does
+            os.killpg(s.proc.pid, sig)       # as a terminal and systemd's default KillMode do
             time.sleep(0.5)
             sock.sendall(jpeg[1000:])
             reply = b""
@@ -348,3 +361,27 @@ def test_bench_service_mode(lite0_files, tmp_path, capsys):
     assert seq["added_p50_ms"] == pytest.approx(seq["service_p50_ms"] - seq["in_process_p50_ms"])
     printed = capsys.readouterr().out
     assert "service throughput / in-process" in printed and "HTTP adds" in printed
+
+
+def test_a_changed_model_file_is_not_loaded_by_a_replacement(tmp_path, lite0_files, photos):
+    """A worker replaced after the file changed on disk refuses it (the digest differs from
+    the one the server checked at start), retries, and the others keep answering."""
+    model = tmp_path / "model.tflite"
+    shutil.copy(lite0_files["int8.tflite"], model)
+    original, jpeg = model.read_bytes(), photos[0].read_bytes()
+    with Server(model, "--workers", "2") as s:
+        model.write_bytes(lite0_files["uint8.tflite"].read_bytes())     # another valid file of ours
+        os.kill(s.workers()[0], signal.SIGKILL)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and "changed on disk" not in "".join(s._err):
+            time.sleep(0.2)
+        assert "changed on disk since the server started; retrying" in "".join(s._err)
+        status, _, health = s.request("GET", "/healthz")
+        assert status == 200 and health["workers_ready"] == 1
+        for _ in range(4):
+            assert s.classify(jpeg)[0] == 200
+        model.write_bytes(original)
+        while time.monotonic() < deadline and s.metric("effnet_workers_ready") < 2:
+            time.sleep(0.2)
+        assert s.metric("effnet_workers_ready") == 2
+    assert s.code == 0

@@ -3,6 +3,7 @@ driven by Selenium): a photo chosen through the page, and live camera frames fro
 fake capture device playing a video made here from real photos."""
 from __future__ import annotations
 
+import base64
 import io
 import json
 import shutil
@@ -71,8 +72,31 @@ def test_upload_through_the_page(server, lite0_files):
         assert "inference" in text(driver, "timings") and "round trip" in text(driver, "timings")
         assert driver.find_element("id", "preview").is_displayed()
         assert not driver.find_element("id", "error").is_displayed()
+        # Everything the page loaded came from the server itself (a Pi may be offline).
+        loaded = driver.execute_script("return performance.getEntriesByType('resource').map(e => e.name)")
+        assert loaded and all(url.startswith(server.url) for url in loaded), loaded
+        # Dropped and pasted photos take the same path (a File from the page's own events).
+        for event in ("drop", "paste"):
+            other = sorted(DEV_DIR.glob("*.JPEG"))[60 if event == "drop" else 90] if DEV_DIR.is_dir() \
+                else lite0_files["photos"] / ("coffee.jpg" if event == "drop" else "astronaut.jpg")
+            code, out, err = run_module("apps.infer", other, "--model", lite0_files["int8.tflite"], "--json")
+            label = json.loads(out)["categories"][0]["label"]
+            driver.execute_script(DISPATCH, event, base64.b64encode(other.read_bytes()).decode(), other.name)
+            WebDriverWait(driver, 30).until(lambda d: text(d, "top-label") == label)
+            assert text(driver, "caption") == other.name
     finally:
         driver.quit()
+
+
+DISPATCH = """
+const [kind, b64, name] = arguments;
+const bytes = Uint8Array.from(atob(b64), c => c.charCodeAt(0));
+const data = new DataTransfer();
+data.items.add(new File([bytes], name, {type: "image/jpeg"}));
+const event = kind === "drop" ? new DragEvent("drop", {dataTransfer: data, bubbles: true, cancelable: true})
+                              : new ClipboardEvent("paste", {clipboardData: data, bubbles: true});
+(kind === "drop" ? document.getElementById("drop") : document).dispatchEvent(event);
+"""
 
 
 def y4m_frame(photo) -> tuple[bytes, bytes]:

@@ -232,6 +232,11 @@ class AccessLog:
             self.metrics.observe(scope["path"], status, seconds)
             client = (scope.get("client") or ("-",))[0]
             query = scope.get("query_string", b"").decode("latin-1")
-            target = scope["path"] + (f"?{query}" if query else "")
-            print(f'{client} "{scope["method"]} {target[:200]} HTTP/{scope["http_version"]}" {status} '
+            target = printable(scope["path"] + (f"?{query}" if query else ""))[:200]
+            print(f'{client} "{scope["method"]} {target} HTTP/{scope["http_version"]}" {status} '
                   f"{sent}B {seconds * 1e3:.1f}ms", file=self.stream, flush=True)
+
+
+def printable(text: str) -> str:
+    """Control characters escaped: a request cannot add lines of its own to the log."""
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)

@@ -99,12 +99,12 @@ class Pool:
         except WorkerLost:
             await asyncio.to_thread(_reap, process)
             raise StartError(f"the worker exited while opening the model (exit code {process.exitcode})") from None
-        if "error" in message:
+        problem = message.get("error") or (message.get("digest") != self.digest and
+                                           f"{self.model}: the file changed on disk since the server started")
+        if problem:
             self._drop(w)
-            raise StartError(message["error"])
-        if message.get("digest") != self.digest:
-            self._drop(w)
-            raise StartError(f"{self.model}: the file changed on disk since the server started")
+            await asyncio.to_thread(_reap, process)
+            raise StartError(problem)
         w.ready = True
         for _ in range(DEPTH):
             self._free.release()
@@ -169,7 +169,7 @@ class Pool:
             try:
                 await self._spawn(w.slot)
                 return
-            except StartError as e:
+            except (StartError, OSError) as e:
                 print(f"effnet-serve: worker {w.slot} could not start: {e}; retrying in {delay:g} s",
                       file=sys.stderr, flush=True)
             await asyncio.sleep(delay)
