@@ -55,8 +55,9 @@ def parse_args(argv=None):
                    help="invoke (prepared tensor) and/or e2e (JPEG bytes to top-5); default both; "
                         "or throughput (images/s on --data over a --workers x --threads grid), "
                         "or service (effnet-serve with --workers vs in-process, on --data)")
-    p.add_argument("--data", type=Path, help="throughput: a folder of images")
-    p.add_argument("--workers", default=[1, 2], type=positive_ints, help="throughput: worker counts (1,2)")
+    p.add_argument("--data", type=Path, help="throughput, service: a folder of images")
+    p.add_argument("--workers", default=[1, 2], type=positive_ints,
+                   help="throughput, service: worker counts (1,2)")
     p.add_argument("--repeat", type=positive_int, default=5,
                    help="throughput: classify the folder this many times per run (5)")
     p.add_argument("--rounds", type=positive_int, default=3,

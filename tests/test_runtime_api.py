@@ -79,6 +79,18 @@ def test_options_threshold_allow_deny(lite0_files, photos):
         Classifier.from_file(path, ClassifierOptions(category_allowlist=["unicorn"]))
 
 
+def test_per_call_max_results_and_threshold(lite0_files, photos):
+    """classify(max_results=, score_threshold=) answers as a Classifier made with those options."""
+    path = lite0_files["int8.tflite"]
+    with Classifier.from_file(path) as default, \
+            Classifier.from_file(path, ClassifierOptions(max_results=2, score_threshold=0.01)) as narrow:
+        for image in photos.values():
+            assert default.classify(image, max_results=2, score_threshold=0.01).categories == \
+                narrow.classify(image).categories
+            assert len(default.classify(image).categories) == 5          # the options' again
+            assert len(default.classify(image, max_results=-1).categories) == 1000
+
+
 def test_classify_many_survives_bad_files(lite0_files, tmp_path):
     bad = tmp_path / "bad.jpg"
     bad.write_text("nope")
