@@ -54,8 +54,8 @@ def _classify_loop(images: list[bytes], count: int) -> tuple[float, float, list[
 
 # -- over HTTP: a keep-alive http.client per process -----------------------------------------------
 def connect(host: str, port: int) -> http.client.HTTPConnection:
-    """A keep-alive connection with Nagle off, as curl, requests and browsers have it (http.client
-    sends headers and body in two writes: with Nagle on, the body waits out a delayed ACK)."""
+    """A keep-alive connection with Nagle off, as curl and requests (urllib3) open theirs;
+    http.client's default adds about 0.3 ms per request with 40 kB uploads here."""
     conn = http.client.HTTPConnection(host, port, timeout=120)
     conn.connect()
     conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

@@ -81,7 +81,7 @@ class Server:
         return total
 
     def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
-        return connect(self.host, self.port, timeout)
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
 
     def request(self, method: str, path: str, body=None, headers=None, conn=None):
         """(status, headers, parsed JSON or text) over `conn` (kept alive) or a new connection."""
@@ -127,15 +127,6 @@ class Server:
             except (ConnectionResetError, socket.timeout):
                 pass
             return b"".join(chunks)
-
-
-def connect(host: str, port: int, timeout: float = 60) -> http.client.HTTPConnection:
-    """http.client with Nagle off, as curl, requests and browsers have it (it writes headers and
-    body separately: with Nagle on, each request waits out the server's delayed ACK)."""
-    conn = http.client.HTTPConnection(host, port, timeout=timeout)
-    conn.connect()
-    conn.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-    return conn
 
 
 def _readline(stream, timeout: float) -> str:
