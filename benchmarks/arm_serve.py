@@ -18,6 +18,9 @@ import threading
 import time
 from pathlib import Path
 
+from apps.procs import processes
+from apps.serve.cli import served_at
+
 from .arm_emulation import Emulator, EmulationError, build_rootfs, install_runtime
 from .arm_targets import Target
 
@@ -45,18 +48,6 @@ def _post(host: str, port: int, path: str, body: bytes | None = None) -> tuple[i
         conn.close()
 
 
-def children(pid: int) -> list[str]:
-    """The command lines of a process's children (the workers: emulated, they say qemu)."""
-    found = []
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            if int(stat.read_text().rsplit(")", 1)[1].split()[1]) == pid:
-                found.append((stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode())
-        except (OSError, ValueError, IndexError):
-            pass
-    return found
-
-
 def serve_check(emu: Emulator, model: Path, photos: list[Path], work: Path) -> dict:
     """Start effnet-serve on the board, classify `photos` through it, send it a bad image,
     stop it with SIGTERM; what it answered and how it ended."""
@@ -75,18 +66,19 @@ def serve_check(emu: Emulator, model: Path, photos: list[Path], work: Path) -> d
     threading.Thread(target=lambda: stderr.extend(proc.stderr), daemon=True).start()
     try:
         line = proc.stdout.readline()       # the URL, once the worker has opened the model
-        if "://" not in line:
+        address = served_at(line)
+        if address is None:
             raise EmulationError(f"{emu.target.name}: effnet-serve did not start: {''.join(stderr)[-800:]}")
         out = {"banner": line.strip(), "startup_seconds": round(time.perf_counter() - start, 1)}
-        host, port = line.split()[1].split("//")[1].rstrip("/").rsplit(":", 1)
+        _, host, port = address
         out["answers"] = {}
         for photo in photos:
-            status, body = _post(host, int(port), f"/v1/classify?name={photo.name}", photo.read_bytes())
+            status, body = _post(host, port, f"/v1/classify?name={photo.name}", photo.read_bytes())
             out["answers"][photo.name] = body["categories"] if status == 200 else {"status": status, **body}
-        out["bad_image"] = _post(host, int(port), "/v1/classify", b"\xff\xd8\xff\xe0 truncated JPEG")
-        out["health"] = _post(host, int(port), "/healthz")
-        out["model"] = _post(host, int(port), "/v1/model")[1]
-        out["workers"] = children(proc.pid)
+        out["bad_image"] = _post(host, port, "/v1/classify", b"\xff\xd8\xff\xe0 truncated JPEG")
+        out["health"] = _post(host, port, "/healthz")
+        out["model"] = _post(host, port, "/v1/model")[1]
+        out["workers"] = [p.cmdline for p in processes() if p.ppid == proc.pid]   # emulated: qemu
     finally:
         proc.send_signal(signal.SIGTERM)
         try:

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from apps.serve.cli import served_at
 from runtime.dataset import image_files
 from runtime.progress import Progress
 
@@ -98,12 +99,11 @@ class Service:
         cmd = [sys.executable, "-m", "apps.serve.cli", "--model", str(model), "--port", "0",
                "--workers", str(workers), "--threads", "1", "--max-queue", "64"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
-        line = self.proc.stdout.readline()
-        if "://" not in line:
+        address = served_at(self.proc.stdout.readline())
+        if address is None:
             self.proc.kill()
             raise RuntimeError(f"effnet-serve did not start (exit {self.proc.wait()})")
-        host_port = line.split()[1].split("//")[1].rstrip("/")
-        self.host, self.port = host_port.rsplit(":", 1)[0], int(host_port.rsplit(":", 1)[1])
+        _, self.host, self.port = address
 
     def close(self):
         self.proc.send_signal(signal.SIGTERM)

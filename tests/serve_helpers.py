@@ -11,8 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
-from urllib.parse import urlsplit
+from apps.procs import processes, resident_bytes
+from apps.serve.cli import served_at
 
 
 class Server:
@@ -31,13 +31,12 @@ class Server:
                                      start_new_session=True)
         threading.Thread(target=lambda: self._err.extend(self.proc.stderr), daemon=True).start()
         line = _readline(self.proc.stdout, self.start_timeout)
-        if "://" not in line:
+        address = served_at(line)
+        if address is None:
             self.stop()
             raise RuntimeError(f"effnet-serve did not start: {line!r} {self.stderr}")
         self.banner = line
-        self.url = line.split()[1]
-        parts = urlsplit(self.url)
-        self.host, self.port = parts.hostname, parts.port
+        self.url, self.host, self.port = address
         return self
 
     def __exit__(self, *exc):
@@ -57,28 +56,11 @@ class Server:
 
     def workers(self) -> list[int]:
         """The pids of the server's worker processes."""
-        found = []
-        for entry in Path("/proc").iterdir():
-            if entry.name.isdigit():
-                try:
-                    stat = (entry / "stat").read_text()
-                except OSError:
-                    continue
-                ppid = int(stat.rsplit(")", 1)[1].split()[1])
-                cmdline = (entry / "cmdline").read_bytes()
-                if ppid == self.proc.pid and b"spawn_main" in cmdline:
-                    found.append(int(entry.name))
-        return found
+        return [p.pid for p in processes() if p.ppid == self.proc.pid and "spawn_main" in p.cmdline]
 
     def rss(self) -> int:
         """Resident bytes of the server and its workers together."""
-        total = 0
-        for pid in [self.proc.pid, *self.workers()]:
-            try:
-                total += int(Path(f"/proc/{pid}/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-            except OSError:
-                pass
-        return total
+        return sum(resident_bytes(pid) or 0 for pid in [self.proc.pid, *self.workers()])
 
     def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
         return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
@@ -101,8 +83,9 @@ class Server:
     def classify(self, image: bytes, query: str = "", conn=None, content_type: str = "image/jpeg"):
         return self.request("POST", f"/v1/classify{query}", image, {"Content-Type": content_type}, conn)
 
-    def metric(self, name: str, labels: dict | None = None) -> float:
-        """One sample of /metrics, read with prometheus_client's parser."""
+    def metric(self, name: str, labels: dict | None = None, default: float | None = None) -> float:
+        """One sample of /metrics, read with prometheus_client's parser (`default` when the
+        series does not exist yet, else KeyError)."""
         from prometheus_client.parser import text_string_to_metric_families
         status, _, text = self.request("GET", "/metrics")
         assert status == 200
@@ -110,6 +93,8 @@ class Server:
             for sample in family.samples:
                 if sample.name == name and (labels or {}).items() <= sample.labels.items():
                     return sample.value
+        if default is not None:
+            return default
         raise KeyError(name)
 
     def raw(self, data: bytes, then_read: bool = True, pause: float = 0.0) -> bytes:

@@ -8,11 +8,11 @@ import signal
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 import pytest
 
 from apps.infer import AUTO_WORKERS_FROM, choose_workers
+from apps.procs import processes
 from conftest import DEV_DIR
 from tests_helpers import run_module
 
@@ -52,14 +52,7 @@ def test_two_workers_answer_like_one_process(lite0_files, mixed_inputs):
 def _group_alive(pgid: int) -> bool:
     """Whether a running process is left in the group. Zombies do not count: an exited
     helper (multiprocessing's resource tracker) waits there until init reaps it."""
-    for stat in Path("/proc").glob("[0-9]*/stat"):
-        try:
-            fields = stat.read_text().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        if int(fields[2]) == pgid and fields[0] != "Z":      # state, ppid, pgrp
-            return True
-    return False
+    return any(p.pgrp == pgid and p.state != "Z" for p in processes())
 
 
 def test_ctrl_c_stops_workers_promptly(lite0_files, tmp_path):

@@ -14,7 +14,9 @@ import os
 import signal
 import socket
 import sys
+from dataclasses import asdict
 from pathlib import Path
+from urllib.parse import urlsplit
 
 from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ModelError, __version__
 from runtime.backends import BACKENDS
@@ -112,6 +114,16 @@ class _OneLine(logging.Handler):
         print(f"effnet-serve: {lines[0]}{detail}", file=sys.stderr, flush=True)
 
 
+def served_at(banner: str) -> tuple[str, str, int] | None:
+    """(URL, host, port) from the line effnet-serve prints once it is ready, else None: for
+    programs that start it with --port 0."""
+    words = banner.split()
+    if len(words) < 2 or "://" not in words[1]:
+        return None
+    parts = urlsplit(words[1])
+    return words[1], parts.hostname, parts.port
+
+
 def fail(message: str) -> int:
     print(f"effnet-serve: error: {message}", file=sys.stderr, flush=True)
     return 2
@@ -137,10 +149,9 @@ def main(argv=None) -> int:
         return fail(str(e))
     summary = model_summary(clf, args.model, args.workers, args.threads)
     clf.close()         # each worker opens its own; this one checked the file and described it
-    settings = Settings(model=str(args.model), options={"num_threads": args.threads, "backend": args.backend,
-                                                        "exact": args.exact, "max_results": args.top_k},
-                        summary=summary, workers=args.workers, max_queue=args.max_queue,
-                        max_upload=int(args.max_upload_mb * 1e6), timeout=args.timeout, top_k=args.top_k)
+    settings = Settings(model=str(args.model), options=asdict(options), summary=summary, workers=args.workers,
+                        max_queue=args.max_queue, max_upload=int(args.max_upload_mb * 1e6),
+                        timeout=args.timeout, top_k=args.top_k)
     try:
         sock = listen(args.host, args.port)
     except OSError as e:

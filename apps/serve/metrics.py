@@ -5,16 +5,15 @@ reply, and the pool's state (queue, workers, their memory) is read when scraped.
 """
 from __future__ import annotations
 
-import os
-
 from prometheus_client import (CollectorRegistry, Counter, Histogram, ProcessCollector, disable_created_metrics,
                                generate_latest)
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
+from ..procs import resident_bytes
+
 LATENCY_BUCKETS = (.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10, 30)
 ROUTES = {"/", "/v1/classify", "/v1/model", "/healthz", "/metrics"}     # others count as "other"
 CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
-_PAGE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
 
 
 class ServiceMetrics:
@@ -35,8 +34,7 @@ class ServiceMetrics:
         r.register(_PoolCollector(pool))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
-        route = route if route in ROUTES or route.startswith("/static/") else "other"
-        route = "/static" if route.startswith("/static/") else route
+        route = "/static" if route.startswith("/static/") else route if route in ROUTES else "other"
         self.requests.labels(route, str(status)).inc()
         self.latency.labels(route).observe(seconds)
 
@@ -69,12 +67,3 @@ class _PoolCollector:
             if size is not None:
                 rss.add_metric([str(w.slot)], size)
         yield rss
-
-
-def resident_bytes(pid: int) -> int | None:
-    """A process's resident set size from /proc (Linux), or None."""
-    try:
-        with open(f"/proc/{pid}/statm") as f:
-            return int(f.read().split()[1]) * _PAGE
-    except (OSError, ValueError, IndexError):
-        return None
