@@ -24,7 +24,7 @@ from PIL import Image
 
 from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
                      ModelError, __version__)
-from runtime.backends import BACKENDS
+from runtime.backends import BACKENDS, KIND_BY_SUFFIX
 from runtime.preprocess import preprocess
 
 from runtime.quiet import Captured
@@ -36,6 +36,8 @@ EXAMPLES = """\
 examples:
   on the reference machine (x86):
     effnet-check write ref/ --model lite0_int8.tflite --model lite0_s8s8.onnx photos/*.jpg
+  the same, with the int8 ONNX file's own QDQ semantics (the same on every CPU) as reference:
+    effnet-check write ref/ --backend onnxruntime-reference -m lite0_int8.tflite -m lite0_s8s8.onnx photos/*.jpg
   on the board, with the same model files and photos copied over:
     effnet-check compare ref/ --models-dir . --images-dir photos/
     effnet-check compare ref/ --strict          # raw outputs must be bit-identical
@@ -63,6 +65,14 @@ def _open(path, backend):
         return Classifier.from_file(path, ClassifierOptions(backend=backend, num_threads=1))
 
 
+def _for_kind(backend: str | None, model: Path) -> str | None:
+    """`--backend` applies to the models of its file type (e.g. onnxruntime-reference for the
+    .onnx files of a mixed reference); the others take their default."""
+    if backend in BACKENDS and KIND_BY_SUFFIX.get(model.suffix.lower()) != BACKENDS[backend][0]:
+        return None
+    return backend
+
+
 def _raw(clf, crop: np.ndarray) -> np.ndarray:
     return np.asarray(clf.backend.run(clf.io.to_input(crop))).reshape(-1)
 
@@ -73,7 +83,7 @@ def write(out: Path, models: list[Path], images: list[Path], backend=None) -> di
            "images": [{"file": p.name, "sha256": _sha256(p.read_bytes())} for p in images],
            "models": []}
     for model in models:
-        clf = _open(model, backend)
+        clf = _open(model, _for_kind(backend, model))
         size = clf.io.config.size
         crop_dir = out / "crops" / f"{model.stem}"
         crop_dir.mkdir(parents=True, exist_ok=True)
@@ -95,15 +105,9 @@ def write(out: Path, models: list[Path], images: list[Path], backend=None) -> di
 
 
 def _step(entry: dict) -> float | None:
-    """The output quantization step: the tensor's scale, or for an int8 model with float
-    output (ONNX QDQ: the logits leave through a DequantizeLinear) the grid its values lie on."""
-    if entry["output_dtype"] in ("int8", "uint8"):
-        return 1.0
-    if entry.get("precision") == "int8":
-        values = np.unique(np.concatenate([np.asarray(r["raw"]) for r in entry["results"]]))
-        gaps = np.diff(values)
-        return float(gaps[gaps > 0].min()) if gaps.size else None
-    return None
+    """The output quantization step: 1 for integer outputs, else None (float outputs, our
+    int8 ONNX files' float logits included: differences are then relative)."""
+    return 1.0 if entry["output_dtype"] in ("int8", "uint8") else None
 
 
 def _difference(ref: np.ndarray, got: np.ndarray, step: float | None) -> float:
@@ -180,7 +184,8 @@ def parse_args(argv=None):
     c.add_argument("--strict", action="store_true", help="raw outputs must be bit-identical")
     c.add_argument("--json", type=Path, help="also write the comparison as JSON here")
     for q in (w, c):
-        q.add_argument("--backend", choices=list(BACKENDS))
+        q.add_argument("--backend", choices=list(BACKENDS),
+                       help="for the models of its file type (default: by file type)")
     p.add_argument("--version", action="version", version=f"effnet-check {__version__}")
     return p.parse_args(argv)
 

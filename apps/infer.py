@@ -159,6 +159,9 @@ def model_info(clf) -> list[str]:
                  f"std {tuple(round(s, 4) for s in cfg.std)}")
     lines.append(f"output: {len(io.labels)} classes, "
                  f"{'probabilities' if io.output_is_probability else 'logits (softmax applied here)'}")
+    safe = ("pair-safe int8 weights (the same answers on every CPU class)" if meta and meta.pair_safe
+            else "int8 weights not known to be pair-safe" if clf.backend.quantized else "")
+    lines.append(f"cpu: int8 class {clf.cpu_int8_class}" + (f"; file: {safe}" if safe else ""))
     return lines
 
 
@@ -199,6 +202,8 @@ def run(args) -> int:
     if args.verbose:
         for line in model_info(clf):
             print(f"  {line}", file=sys.stderr)
+    if clf.int8_caveat:
+        print(f"effnet-infer: warning: {clf.int8_caveat}", file=sys.stderr)
     load_ms = (time.perf_counter() - load_start) * 1e3
     if args.video:
         from .video import run as run_video

@@ -1,6 +1,7 @@
 """The Raspberry Pi check under emulation: Debian userlands for arm64 and armhf run by
 qemu-user, the runtime installed from a wheel built from this checkout, and our files (made
-here on x86) compared with the x86 answers of the same run.
+here on x86) compared with the x86 answers of the same run (int8 ONNX files: with their
+QDQ reference semantics, which do not depend on the x86 CPU class).
 
     python -m benchmarks.arm_emulation --files DIR --photos DIR [--targets pi5-bookworm,...]
 
@@ -182,8 +183,11 @@ class Emulator:
 
 
 def x86_reference(files: list[Path], photos: list[Path], ref: Path) -> None:
+    """The answers the boards must give: TFLite files as LiteRT runs them here (XNNPACK's
+    int8 kernels are exact), int8 ONNX files by their QDQ semantics, not by whatever int8
+    kernels this x86 CPU happens to have (runtime/cpu.py)."""
     from apps.check import write
-    write(ref, files, photos)
+    write(ref, files, photos, backend="onnxruntime-reference")
 
 
 def x86_top1(model: Path, photos: list[Path]) -> list[int]:

@@ -47,7 +47,8 @@ TARGETS = {t.name: t for t in (
            "qemu-aarch64-static", "cortex-a76", PI5_CPUINFO, "tflite,onnx,serve", AARCH64_TAGS,
            formats=("tflite", "onnx")),
     Target("pi4-bookworm", "Pi 4, 64-bit Pi OS (bookworm)", "arm64", "bookworm", "3.11",
-           "qemu-aarch64-static", "cortex-a72", PI4_CPUINFO, "tflite", AARCH64_TAGS),
+           "qemu-aarch64-static", "cortex-a72", PI4_CPUINFO, "tflite,onnx", AARCH64_TAGS,
+           formats=("tflite", "onnx")),
     Target("pi5-trixie", "Pi 5, 64-bit Pi OS (trixie)", "arm64", "trixie", "3.13",
            "qemu-aarch64-static", "cortex-a76", PI5_CPUINFO, "tflite", AARCH64_TAGS),
     # qemu-arm has no cortex-a72 model; "max" is an ARMv8 core in AArch32 mode, as a Pi 4

@@ -24,6 +24,7 @@ from runtime.variants import get_variant
 
 from .candidates import file_candidates, peak_rss_mb, torch_candidates
 from .machine import machine_info
+from .recommend import add_agreement, format_advice, recommend
 from .photos import SIZES, decode, decode_draft, make_jpegs, source_photo
 from .stats import median_ratio, summarize
 
@@ -32,6 +33,7 @@ examples:
   effnet-bench lite0_int8.tflite lite0_fp32.tflite --torch lite0 --threads 1,2
   effnet-bench models/*.tflite models/*.onnx --torch lite0 --json bench.json --plot bench.png
   effnet-bench lite0_int8.tflite --quick          (a few seconds; for CI or a first look)
+  effnet-bench lite0_{int8,fp32}.{tflite,onnx} --mode invoke --data photos/   (ends with the file to deploy here)
   effnet-bench lite0_int8.tflite --all-backends   (LiteRT and tflite-runtime, if both installed)
   effnet-bench lite0_int8.tflite --mode throughput --data photos/ --workers 1,2 --threads 1,2
   effnet-bench lite0_int8.tflite --mode service --data photos/    (effnet-serve vs in-process)
@@ -55,7 +57,10 @@ def parse_args(argv=None):
                    help="invoke (prepared tensor) and/or e2e (JPEG bytes to top-5); default both; "
                         "or throughput (images/s on --data over a --workers x --threads grid), "
                         "or service (effnet-serve with --workers vs in-process, on --data)")
-    p.add_argument("--data", type=Path, help="throughput, service: a folder of images")
+    p.add_argument("--data", type=Path,
+                   help="throughput, service: a folder of images; invoke/e2e: photos on which each "
+                        "file's top-1 agreement with the fp32 file of its variant is measured, for "
+                        "the closing recommendation (the first 200)")
     p.add_argument("--workers", default=[1, 2], type=positive_ints,
                    help="throughput, service: worker counts (1,2)")
     p.add_argument("--repeat", type=positive_int, default=5,
@@ -89,6 +94,8 @@ def parse_args(argv=None):
         check_model_files(p, args.models)
         check_output(p, args.json, "--json")
         return args
+    if args.data is not None and not args.data.is_dir():
+        p.error(f"--data {args.data}: no such folder")
     if not args.modes or any(m not in ("invoke", "e2e") for m in args.modes):
         p.error("--mode takes invoke and/or e2e, or throughput or service alone")
     if not args.models and not args.torch:
@@ -188,6 +195,8 @@ def run(args) -> dict:
     for name, row in rows.items():
         row["name"] = name
     report["checks"] = checks(report)
+    report["agreement_photos"] = add_agreement(report["candidates"], args.data) if args.data else 0
+    report["recommendation"] = recommend(report["candidates"])
     return report
 
 
@@ -251,7 +260,7 @@ def checks(report) -> list[dict]:
 
 def print_report(report) -> None:
     m = report["machine"]
-    print(f"machine: {m['cpu']} ({m['cores']} cores), Python {m['python']}; "
+    print(f"machine: {m['cpu']}, int8 class {m.get('cpu_int8_class', '?')} ({m['cores']} cores), Python {m['python']}; "
           f"{report['config']['runs']} interleaved rounds; baseline: {report['baseline']}")
     rows = report["candidates"]
     if any("invoke" in r for r in rows):
@@ -286,6 +295,8 @@ def print_report(report) -> None:
                      f" {c['floor_if_640x480_on_target']:.2f} if 640x480 met its target"
                      if "floor" in c else "")
             print(f"  [{'ok' if c['ok'] else 'MISSED'}] {c['check']}: {c['ratio']:.2f} (target {c['target']}{floor})")
+    if report.get("recommendation"):
+        print(format_advice(report["recommendation"], report["agreement_photos"]))
 
 
 def main(argv=None) -> int:

@@ -134,6 +134,7 @@ class Exporter:
             meta.mean, meta.calibration = [128 / 255] * 3, dict(self.quantized.calibration)
             meta.input_dtype, meta.input_scale = io, PIXEL_SCALE if io != "float32" else 0.0
             meta.input_zero_point = 128 if io == "uint8" else 0
+            meta.pair_safe = fmt == "onnx"        # onnx_writer writes the pair-safe weights
         return meta
 
     def _tflite_metadata(self, meta: ModelMetadata, io: str) -> tuple[dict, dict]:
@@ -270,6 +271,16 @@ class Exporter:
 
 
 def _umask() -> int:
-    mask = os.umask(0)
+    """The process umask, read without changing it (os.umask would set it for a moment, and
+    another thread's files created then would get the wrong mode). Without /proc (not
+    Linux) only the set-and-restore remains."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o077)      # the briefest, safest value for that moment
     os.umask(mask)
     return mask

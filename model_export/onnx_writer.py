@@ -6,6 +6,8 @@ DequantizeLinear of integer initializers. onnxruntime fuses DQ→Conv→Q into Q
 Activations are uint8 by default (U8S8, about twice as fast on x86 as S8S8) with the
 zero points shifted by 128 - the very same real values; `activations="int8"` gives S8S8.
 With `softmax`, a float Softmax after the logits makes the model output probabilities.
+Weights are the pair-safe set (quantize.py), so that x86 kernels without VNNI, which add two
+u8 x s8 products in int16, give the file's own answers instead of saturated ones.
 """
 from __future__ import annotations
 
@@ -83,9 +85,10 @@ def write_fp32(graph: Graph, metadata: str, doc: str = "", softmax: bool = False
 
 
 def write_int8(qg: QuantizedGraph, metadata: str, doc: str = "", activations: str = "uint8",
-               softmax: bool = False) -> bytes:
+               softmax: bool = False, pair_safe: bool = True) -> bytes:
     """QDQ int8 model: integer image input (uint8 pixel or int8 pixel − 128), float logits
-    (or probabilities) out."""
+    (or probabilities) out. `pair_safe=False` writes TFLite's plain 8-bit weights instead
+    (files that saturate on x86 without VNNI: for measuring that, not for use)."""
     if activations not in ACTIVATION_TYPES:
         raise ValueError(f"activations must be one of {ACTIVATION_TYPES}, not {activations!r}")
     unsigned = activations == "uint8"
@@ -118,15 +121,19 @@ def write_int8(qg: QuantizedGraph, metadata: str, doc: str = "", activations: st
 
     # The graph input "input" is the integer image; ops read its dequantized twin.
     float_name = {INPUT: dq(INPUT + "/dq", INPUT, qparams=INPUT)}
+    weights = qg.pair_safe if pair_safe else qg.weights
     for op in qg.graph.ops:
         w = bias = None
         if op.weight is not None:
-            qw = qg.weights[op.output]
+            qw = weights[op.output]
             w = const_dq(op.output + "/weight", qw.weight, qw.scales)
             bias_scales = np.float64(qg.act[op.inputs[0]].scale) * qw.scales.astype(np.float64)
             bias = const_dq(op.output + "/bias", qw.bias, bias_scales)
+        if op.output == OUTPUT:     # float logits straight from the classifier (QGemm, float out):
+            _layer(b, op, [float_name.get(i, i) for i in op.inputs], OUTPUT, w, bias)
+            continue                # no 8-bit rounding, so no tied classes from it
         y = _layer(b, op, [float_name.get(i, i) for i in op.inputs], op.output + "/f", w, bias)
-        q_then_dq(op.output, y)     # the last one's DequantizeLinear yields the float logits
+        q_then_dq(op.output, y)
     in_type = TensorProto.UINT8 if unsigned else TensorProto.INT8
     return _model(b, qg.graph, in_type, metadata, doc, softmax)
 

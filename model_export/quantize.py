@@ -4,6 +4,16 @@ The TFLite int8 scheme: weights symmetric per output channel (zero point 0, ±12
 activations asymmetric per tensor, bias int32 at input scale × weight scale, ReLU6
 expressed by the output range. The classifier's weights are per tensor so that the
 FULLY_CONNECTED op also loads in tflite-runtime 2.14 (the Raspberry Pi runtime).
+
+ONNX files get a second set of weights, *pair-safe*: x86 int8 kernels without VNNI
+(onnxruntime's AVX2 and AVX-512BW GEMMs) multiply uint8 activations by int8 weights with
+vpmaddubsw, which adds two neighbouring products in a saturating int16. With activations up to
+255, that sum stays in range for every pairing the kernel may choose if, in each output channel,
+the two largest positive weights add up to at most 128 and the two largest negative ones to at
+least -128. Each channel keeps its 8-bit scale unless that rule binds, and then takes the
+smallest scale that meets it (a 7-bit scale at worst). Depthwise kernels widen to 16 bits
+before adding, so depthwise weights stay as TFLite's. XNNPACK widens too: .tflite files keep
+the plain 8-bit weights.
 """
 from __future__ import annotations
 
@@ -16,6 +26,9 @@ from .graph import INPUT, OUTPUT, Graph
 # Integer input: int8 = pixel - 128, uint8 = pixel; the real value (pixel - 128)/127.5
 # (see graph.with_pixel_input).
 PIXEL_SCALE = 1.0 / 127.5
+# u8 x s8 products two by two in int16: 255 x PAIR_LIMIT <= 32767
+PAIR_LIMIT = 32767 // 255
+BIAS_LIMIT = 2**30     # |int32 bias|, with room left for the accumulated products
 
 
 @dataclass(frozen=True)
@@ -47,16 +60,47 @@ class QuantWeights:
 class QuantizedGraph:
     graph: Graph
     act: dict                               # tensor name → QParams
-    weights: dict                           # op output name → QuantWeights
+    weights: dict                           # op output name → QuantWeights (TFLite)
     calibration: dict = field(default_factory=dict)
+    pair_safe: dict = field(default_factory=dict)   # the same for ONNX (see the module doc)
 
 
-def quantize_weights(weight: np.ndarray, per_channel: bool = True) -> tuple[np.ndarray, np.ndarray]:
+def _top2(q: np.ndarray) -> np.ndarray:
+    """Per row, the larger of (sum of the two largest positive values) and (the same of the
+    negative values, as a magnitude): the largest pair sum in units of the activation."""
+    pos = np.sort(np.maximum(q, 0), axis=1)[:, -2:].sum(1)
+    neg = np.sort(np.maximum(-q, 0), axis=1)[:, -2:].sum(1)
+    return np.maximum(pos, neg)
+
+
+def pair_sum(q_weight: np.ndarray) -> np.ndarray:
+    """The largest same-sign pair of integer weights per output channel (|sum|)."""
+    return _top2(q_weight.astype(np.int64).reshape(q_weight.shape[0], -1))
+
+
+def quantize_weights(weight: np.ndarray, per_channel: bool = True, pair_safe: bool = False,
+                     min_scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights and their scales; `pair_safe` also bounds every same-sign
+    pair per output channel by PAIR_LIMIT (see the module doc); `min_scales` are lower
+    bounds per output channel."""
     w = weight.astype(np.float64).reshape(weight.shape[0], -1)
-    amax = np.abs(w).max(1) if per_channel else np.full(w.shape[0], np.abs(w).max())
-    scales = np.maximum(amax, 1e-12) / 127.0
-    scales = scales.astype(np.float32).astype(np.float64)   # the scale the file stores
-    q = np.clip(np.round(w / scales[:, None]), -127, 127).astype(np.int8).reshape(weight.shape)
+    scales = np.maximum(np.abs(w).max(1), 1e-12) / 127.0
+    if min_scales is not None:
+        scales = np.maximum(scales, min_scales)
+    if pair_safe:
+        scales = np.maximum(scales, _top2(w) / PAIR_LIMIT)
+    if not per_channel:
+        scales = np.full(w.shape[0], scales.max())
+
+    def rounded(sc):
+        sc = sc.astype(np.float32).astype(np.float64)   # the scale the file stores
+        return np.clip(np.round(w / sc[:, None]), -127, 127), sc
+
+    q, scales = rounded(scales)
+    while pair_safe and (_top2(q) > PAIR_LIMIT).any():  # rounding up can break the bound
+        scales = scales * np.where(_top2(q) > PAIR_LIMIT if per_channel else True, 1 + 2**-10, 1)
+        q, scales = rounded(scales)
+    q = q.astype(np.int8).reshape(weight.shape)
     return q, (scales if per_channel else scales[:1]).astype(np.float32)
 
 
@@ -80,20 +124,31 @@ def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None,
     if not graph.pixel_input:
         raise ValueError("quantize a graph with integer pixel input (graph.with_pixel_input)")
     act = {INPUT: QParams(float(np.float32(PIXEL_SCALE)), 0)}
-    weights = {}
+    weights, pair_safe = {}, {}
+
+    def quantized(op, safe: bool) -> QuantWeights:
+        in_scale = np.float64(act[op.inputs[0]].scale)
+        # a channel with (almost) no weight but a large bias (BatchNorm folded into a dead
+        # channel) would need an int32 bias past 2^31: a coarser weight scale keeps it within
+        # 2^30, leaving the accumulator room for the products (at most K x 255 x 128 < 2^27)
+        min_scales = np.abs(op.bias.astype(np.float64)) / (in_scale * BIAS_LIMIT)
+        q, scales = quantize_weights(op.weight, per_channel=op.kind != "fc", pair_safe=safe,
+                                     min_scales=min_scales)
+        bias_scale = in_scale * scales.astype(np.float64)
+        bias = op.bias.astype(np.float64)
+        if channel_means is not None and op.inputs[0] in channel_means:
+            bias = bias - bias_correction(op, q, scales, channel_means[op.inputs[0]])
+        bias = np.clip(np.round(bias / bias_scale), -BIAS_LIMIT, BIAS_LIMIT).astype(np.int32)
+        return QuantWeights(q, scales, bias)
+
     for op in graph.ops:
         lo, hi = ranges[op.output]
         if op.kind in ("conv", "dwconv") and op.relu6:
             lo, hi = 0.0, min(hi, 6.0)
         act[op.output] = QParams.from_range(lo, hi)
         if op.weight is not None:
-            q, scales = quantize_weights(op.weight, per_channel=op.kind != "fc")
-            in_scale = np.float64(act[op.inputs[0]].scale)
-            bias_scale = in_scale * scales.astype(np.float64)
-            bias = op.bias.astype(np.float64)
-            if channel_means is not None and op.inputs[0] in channel_means:
-                bias = bias - bias_correction(op, q, scales, channel_means[op.inputs[0]])
-            bias = np.clip(np.round(bias / bias_scale), -2**31, 2**31 - 1).astype(np.int32)
-            weights[op.output] = QuantWeights(q, scales, bias)
+            weights[op.output] = quantized(op, safe=False)
+            pair_safe[op.output] = (weights[op.output] if op.kind == "dwconv"
+                                    else quantized(op, safe=True))
     assert OUTPUT in act
-    return QuantizedGraph(graph, act, weights, dict(calibration or {}))
+    return QuantizedGraph(graph, act, weights, dict(calibration or {}), pair_safe)

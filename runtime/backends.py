@@ -23,7 +23,12 @@ BACKENDS = {
     "tflite-runtime": ("tflite", "tflite_runtime.interpreter", "tflite-legacy"),
     "tensorflow": ("tflite", "tensorflow", None),
     "onnxruntime": ("onnx", "onnxruntime", "onnx"),
+    # graph optimizations off: an int8 file's QDQ semantics computed in float, the same on
+    # every CPU class (the reference int8 kernels are checked against; several times slower)
+    "onnxruntime-reference": ("onnx", "onnxruntime", "onnx"),
 }
+# op types that make an ONNX graph an integer (quantized) one
+_QUANTIZED_OPS = re.compile(rb"QuantizeLinear|QLinear[A-Z]|ConvInteger|MatMulInteger")
 KIND_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 # Neither format holds more in one file (flatbuffers and protobuf stop at 2 GiB); checked
 # before anything is read, so a huge or sparse file costs nothing
@@ -50,6 +55,7 @@ class Backend:
         self.metadata: bytes | None = None                 # our JSON document
         self.standard: StandardMetadata | None = None      # standard TFLite Model Metadata
         self.digest: str | None = None                     # verified "sha256:…", None: none
+        self.quantized = False                             # integer kernels inside
 
     def _checked_map(self) -> mmap.mmap:
         """The file mapped read-only (no copy in memory), after the size and identifier
@@ -127,13 +133,17 @@ class OnnxBackend(Backend):
     name = "onnxruntime"
     kind = "onnx"
 
-    def __init__(self, path, num_threads, ort):
+    def __init__(self, path, num_threads, ort, reference: bool = False):
         super().__init__(path, num_threads)
         options = ort.SessionOptions()
         if num_threads:
             options.intra_op_num_threads = num_threads
         options.log_severity_level = 3
-        self._checked_map().close()
+        if reference:
+            self.name = "onnxruntime-reference"
+            options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+        with self._checked_map() as mapped:
+            self.quantized = _QUANTIZED_OPS.search(mapped) is not None
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
@@ -207,12 +217,12 @@ def open_model(path: str | os.PathLike, backend: str | None = None,
             raise ModelError(f"{path}: backend {backend} cannot run .{kind} files")
         candidates = [backend]
     else:
-        candidates = [n for n, (k, _, _) in BACKENDS.items() if k == kind]
+        candidates = [n for n, (k, _, _) in BACKENDS.items() if k == kind and n != "onnxruntime-reference"]
     for name in candidates:
         if kind == "onnx":
             ort = _import("onnxruntime")
             if ort is not None:
-                return OnnxBackend(path, num_threads, ort)
+                return OnnxBackend(path, num_threads, ort, reference=name == "onnxruntime-reference")
         else:
             cls = _interpreter_class(name)
             if cls is not None:

@@ -19,6 +19,7 @@ from typing import Iterable, Iterator
 import numpy as np
 
 from .backends import open_model
+from .cpu import int8_class
 from .errors import ImageError, ModelError
 from .model_io import inspect_model
 from .preprocess import DEFAULT_MAX_PIXELS, preprocess
@@ -32,6 +33,7 @@ class ClassifierOptions:
     category_denylist: list | None = None
     num_threads: int | None = None
     backend: str | None = None                # litert | tflite-runtime | tensorflow | onnxruntime
+                                              # | onnxruntime-reference (int8 QDQ semantics, any CPU)
     exact: bool = False                       # bit-identical reference preprocessing (slower)
     max_pixels: int = DEFAULT_MAX_PIXELS
     # Preprocessing overrides (for models without metadata, or to experiment)
@@ -84,6 +86,26 @@ class Classifier:
     @property
     def metadata(self):
         return self.io.metadata
+
+    @property
+    def cpu_int8_class(self) -> str:
+        """This CPU's int8 class, e.g. "x86-64 AVX2 (no VNNI)" (runtime.cpu)."""
+        return int8_class().name
+
+    @property
+    def int8_caveat(self) -> str:
+        """Why this file's answers may differ on this CPU class, or "" when they should not:
+        an int8 ONNX file without pair-safe weights, run by saturating int8 kernels."""
+        b, meta = self.backend, self.io.metadata
+        if b is None or b.kind != "onnx" or b.name == "onnxruntime-reference" or not b.quantized:
+            return ""
+        if meta is not None and meta.pair_safe or not int8_class().saturates:
+            return ""
+        made = "was not made pair-safe" if meta is not None else "was not made by effnet-lite-edge"
+        return (f"this int8 ONNX file {made}: on this CPU ({int8_class().name}) onnxruntime's "
+                "int8 kernels add two products in int16, which such a file can overflow, so its "
+                "answers may differ from other machines' (re-export it, or use --backend "
+                "onnxruntime-reference or a .tflite file)")
 
     def _mask(self, items) -> np.ndarray | None:
         if items is None:

@@ -52,6 +52,8 @@ class ModelMetadata:
     labels: list = field(default_factory=list)
     exporter: str = ""
     untrained: bool = False
+    # int8 weights bounded so that no two u8 x s8 products overflow int16 (x86 without VNNI)
+    pair_safe: bool = False
     digest: str = ""                 # "sha256:…" of the file (runtime.integrity)
 
     def to_json(self, omit: tuple = ()) -> str:
@@ -121,8 +123,9 @@ class ModelMetadata:
         if not isinstance(self.labels, list) or not all(
                 isinstance(x, str) and len(x) <= MAX_LABEL_CHARS for x in self.labels):
             bad("labels", f"must be a list of names (strings of at most {MAX_LABEL_CHARS} characters)")
-        if not isinstance(self.untrained, bool):
-            bad("untrained", f"must be true or false, not {_show(self.untrained)}")
+        for name in ("untrained", "pair_safe"):
+            if not isinstance(getattr(self, name), bool):
+                bad(name, f"must be true or false, not {_show(getattr(self, name))}")
         if self.digest and not DIGEST_RE.match(self.digest):
             bad("digest", "is not 'sha256:' and 64 hex digits")
 

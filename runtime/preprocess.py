@@ -12,7 +12,9 @@ from __future__ import annotations
 import io
 import math
 import os
+import struct
 import warnings
+import zlib
 from dataclasses import dataclass
 
 import numpy as np
@@ -129,6 +131,14 @@ def _check_size(name: str, w: int, h: int, config: PreprocessConfig | None, max_
                              f"resize would make it {tw}x{th})")
 
 
+# What Pillow's decoders raise on damaged data (OSError: truncated or broken streams,
+# SyntaxError: some plugins' "broken file", zlib.error and struct.error from the
+# formats' own parsing, the rest from malformed tables). MemoryError, TypeError and the like
+# are not caught: a bug stays a bug, and a lack of memory is not a damaged photo.
+DECODE_ERRORS = (OSError, SyntaxError, ValueError, EOFError, IndexError, KeyError,
+                 struct.error, zlib.error)
+
+
 def _open(source, config, draft, max_pixels) -> tuple[Image.Image, tuple[int, int]]:
     """(upright RGB image, its upright size before any draft reduction)."""
     name = _describe(source)
@@ -144,7 +154,7 @@ def _open(source, config, draft, max_pixels) -> tuple[Image.Image, tuple[int, in
         try:
             source.load()       # a lazily opened file decodes here: its errors are ours to report
             img = _to_rgb(_upright(source, source.getexif().get(_ORIENTATION, 1)))
-        except Exception as e:  # noqa: BLE001 - Pillow raises many types for damaged data
+        except DECODE_ERRORS as e:
             raise ImageError(f"{name}: cannot decode image ({first_line(e)})") from None
         return img, img.size
     if not isinstance(source, (str, os.PathLike, bytes, bytearray, memoryview)) and not hasattr(source, "read"):
@@ -173,7 +183,7 @@ def _open(source, config, draft, max_pixels) -> tuple[Image.Image, tuple[int, in
         raise ImageError(f"{name}: not an image Pillow can read") from None
     except Image.DecompressionBombError as e:
         raise ImageError(f"{name}: {e}") from None
-    except Exception as e:  # noqa: BLE001 - Pillow raises many types for damaged data
+    except DECODE_ERRORS as e:
         raise ImageError(f"{name}: cannot decode image ({first_line(e)})") from None
 
 

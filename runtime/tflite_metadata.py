@@ -176,13 +176,15 @@ def packed_files(data) -> list[str]:
 
 
 def _read_packed(data, name: str) -> bytes:
+    missing = f"its metadata names the labels file {name!r}, which is not packed in the model"
+    if data.rfind(b"PK\x05\x06") < 0:     # no zip's end record at all: nothing was packed
+        raise ValueError(missing + " (it has no packed files)")
     try:
         with zipfile.ZipFile(_seekable(data)) as z:
             try:
                 info = z.getinfo(name)
             except KeyError:
-                raise ValueError(f"its metadata names the labels file {name!r}, which is not "
-                                 "packed in the model") from None
+                raise ValueError(missing) from None
             if info.file_size > MAX_LABELS_BYTES:
                 raise ValueError(f"packed labels file {name!r} is {info.file_size} bytes")
             return z.read(info)

@@ -10,6 +10,7 @@ import pytest
 
 from runtime.preprocess import PreprocessConfig, normalize, preprocess
 from runtime.variants import get_variant
+from tests_helpers import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -27,7 +28,7 @@ def dev_rows() -> list[dict]:
     """(file, class_index) rows sorted by file name, or a skip when the folder is absent."""
     labels = DEV_DIR / "labels.csv"
     if not labels.is_file():
-        pytest.skip(f"dev photos not found at {DEV_DIR} (CI has them beside the clone)")
+        unavailable(f"dev photos not found at {DEV_DIR} (CI has them beside the clone)")
     with open(labels, newline="") as f:
         rows = sorted(csv.DictReader(f), key=lambda r: r["file"])
     return [{"path": DEV_DIR / r["file"], "label": int(r["class_index"])} for r in rows]
@@ -58,6 +59,27 @@ def calibration_folder(tmp_path_factory) -> tuple[Path, int]:
     if (DEV_DIR / "labels.csv").is_file():
         return DEV_DIR, 100
     return photo_folder(tmp_path_factory.mktemp("photos")), len(SKIMAGE_PHOTOS)
+
+
+def calibrated_lite0(tmp_path_factory):
+    """An Exporter of Lite0 calibrated on calibration_folder's photos."""
+    from model_export.export import Exporter
+    folder, count = calibration_folder(tmp_path_factory)
+    exporter = Exporter("lite0", log=lambda m: None)
+    exporter.calibrate(folder, count)
+    return exporter
+
+
+def write_plain_int8_onnx(exporter, path: Path, io: str = "uint8") -> Path:
+    """An int8 ONNX file with TFLite's plain 8-bit weights (not pair-safe, and its metadata
+    says so): what saturates on x86 without VNNI, for tests that must see that."""
+    from model_export.onnx_writer import write_int8
+    from runtime import integrity
+    meta = exporter.metadata("int8", "onnx", io)
+    meta.digest, meta.pair_safe = integrity.PLACEHOLDER, False
+    path.write_bytes(integrity.seal(write_int8(exporter.quantized, meta.to_json(), activations=io,
+                                               pair_safe=False)))
+    return path
 
 
 def variant_config(name: str, size: int | None = None) -> PreprocessConfig:

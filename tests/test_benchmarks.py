@@ -167,21 +167,42 @@ def test_dataset_layouts(lite0_files, tmp_path):
 
 
 def test_eval_reports_accuracy_and_agreement(lite0_files, tmp_path, capsys):
+    """effnet-eval's figures equal a count made here with the API: top-1 and top-5 against
+    the labels, top-1 agreement and KL(reference || model) against the fp32 reference."""
+    from runtime import Classifier, ClassifierOptions
     _, synset_dir, _ = labelled_folders(tmp_path, lite0_files["photos"])
     out = tmp_path / "eval.json"
-    code = evaluate.main([str(lite0_files["int8.tflite"]), str(lite0_files["fp32.onnx"]),
-                          "--data", str(synset_dir), "--json", str(out), "--reference", "fp32.onnx"])
+    names = ["int8.tflite", "uint8.tflite", "fp32.onnx"]
+    code = evaluate.main([str(lite0_files[n]) for n in names] + [
+        "--data", str(synset_dir), "--json", str(out), "--reference", "fp32.onnx"])
     assert code == 0
     report = json.loads(out.read_text())
-    assert report["images"] == 3
+    items = labelled_images(synset_dir)
+    labels = np.array([label for _, label in items])
+    assert report["images"] == len(items) == 3
+
+    def probabilities(name):
+        with Classifier.from_file(lite0_files[name], ClassifierOptions(max_results=-1)) as clf:
+            rows = []
+            for path, _ in items:
+                cats = clf.classify(path).categories
+                row = np.zeros(len(cats))
+                row[[c.index for c in cats]] = [c.score for c in cats]
+                rows.append(row)
+        return np.stack(rows)
+    probs = {n: probabilities(n) for n in names}
+    ref = probs["fp32.onnx"]
     by_model = {r["model"]: r for r in report["results"]}
-    ref = by_model["fp32.onnx"]
-    assert ref["top1_agreement"] == 1.0 and ref["mean_kl"] == pytest.approx(0.0, abs=1e-6)
-    int8 = by_model["int8.tflite"]
-    assert 0 <= int8["top1"] <= 1 and int8["top5"] >= int8["top1"] and int8["mean_kl"] > 0
-    # coffee → espresso and chelsea → a cat are right on both, so at least 2 of 3 correct
-    # for the exact class indices (chelsea may be tabby or tiger cat)
-    assert ref["top5"] >= 2 / 3
+    for n in names:
+        p, r = probs[n], by_model[n]
+        top5 = np.argsort(-p, axis=1)[:, :5]
+        assert r["top1"] == pytest.approx(np.mean(p.argmax(1) == labels))
+        assert r["top5"] == pytest.approx(np.mean([label in t for label, t in zip(labels, top5)]))
+        assert r["top1_agreement"] == pytest.approx(np.mean(p.argmax(1) == ref.argmax(1)))
+        eps = 1e-12
+        kl = np.mean(np.sum(ref * (np.log(ref + eps) - np.log(p + eps)), axis=1))
+        assert r["mean_kl"] == pytest.approx(kl, rel=1e-3, abs=1e-6)
+    assert by_model["int8.tflite"]["mean_kl"] > 0      # int8 differs from fp32, a little
     assert "top-1" in capsys.readouterr().out
 
 
@@ -233,3 +254,33 @@ evaluate.main(["--torch", "lite0", "--data", {str(synset_dir)!r}])
     assert "exit 0" in proc.stdout and "int8.tflite" in proc.stdout, proc.stderr
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     assert proc.stderr.strip().splitlines()[-1].startswith("effnet-eval: error: --torch needs PyTorch")
+
+
+def test_bench_recommends_the_fastest_equally_accurate_file(lite0_files, capsys):
+    """effnet-bench ends with the file to deploy on this CPU class: agreements with the fp32
+    file counted independently here, and the pick is the fastest within a point of the best."""
+    from benchmarks.recommend import WITHIN
+    from runtime import Classifier
+    from runtime.cpu import int8_class
+    from runtime.dataset import image_files
+    names = ["int8.tflite", "fp32.tflite", "int8.onnx", "fp32.onnx"]
+    code = latency.main([str(lite0_files[n]) for n in names] + [
+        "--mode", "invoke", "--threads", "1", "--quick", "--no-rss", "--data", str(lite0_files["photos"])])
+    out = capsys.readouterr().out
+    assert code == 0
+    photos = image_files(lite0_files["photos"])
+
+    def tops(path):
+        with Classifier.from_file(path) as clf:
+            return [clf.classify(p).categories[0].index for p in photos]
+    refs = {"tflite": tops(lite0_files["fp32.tflite"]), "onnx": tops(lite0_files["fp32.onnx"])}
+    ref = refs["tflite"]     # the first fp32 file of the variant is the reference for all
+    expected = {n: np.mean(np.array(tops(lite0_files[n])) == np.array(ref)) for n in names}
+    lines = {line.split()[0]: line for line in out.splitlines() if line.split() and line.split()[0] in names}
+    assert set(lines) == set(names)
+    best = max(expected.values())
+    speed = {n: float(lines[n].split()[4]) for n in names}     # the invoke median column
+    pick = min((n for n in names if expected[n] >= best - WITHIN), key=speed.get)
+    advice = next(line for line in out.splitlines() if line.startswith("recommendation"))
+    assert f"({int8_class().name}): {pick} [" in advice, (advice, expected, speed)
+    assert f"top-1 agreement with fp32 {expected[pick]:.1%} on {len(photos)} photos" in advice, advice

@@ -14,7 +14,7 @@ from PIL import Image
 from conftest import photo_folder
 from runtime.preprocess import PreprocessConfig, normalize, preprocess
 from runtime.variants import get_variant
-from tests_helpers import run_module
+from tests_helpers import require_module, run_module
 
 # scikit-image photo → a class name no ImageNet label has (so only the file can tell it)
 CLASSES = {"chelsea": "Chelsea the cat", "coffee": "morning café", "astronaut": "Eileen Collins",
@@ -104,7 +104,7 @@ def test_effnet_infer_names_our_classes(finetune, exported, fmt):
 
 
 def test_mediapipe_names_our_classes(finetune, exported):
-    pytest.importorskip("mediapipe.tasks.python.vision")
+    require_module("mediapipe.tasks.python.vision", "MediaPipe (test extra)")
     from mediapipe_helpers import MediaPipeClassifier, rgb
     clf = MediaPipeClassifier(exported["tflite"])
     try:

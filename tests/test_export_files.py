@@ -7,15 +7,16 @@ import json
 
 import numpy as np
 import pytest
+
+from tests_helpers import require_module
 import torch
 
-from conftest import calibration_folder, nchw_batch
-from model_export.export import Exporter
-from runtime import Classifier
+from conftest import calibrated_lite0, nchw_batch, write_plain_int8_onnx
+from runtime import Classifier, ClassifierOptions
 from runtime.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
 from runtime.tflite_metadata import read_metadata
 
-ai_edge_litert = pytest.importorskip("ai_edge_litert")
+ai_edge_litert = require_module("ai_edge_litert", "the export tests need LiteRT (tflite extra)")
 from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
 from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
@@ -23,9 +24,7 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory):
     """Lite0 calibrated once; every file in this module is written from it."""
-    folder, count = calibration_folder(tmp_path_factory)
-    exporter = Exporter("lite0", log=lambda m: None)
-    exporter.calibrate(folder, count)
+    exporter = calibrated_lite0(tmp_path_factory)
     out = tmp_path_factory.mktemp("lite0")
     files = {}
     for name, precision, fmt, io in [("fp32.tflite", "fp32", "tflite", None),
@@ -118,11 +117,17 @@ def test_io_variants_compute_the_same_model(lite0, photos):
         assert got[1].argmax() == base[1].argmax() == 967, name   # the espresso is no near-tie
 
 
-def test_int8_onnx_and_tflite_agree_on_dev_photos(lite0, dev):
+def test_int8_onnx_and_tflite_agree_on_dev_photos(lite0, dev, tmp_path):
+    """One calibration, two writers: an ONNX file with the TFLite file's own 8-bit weights,
+    run by its QDQ semantics, answers as the TFLite file does; the shipped ONNX file, whose
+    weights are pair-safe (one bit coarser at most), nearly so (measured: 97 % of 200)."""
     paths = [r["path"] for r in dev]
-    a = raw_outputs(lite0.files["int8.tflite"], paths)
-    b = raw_outputs(lite0.files["u8s8.onnx"], paths)
-    assert np.mean(a.argmax(1) == b.argmax(1)) >= 0.99
+    plain = write_plain_int8_onnx(lite0, tmp_path / "plain.onnx")
+    a = raw_outputs(lite0.files["int8.tflite"], paths).argmax(1)
+    clf = Classifier.from_file(plain, ClassifierOptions(backend="onnxruntime-reference"))
+    same_weights = np.stack([clf.backend.run(clf.preprocess(p)).reshape(-1) for p in paths]).argmax(1)
+    assert np.mean(a == same_weights) >= 0.99
+    assert np.mean(a == raw_outputs(lite0.files["u8s8.onnx"], paths).argmax(1)) >= 0.95
 
 
 def test_onnxruntime_fuses_the_qdq_graph(lite0, tmp_path):
@@ -165,7 +170,8 @@ def test_metadata_is_embedded(lite0):
 
 
 def test_both_writers_serialize_the_same_parameters(lite0):
-    """The int8 ONNX initializers are the very arrays of the TFLite file."""
+    """The int8 ONNX file's activation parameters are the TFLite file's, its depthwise weights
+    the very same arrays; its other weights are the pair-safe set of the same calibration."""
     import onnx
     from onnx import numpy_helper
     inits = {i.name: numpy_helper.to_array(i) for i in onnx.load(str(lite0.files["s8s8.onnx"])).graph.initializer}
@@ -174,12 +180,19 @@ def test_both_writers_serialize_the_same_parameters(lite0):
     by_name = {t.name.decode(): t for t in sg.tensors}
     stem_w = by_name["t0/weights"]
     data = np.frombuffer(model.buffers[stem_w.buffer].data.tobytes(), np.int8).reshape(stem_w.shape)
-    assert np.array_equal(data.transpose(0, 3, 1, 2), inits["t0/weight/q"])
-    assert np.allclose(stem_w.quantization.scale, inits["t0/weight/scale"])
+    qg = lite0.quantized
+    assert np.array_equal(data.transpose(0, 3, 1, 2), qg.weights["t0"].weight)
+    assert np.array_equal(inits["t0/weight/q"], qg.pair_safe["t0"].weight)
+    assert np.allclose(inits["t0/weight/scale"], qg.pair_safe["t0"].scales)
+    dw = next(op.output for op in qg.graph.ops if op.kind == "dwconv")
+    dw_t = by_name[f"{dw}/weights"]
+    dw_data = np.frombuffer(model.buffers[dw_t.buffer].data.tobytes(), np.int8).reshape(dw_t.shape)
+    assert np.array_equal(dw_data.transpose(3, 0, 1, 2), inits[f"{dw}/weight/q"])
+    assert np.allclose(dw_t.quantization.scale, inits[f"{dw}/weight/scale"])
     checked = 0
     for name, t in by_name.items():
         if "/" not in name and f"{name}/scale" in inits:      # activations
             assert np.isclose(t.quantization.scale[0], inits[f"{name}/scale"])
             assert t.quantization.zeroPoint[0] == inits[f"{name}/zp"]
             checked += 1
-    assert checked == 60      # one per op output
+    assert checked == 59      # one per op output but the logits (float in ONNX)

@@ -14,7 +14,7 @@ import pytest
 from apps.infer import AUTO_WORKERS_FROM, choose_workers
 from apps.procs import processes
 from conftest import DEV_DIR
-from tests_helpers import run_module
+from tests_helpers import readline_within, run_module
 
 
 def test_default_workers_only_for_many_images():
@@ -61,7 +61,7 @@ def test_ctrl_c_stops_workers_promptly(lite0_files, tmp_path):
                              str(lite0_files["int8.tflite"]), "-q", "--workers", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        assert proc.stdout.readline()          # workers are up and answering
+        assert readline_within(proc.stdout, 120, "first result from the workers")   # up and answering
         os.killpg(proc.pid, signal.SIGINT)     # Ctrl-C reaches the whole process group
         start = time.perf_counter()
         _, err = proc.communicate(timeout=15)

@@ -12,7 +12,7 @@ import time
 import pytest
 
 from conftest import DEV_DIR
-from tests_helpers import run_module
+from tests_helpers import require_module, run_module
 
 
 @pytest.fixture(scope="module")
@@ -91,7 +91,7 @@ def test_a_killed_job_continues_where_it_stopped(lite0_files, collection, tmp_pa
 
 def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
     """effnet-label and effnet-eval on Ray, in one process (one Ray session start)."""
-    pytest.importorskip("ray")
+    require_module("ray", "the Ray engine needs ray (cluster extra)")
     from test_benchmarks import labelled_folders
     folder, paths, broken = collection
     model = lite0_files["int8.tflite"]

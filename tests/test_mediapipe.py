@@ -8,12 +8,14 @@ import sys
 import numpy as np
 import pytest
 
+from tests_helpers import require_module
+
 from conftest import calibration_folder
 from mediapipe_helpers import MediaPipeClassifier, rgb
 from runtime import Classifier
 from runtime.preprocess import preprocess
 
-pytest.importorskip("mediapipe.tasks.python.vision")
+require_module("mediapipe.tasks.python.vision", "the MediaPipe tests need mediapipe (test extra)")
 VARIANTS = ("lite0", "lite1", "lite2")
 
 

@@ -209,3 +209,21 @@ def test_other_bad_sources(tmp_path):
         preprocess(np.zeros((10, 10), np.float32), PreprocessConfig(224))
     with pytest.raises(ImageError, match="empty input"):
         preprocess(b"", PreprocessConfig(224))
+
+
+@pytest.mark.parametrize("error", [MemoryError, TypeError])
+def test_a_bug_or_no_memory_is_not_a_damaged_photo(photos, monkeypatch, error):
+    """Only what Pillow's decoders raise on damaged data becomes "cannot decode image"."""
+    from conftest import variant_config
+
+    def broken(*args, **kwargs):
+        raise error("raised inside the decoder")
+    cfg = variant_config("lite0")
+    data = io.BytesIO()
+    Image.fromarray(photos["coffee"]).save(data, "PNG")
+    monkeypatch.setattr(Image.Image, "load", broken)
+    with pytest.raises(error, match="raised inside the decoder"):
+        preprocess(data.getvalue(), cfg)
+    monkeypatch.setattr(Image.Image, "load", lambda self: (_ for _ in ()).throw(OSError("broken data stream")))
+    with pytest.raises(ImageError, match="cannot decode image .broken data stream."):
+        preprocess(data.getvalue(), cfg)

@@ -14,10 +14,13 @@ import time
 
 import pytest
 
-pytest.importorskip("uvicorn", reason="effnet-serve needs the 'serve' extra")
+from tests_helpers import require_module, unavailable
+
+require_module("uvicorn", "effnet-serve needs the 'serve' extra")
 
 from apps.procs import processes  # noqa: E402
 from runtime import Classifier  # noqa: E402
+from runtime.cpu import int8_class  # noqa: E402
 
 from conftest import DEV_DIR  # noqa: E402
 from serve_helpers import Server, json_body, status_of  # noqa: E402
@@ -85,6 +88,7 @@ def test_model_health_and_metrics(server, model, photos):
     assert info["digest"] == digest and digest.startswith("sha256:")
     assert (info["variant"], info["precision"], info["input_size"], info["labels"]) == ("lite0", "int8", 224, 1000)
     assert (info["backend"], info["workers"], info["threads"], info["model"]) == ("litert", 2, 1, model.name)
+    assert info["cpu_int8_class"] == int8_class().name and info["int8_caveat"] is None
     assert server.request("GET", "/healthz")[:3:2] == (200, {"status": "ok", "workers_ready": 2, "workers": 2,
                                                               "queue_depth": 0})
     ok_before = server.metric("effnet_http_requests_total", {"route": "/v1/classify", "status": "200"}, 0)
@@ -289,7 +293,7 @@ def test_https_with_a_self_signed_certificate(tmp_path, model, photos):
     import http.client
     import ssl
     if not shutil.which("openssl"):
-        pytest.skip("no openssl command to make a certificate")
+        unavailable("no openssl command to make a certificate")
     key, cert = tmp_path / "pi.key", tmp_path / "pi.crt"
     subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj",
                     "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1", "-keyout", key, "-out", cert],
@@ -315,11 +319,11 @@ def test_readme_systemd_unit_is_valid(tmp_path):
     import re
     from conftest import ROOT
     if not shutil.which("systemd-analyze"):
-        pytest.skip("no systemd-analyze here")
+        unavailable("no systemd-analyze here (apt-get install systemd)")
     readme = (ROOT / "README.md").read_text()
     unit = re.search(r"```ini\n(\[Unit\].*?)```", readme, re.S).group(1)
     assert "effnet-serve --model" in unit and "KillMode=mixed" in unit
-    here = shutil.which("effnet-serve") or pytest.skip("effnet-serve is not on PATH")
+    here = shutil.which("effnet-serve") or unavailable("effnet-serve is not on PATH")
     unit = re.sub(r"ExecStart=\S+", f"ExecStart={here}", unit).replace("User=pi", "User=root")
     path = tmp_path / "effnet-serve.service"
     path.write_text(unit)

@@ -12,11 +12,12 @@ import time
 import numpy as np
 import pytest
 
-pytest.importorskip("uvicorn", reason="effnet-serve needs the 'serve' extra")
-pytest.importorskip("selenium", reason="the browser tests drive Chromium with Selenium (test extra)")
+from tests_helpers import require_module, unavailable
+
+require_module("uvicorn", "effnet-serve needs the 'serve' extra")
+require_module("selenium", "the browser tests drive Chromium with Selenium (test extra)")
 if not (shutil.which("chromium") and shutil.which("chromedriver")):
-    pytest.skip("no chromium/chromedriver (apt-get install chromium chromium-driver; .ci/run does)",
-                allow_module_level=True)
+    unavailable("no chromium/chromedriver (apt-get install chromium chromium-driver)", module_level=True)
 
 from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402

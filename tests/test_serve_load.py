@@ -13,7 +13,9 @@ import time
 
 import pytest
 
-pytest.importorskip("uvicorn", reason="effnet-serve needs the 'serve' extra")
+from tests_helpers import require_module
+
+require_module("uvicorn", "effnet-serve needs the 'serve' extra")
 
 from PIL import Image  # noqa: E402
 

@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests_helpers import unavailable
+
 from conftest import ROOT, photo_folder
 from model_export.export import Exporter
 from runtime import Classifier
@@ -41,7 +43,7 @@ def tflite_runtime_python() -> Path:
         if proc.returncode != 0:
             import shutil
             shutil.rmtree(env_dir, ignore_errors=True)
-            pytest.skip(f"cannot install tflite-runtime here (no wheel or no registry): "
+            unavailable(f"cannot install tflite-runtime here (no wheel or no registry): "
                         f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
     return python
 

@@ -10,9 +10,9 @@ import pytest
 from PIL import Image
 
 from runtime import Classifier
-from tests_helpers import run_module
+from tests_helpers import require_module, run_module
 
-av = pytest.importorskip("av")
+av = require_module("av", "the video tests need PyAV (video extra)")
 FPS, SIZE = 5, (320, 240)
 NAMES = ("coffee", "chelsea", "rocket", "astronaut")
 

@@ -25,3 +25,34 @@ def run_module(module: str, *args, timeout: int = 300) -> tuple[int, str, str]:
     proc = subprocess.run([sys.executable, "-m", module, *map(str, args)],
                           capture_output=True, text=True, timeout=timeout)
     return proc.returncode, proc.stdout, proc.stderr
+
+
+def unavailable(reason: str, module_level: bool = False):
+    """A dependency that `.ci/run` installs is missing: a skip with the reason on a developer's
+    machine, a failure in CI (CI=true), where a broken install must not pass as skips."""
+    import os
+
+    import pytest
+    if os.environ.get("CI"):
+        pytest.fail(f"{reason}; .ci/run installs it, so the CI install is broken", pytrace=False)
+    pytest.skip(reason, allow_module_level=module_level)
+
+
+def require_module(name: str, reason: str):
+    """The module, or `unavailable` (a skip here, a failure in CI) for the whole test module."""
+    import importlib
+    try:
+        return importlib.import_module(name)
+    except ImportError as e:
+        unavailable(f"{reason}: {name} does not import ({e})", module_level=True)
+
+
+def readline_within(stream, seconds: float, what: str) -> str:
+    """One line from a child's pipe, or a clear failure after `seconds` (never a hung CI)."""
+    import select
+
+    import pytest
+    ready, _, _ = select.select([stream], [], [], seconds)
+    if not ready:
+        pytest.fail(f"no {what} within {seconds:g} s", pytrace=False)
+    return stream.readline()

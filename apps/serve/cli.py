@@ -100,6 +100,8 @@ def model_summary(clf: Classifier, model: str, workers: int, threads: int) -> di
         "threads": threads,
         "digest": clf.backend.digest,
         "version": __version__,
+        "cpu_int8_class": clf.cpu_int8_class,
+        "int8_caveat": clf.int8_caveat or None,     # why answers may differ on this CPU
     }
 
 
@@ -148,6 +150,8 @@ def main(argv=None) -> int:
     except (ModelError, BackendUnavailableError) as e:
         return fail(str(e))
     summary = model_summary(clf, args.model, args.workers, args.threads)
+    if summary["int8_caveat"]:
+        print(f"effnet-serve: warning: {summary['int8_caveat']}", file=sys.stderr)
     clf.close()         # each worker opens its own; this one checked the file and described it
     settings = Settings(model=str(args.model), options=asdict(options), summary=summary, workers=args.workers,
                         max_queue=args.max_queue, max_upload=int(args.max_upload_mb * 1e6),
