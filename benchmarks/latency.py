@@ -24,8 +24,8 @@ from runtime.variants import get_variant
 
 from .candidates import file_candidates, peak_rss_mb, torch_candidates
 from .machine import machine_info
-from .recommend import add_agreement, format_advice, recommend
 from .photos import SIZES, decode, decode_draft, make_jpegs, source_photo
+from .recommend import add_agreement, format_advice, recommend
 from .stats import median_ratio, summarize
 
 EXAMPLES = """\
