@@ -22,12 +22,12 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
+from effnet_lite import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
                      ModelError, __version__)
-from runtime.backends import BACKENDS, KIND_BY_SUFFIX
-from runtime.preprocess import preprocess
+from effnet_lite.backends import BACKENDS, KIND_BY_SUFFIX
+from effnet_lite.preprocess import preprocess
 
-from runtime.quiet import Captured
+from effnet_lite.quiet import Captured
 
 FORMAT = "effnet-lite-edge/reference-outputs"
 VERSION = 1

@@ -18,14 +18,14 @@ import sys  # noqa: E402
 from dataclasses import replace  # noqa: E402
 from pathlib import Path  # noqa: E402
 
-from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ModelError,  # noqa: E402
+from effnet_lite import (BackendUnavailableError, Classifier, ClassifierOptions, ModelError,  # noqa: E402
                      __version__)
-from runtime.backends import BACKENDS  # noqa: E402
-from runtime.dataset import image_files  # noqa: E402
-from runtime.progress import Progress  # noqa: E402
+from effnet_lite.backends import BACKENDS  # noqa: E402
+from effnet_lite.dataset import image_files  # noqa: E402
+from effnet_lite.progress import Progress  # noqa: E402
 
 from .parallel import parallel, sequential  # noqa: E402
-from runtime.quiet import Captured  # noqa: E402
+from effnet_lite.quiet import Captured  # noqa: E402
 
 _IMPORT_MS = (time.perf_counter() - _IMPORT_START) * 1e3
 

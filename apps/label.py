@@ -13,17 +13,19 @@ Exit status: 0 all labelled, 1 some images failed (recorded in OUT), 2 usage or 
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
 import time
 from pathlib import Path
 
-from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ModelError, __version__
-from runtime.dataset import image_files
-from runtime.progress import Progress
+from effnet_lite import BackendUnavailableError, Classifier, ClassifierOptions, ModelError, __version__
+from effnet_lite.dataset import image_files
+from effnet_lite.errors import needs_extra
+from effnet_lite.progress import Progress
 
-from runtime.quiet import Captured
+from effnet_lite.quiet import Captured
 
 EXAMPLES = """\
 examples:
@@ -138,6 +140,9 @@ def parse_args(argv=None):
     for name in ("workers", "threads", "top_k", "shard_size"):
         if getattr(args, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be at least 1")
+    for wanted, module, what in (("ray", "ray", "--engine ray"), ("parquet", "pyarrow", "--format parquet")):
+        if wanted in (args.engine, args.format) and importlib.util.find_spec(module) is None:
+            p.exit(2, needs_extra(p.prog, what, "cluster") + "\n")
     return args
 
 

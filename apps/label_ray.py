@@ -16,10 +16,10 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Classifier, ClassifierOptions, ImageError
-from runtime.preprocess import preprocess
+from effnet_lite import Classifier, ClassifierOptions, ImageError
+from effnet_lite.preprocess import preprocess
 
-from runtime.quiet import Captured
+from effnet_lite.quiet import Captured
 
 BATCH = 16
 
@@ -30,7 +30,7 @@ def ray_paths(source: str) -> list[str]:
     if Path(source).exists():
         return list_source(Path(source))
     import pyarrow.fs as pafs
-    from runtime.dataset import IMAGE_SUFFIXES
+    from effnet_lite.dataset import IMAGE_SUFFIXES
     fs, root = pafs.FileSystem.from_uri(source)
     scheme = source.split("://", 1)[0]
     infos = fs.get_file_info(pafs.FileSelector(root, recursive=True))

@@ -13,9 +13,9 @@ import signal
 from dataclasses import asdict
 from typing import Iterable, Iterator
 
-from runtime import Classifier, ClassifierOptions, ImageError, ModelError
+from effnet_lite import Classifier, ClassifierOptions, ImageError, ModelError
 
-from runtime.quiet import Captured, is_noise
+from effnet_lite.quiet import Captured, is_noise
 
 _worker: dict = {}
 

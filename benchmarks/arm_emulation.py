@@ -3,7 +3,7 @@ qemu-user, the runtime installed from a wheel built from this checkout, and our 
 here on x86) compared with the x86 answers of the same run (int8 ONNX files: with their
 QDQ reference semantics, which do not depend on the x86 CPU class).
 
-    python -m benchmarks.arm_emulation --files DIR --photos DIR [--targets pi5-bookworm,...]
+    python -m effnet_lite.benchmarks.arm_emulation --files DIR --photos DIR [--targets pi5-bookworm,...]
 
 Per target: `effnet-check compare` (raw outputs on the x86 crops, and the photos end to end),
 `effnet-infer --json` on the photos (top-1 against x86's), and effnet-infer's exit codes on
@@ -186,12 +186,12 @@ def x86_reference(files: list[Path], photos: list[Path], ref: Path) -> None:
     """The answers the boards must give: TFLite files as LiteRT runs them here (XNNPACK's
     int8 kernels are exact), int8 ONNX files by their QDQ semantics, not by whatever int8
     kernels this x86 CPU happens to have (runtime/cpu.py)."""
-    from apps.check import write
+    from effnet_lite.apps.check import write
     write(ref, files, photos, backend="onnxruntime-reference")
 
 
 def x86_top1(model: Path, photos: list[Path]) -> list[int]:
-    from runtime import Classifier
+    from effnet_lite import Classifier
     with Classifier.from_file(model) as clf:
         return [clf.classify(p).categories[0].index for p in photos]
 
@@ -205,7 +205,7 @@ def check_target(target: Target, files: list[Path], photos: list[Path], ref: Pat
     if probe.returncode:
         raise EmulationError(f"{target.name}: Python does not start under {target.qemu}: {probe.stderr[-500:]}")
     out = {"target": target.name, "board": target.board, "python": target.python, "cpu": target.cpu}
-    compare = emu.run("apps.check", "compare", ref, "--models-dir", files[0].parent, "--images-dir",
+    compare = emu.run("effnet_lite.apps.check", "compare", ref, "--models-dir", files[0].parent, "--images-dir",
                       photos[0].parent, "--json", work / "compare.json")
     if compare.returncode not in (0, 1) or not (work / "compare.json").is_file():
         raise EmulationError(f"{target.name}: effnet-check failed ({compare.returncode}): "
@@ -215,14 +215,14 @@ def check_target(target: Target, files: list[Path], photos: list[Path], ref: Pat
     out["rows"] = result["rows"]
     out["compare_output"] = compare.stdout
     int8 = next(f for f in files if f.suffix == ".tflite")
-    infer = emu.run("apps.infer", *photos, "--model", int8, "--json", "-k", "1")
+    infer = emu.run("effnet_lite.apps.infer", *photos, "--model", int8, "--json", "-k", "1")
     tops = [json.loads(line)["categories"][0]["index"] for line in infer.stdout.splitlines()]
     out["infer"] = {"exit": infer.returncode, "photos": len(photos), "top1": tops,
                     "stderr_lines": infer.stderr.splitlines()}
     bad = work / "not_a_photo.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated JPEG")
-    bad_run = emu.run("apps.infer", bad, photos[0], "--model", int8, "--json")
-    missing = emu.run("apps.infer", photos[0], "--model", work / "missing.tflite")
+    bad_run = emu.run("effnet_lite.apps.infer", bad, photos[0], "--model", int8, "--json")
+    missing = emu.run("effnet_lite.apps.infer", photos[0], "--model", work / "missing.tflite")
     out["exit_codes"] = {"bad_image": bad_run.returncode, "bad_image_stderr": bad_run.stderr.splitlines(),
                          "good_after_bad": len(bad_run.stdout.splitlines()),
                          "missing_model": missing.returncode, "missing_model_stderr": missing.stderr.splitlines()}
@@ -270,7 +270,7 @@ def summary(results: list[dict]) -> str:
         same = sum(a == b for a, b in zip(r["infer"]["top1"], r["infer"]["x86_top1"]))
         lines.append(f"{r['board']} (qemu -cpu {r['cpu']}, Python {r['python']}, "
                      f"{', '.join(f'{k} {v}' for k, v in sorted(r['packages'].items()))}):")
-        from apps.check import format_row
+        from effnet_lite.apps.check import format_row
         lines += [f"  {format_row(row)}" for row in r["rows"]]
         lines.append(f"  effnet-infer --json: top-1 = x86 on {same}/{r['infer']['photos']}; exit codes: bad "
                      f"image {r['exit_codes']['bad_image']}, missing model {r['exit_codes']['missing_model']}")
@@ -278,7 +278,7 @@ def summary(results: list[dict]) -> str:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.arm_emulation", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m effnet_lite.benchmarks.arm_emulation", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=Path, required=True, help="folder of .tflite/.onnx files made by effnet-export")
     p.add_argument("--photos", type=Path, required=True, help="folder of photos (the first --count are used)")

@@ -18,8 +18,8 @@ import threading
 import time
 from pathlib import Path
 
-from apps.procs import processes
-from apps.serve.cli import served_at
+from effnet_lite.apps.procs import processes
+from effnet_lite.apps.serve.cli import served_at
 
 from .arm_emulation import Emulator, EmulationError, build_rootfs, install_runtime
 from .arm_targets import Target
@@ -57,7 +57,7 @@ def serve_check(emu: Emulator, model: Path, photos: list[Path], work: Path) -> d
     launcher = work / "emulated-python"
     launcher.write_text("#!/bin/sh\nexec " + " ".join(map(shlex.quote, emu.python())) + ' "$@"\n')
     launcher.chmod(0o755)
-    cmd, env = emu.command("apps.serve.cli", "--model", model, "--port", "0", "--workers", "1",
+    cmd, env = emu.command("effnet_lite.apps.serve.cli", "--model", model, "--port", "0", "--workers", "1",
                            pythonpath=(work / "hook",))
     env["EFFNET_EMULATED_PYTHON"] = str(launcher)
     start = time.perf_counter()

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Classifier, ClassifierOptions
+from effnet_lite import Classifier, ClassifierOptions
 
 
 @dataclass
@@ -83,7 +83,7 @@ class TorchCandidate(Candidate):
 
 
 def file_candidates(paths, threads, backends=None) -> list[Candidate]:
-    from runtime.backends import KIND_BY_SUFFIX, available_backends
+    from effnet_lite.backends import KIND_BY_SUFFIX, available_backends
     out = []
     for path in map(Path, paths):
         kind = KIND_BY_SUFFIX.get(path.suffix.lower())
@@ -107,7 +107,7 @@ def peak_rss_mb(candidate: Candidate) -> float | None:
     import subprocess
     import sys
     code = ("import json, resource, sys\n"
-            "from benchmarks.candidates import FileCandidate, TorchCandidate\n"
+            "from effnet_lite.benchmarks.candidates import FileCandidate, TorchCandidate\n"
             "from pathlib import Path\n"
             "c = json.loads(sys.argv[1]); cls = TorchCandidate if c['kind'] == 'torch' else FileCandidate\n"
             "cand = cls(c['label'], c['kind'], c['threads'], c['backend'], variant=c['variant'],"

@@ -5,7 +5,7 @@ then classified with the default preprocessing (draft decoding: a DCT-domain dow
 then resampling only the crop) and with `exact=True` (full decode, whole-frame resize):
 time per image, top-1 agreement and the largest change in any class probability.
 
-    python -m benchmarks.draft_study --model lite0_int8.tflite --data DIR [--limit 50]
+    python -m effnet_lite.benchmarks.draft_study --model lite0_int8.tflite --data DIR [--limit 50]
 """
 from __future__ import annotations
 
@@ -16,11 +16,11 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.cli_checks import check_model_files, positive_int
-from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError
-from runtime.dataset import DatasetError, labelled_images
-from runtime.preprocess import load_image
-from runtime.progress import track
+from effnet_lite import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError
+from effnet_lite.dataset import DatasetError, labelled_images
+from effnet_lite.model_export.cli_checks import check_model_files, positive_int
+from effnet_lite.preprocess import load_image
+from effnet_lite.progress import track
 
 from .photos import make_jpegs
 
@@ -36,7 +36,7 @@ def _size(text: str) -> tuple[int, int]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.draft_study", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m effnet_lite.benchmarks.draft_study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True, help=".tflite / .onnx file")
     p.add_argument("--data", type=Path, required=True, help="labelled image folder")

@@ -8,6 +8,7 @@ probabilities. Folders: labels.csv (file, class_index), synset sub-folders
 from __future__ import annotations
 
 import argparse
+import importlib.util
 import json
 import os
 import sys
@@ -15,14 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.cli_checks import check_model_files, check_output, positive_int, variant_list, write_text
-from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError, __version__
-from runtime.dataset import DatasetError, labelled_images
-from runtime.metrics import mean_kl
-from runtime.progress import track
+from effnet_lite import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError, __version__
+from effnet_lite.dataset import DatasetError, labelled_images
+from effnet_lite.errors import needs_extra
+from effnet_lite.metrics import mean_kl
+from effnet_lite.model_export.cli_checks import check_model_files, check_output, positive_int, variant_list, write_text
+from effnet_lite.progress import track
 
-from apps.parallel import parallel, scores_one
-from runtime.quiet import Captured
+from effnet_lite.apps.parallel import parallel, scores_one
+from effnet_lite.quiet import Captured
 
 
 def file_scores(path, threads, exact=False, workers=1, engine="local", ray_address=None):
@@ -33,7 +35,7 @@ def file_scores(path, threads, exact=False, workers=1, engine="local", ray_addre
 
     def run(paths):
         if engine == "ray":
-            from apps.label_ray import probabilities_ray
+            from effnet_lite.apps.label_ray import probabilities_ray
             clf.close()
             yield from probabilities_ray(str(path), options, list(paths), workers, ray_address)
             return
@@ -124,6 +126,8 @@ def main(argv=None) -> int:
     p.add_argument("--json", type=Path, help="write the figures here")
     p.add_argument("--version", action="version", version=f"effnet-eval {__version__}")
     args = p.parse_args(argv)
+    if args.engine == "ray" and importlib.util.find_spec("ray") is None:
+        p.exit(2, needs_extra(p.prog, "--engine ray", "cluster") + "\n")
     if not args.models and not args.torch:
         p.error("give model files and/or --torch VARIANTS")
     check_model_files(p, args.models)
@@ -146,7 +150,7 @@ def main(argv=None) -> int:
         for name, scorer in scorers:
             figures, probs[name], _ = evaluate(name, scorer, items)
             results.append(figures)
-    except (ModelError, RuntimeError) as e:      # RuntimeError: apps.label.LabelError (Ray)
+    except (ModelError, RuntimeError) as e:      # RuntimeError: effnet_lite.apps.label.LabelError (Ray)
         print(f"effnet-eval: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

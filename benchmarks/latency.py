@@ -14,13 +14,13 @@ from pathlib import Path
 
 import numpy as np
 
-from model_export.cli_checks import (check_model_files, check_output, positive_int, positive_ints,
+from effnet_lite.model_export.cli_checks import (check_model_files, check_output, positive_int, positive_ints,
                                      read_json_report, variant_list, write_text)
-from runtime import BackendUnavailableError, ImageError, ModelError, __version__
-from runtime.backends import BACKENDS
-from runtime.preprocess import PreprocessConfig
-from runtime.progress import Progress
-from runtime.variants import get_variant
+from effnet_lite import BackendUnavailableError, ImageError, ModelError, __version__
+from effnet_lite.backends import BACKENDS
+from effnet_lite.preprocess import PreprocessConfig
+from effnet_lite.progress import Progress
+from effnet_lite.variants import get_variant
 
 from .candidates import file_candidates, peak_rss_mb, torch_candidates
 from .machine import machine_info

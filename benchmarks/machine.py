@@ -24,7 +24,7 @@ def machine_info() -> dict:
             versions[dist] = importlib.metadata.version(dist)
         except importlib.metadata.PackageNotFoundError:
             pass
-    from runtime.cpu import int8_class
+    from effnet_lite.cpu import int8_class
     return {"cpu": cpu_model(), "cores": os.cpu_count(), "machine": platform.machine(),
             "cpu_int8_class": int8_class().name,
             "system": f"{platform.system()} {platform.release()}",

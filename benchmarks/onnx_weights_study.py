@@ -1,7 +1,7 @@
 """int8 ONNX weights on this CPU class: TFLite's plain 8-bit weights against the pair-safe
 ones the export writes (model_export/quantize.py), U8S8 and S8S8.
 
-    python -m benchmarks.onnx_weights_study --data ../shared/data/imagenet-sample-dev [--variants lite0,lite1]
+    python -m effnet_lite.benchmarks.onnx_weights_study --data ../shared/data/imagenet-sample-dev [--variants lite0,lite1]
 
 Calibrates on the first half of the photos (sorted by name) and reports, per file:
 agreement with fp32 PyTorch on the other half for onnxruntime's fused kernels and for the
@@ -19,9 +19,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Classifier, ClassifierOptions, integrity
-from runtime.cpu import int8_class
-from runtime.dataset import image_files
+from effnet_lite import Classifier, ClassifierOptions, integrity
+from effnet_lite.cpu import int8_class
+from effnet_lite.dataset import image_files
 
 
 def _outputs(path, crops, backend=None) -> np.ndarray:
@@ -48,9 +48,9 @@ def _invoke_ms(paths: list[Path], rounds: int = 15) -> list[float]:
 def study(variant: str, folder: Path, out: Path) -> list[dict]:
     import torch
 
-    from model_export.calibration import load_calibration_images, pixels_to_input
-    from model_export.export import Exporter
-    from model_export.onnx_writer import write_int8
+    from effnet_lite.model_export.calibration import load_calibration_images, pixels_to_input
+    from effnet_lite.model_export.export import Exporter
+    from effnet_lite.model_export.onnx_writer import write_int8
     photos = image_files(folder)
     half = len(photos) // 2
     calib, held = out / "calib", out / "held"
@@ -91,7 +91,7 @@ def study(variant: str, folder: Path, out: Path) -> list[dict]:
 
 
 def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="python -m benchmarks.onnx_weights_study", description=__doc__,
+    p = argparse.ArgumentParser(prog="python -m effnet_lite.benchmarks.onnx_weights_study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", type=Path, required=True, help="a folder of photos")
     p.add_argument("--variants", default="lite0,lite1,lite2")

@@ -2,12 +2,14 @@
 from __future__ import annotations
 
 import io
+import sys
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from runtime.preprocess import load_image
+from effnet_lite.errors import needs_extra
+from effnet_lite.preprocess import load_image
 
 # name → (width, height): a typical web photo, a camera frame, a 12-megapixel phone photo
 SIZES = {"500x375": (500, 375), "640x480": (640, 480), "12MP": (4000, 3000)}
@@ -21,7 +23,9 @@ def source_photo(path: str | Path | None) -> Image.Image:
     try:
         from skimage import data
     except ImportError:
-        raise SystemExit("effnet-bench: give --photo FILE (or install scikit-image for a default photo)")
+        print(needs_extra("effnet-bench", "the default photo (scikit-image's; or give --photo FILE)", "bench"),
+              file=sys.stderr)
+        raise SystemExit(2)
     return Image.fromarray(data.coffee())
 
 

@@ -11,9 +11,9 @@ from pathlib import Path
 
 import numpy as np
 
-from runtime import Classifier, ClassifierOptions, ImageError
-from runtime.cpu import int8_class
-from runtime.dataset import image_files
+from effnet_lite import Classifier, ClassifierOptions, ImageError
+from effnet_lite.cpu import int8_class
+from effnet_lite.dataset import image_files
 
 WITHIN = 0.01     # agreement within one point of the best counts as "as accurate"
 

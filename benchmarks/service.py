@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from apps.serve.cli import served_at
-from runtime.dataset import image_files
-from runtime.progress import Progress
+from effnet_lite.apps.serve.cli import served_at
+from effnet_lite.dataset import image_files
+from effnet_lite.progress import Progress
 
 from .throughput import report_mode
 
@@ -35,8 +35,8 @@ _state: dict = {}
 
 # -- in-process: one Classifier per process ---------------------------------------------------------
 def _load(model: str) -> None:
-    from runtime import Classifier, ClassifierOptions
-    from runtime.quiet import Captured
+    from effnet_lite import Classifier, ClassifierOptions
+    from effnet_lite.quiet import Captured
     with Captured():        # LiteRT's banner, once per process
         _state["clf"] = Classifier.from_file(model, ClassifierOptions(num_threads=1))
 
@@ -96,7 +96,7 @@ def in_process(pool, images: list[bytes], workers: int, count: int):
 
 class Service:
     def __init__(self, model: Path, workers: int):
-        cmd = [sys.executable, "-m", "apps.serve.cli", "--model", str(model), "--port", "0",
+        cmd = [sys.executable, "-m", "effnet_lite.apps.serve.cli", "--model", str(model), "--port", "0",
                "--workers", str(workers), "--threads", "1", "--max-queue", "64"]
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         address = served_at(self.proc.stdout.readline())

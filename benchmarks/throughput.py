@@ -14,9 +14,9 @@ import sys
 import time
 from pathlib import Path
 
-from model_export.cli_checks import write_text
-from runtime.dataset import image_files
-from runtime.progress import Progress
+from effnet_lite.dataset import image_files
+from effnet_lite.model_export.cli_checks import write_text
+from effnet_lite.progress import Progress
 
 from .machine import machine_info
 
@@ -26,7 +26,7 @@ def count_images(folder: Path) -> int:
 
 
 def run_once(model: Path, folder: Path, repeat: int, workers: int, threads: int) -> float:
-    cmd = [sys.executable, "-m", "apps.infer", *[str(folder)] * repeat, "--model", str(model), "-q",
+    cmd = [sys.executable, "-m", "effnet_lite.apps.infer", *[str(folder)] * repeat, "--model", str(model), "-q",
            "--workers", str(workers), "--threads", str(threads)]
     start = time.perf_counter()
     done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)

@@ -5,9 +5,9 @@ from __future__ import annotations
 
 import torch
 
-from model_export.weights import WeightsError, load_model
-from runtime import ModelError
-from runtime.preprocess import PreprocessConfig, normalize, preprocess
+from effnet_lite import ModelError
+from effnet_lite.model_export.weights import WeightsError, load_model
+from effnet_lite.preprocess import PreprocessConfig, normalize, preprocess
 
 
 class TorchReference:

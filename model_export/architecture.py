@@ -12,7 +12,7 @@ import math
 import re
 from dataclasses import dataclass
 
-from runtime.variants import Variant
+from effnet_lite.variants import Variant
 
 STAGES = (
     "ds_r1_k3_s1_e1_c16",

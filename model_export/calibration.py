@@ -15,10 +15,10 @@ import numpy as np
 import torch
 from PIL import Image
 
-from runtime.errors import ImageError
-from runtime.preprocess import PreprocessConfig, preprocess
-from runtime.progress import Progress, track
-from runtime.variants import MEAN, STD
+from effnet_lite.errors import ImageError
+from effnet_lite.preprocess import PreprocessConfig, preprocess
+from effnet_lite.progress import Progress, track
+from effnet_lite.variants import MEAN, STD
 
 from .graph import INPUT, OUTPUT, Graph, run
 

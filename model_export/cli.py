@@ -6,8 +6,8 @@ import sys
 import time
 from pathlib import Path
 
-from runtime import __version__
-from runtime.variants import VARIANTS, UnknownVariantError, get_variant
+from effnet_lite import __version__
+from effnet_lite.variants import VARIANTS, UnknownVariantError, get_variant
 
 from .calibration import ESTIMATORS, CalibrationError
 from .export import FORMATS, PRECISIONS, SUFFIX, ExportError, Exporter, check_writable
@@ -78,7 +78,7 @@ def read_labels(path: Path | None) -> list | None:
     """Class names from a labels file, one per line; blank trailing lines ignored."""
     if path is None:
         return None
-    from runtime.tflite_metadata import parse_labels
+    from effnet_lite.tflite_metadata import parse_labels
     try:
         labels = parse_labels(path.read_bytes())
     except OSError as e:

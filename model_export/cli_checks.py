@@ -10,11 +10,10 @@ import os
 import sys
 from pathlib import Path
 
-from runtime.backends import KIND_BY_SUFFIX
-from runtime.errors import first_line
-from runtime.variants import UnknownVariantError, get_variant
+from effnet_lite.backends import KIND_BY_SUFFIX
+from effnet_lite.errors import first_line, needs_extra
+from effnet_lite.variants import UnknownVariantError, get_variant
 
-TORCH_INSTALL = "pip install torch==2.13.0, then pip install -e '.[export]'"
 
 
 def positive_ints(text: str) -> list[int]:
@@ -86,8 +85,7 @@ def variant_list(parser: argparse.ArgumentParser, text: str, flag: str, untraine
         try:
             import torch  # noqa: F401  (needed anyway: a missing or broken install fails here, not mid-run)
         except ImportError as e:
-            parser.error(f"{flag} needs PyTorch, which cannot be imported ({first_line(e)}): "
-                         f"{TORCH_INSTALL}")
+            parser.exit(2, needs_extra(parser.prog, f"{flag} (PyTorch does not import: {first_line(e)})", "export") + "\n")
     if names and not untrained_ok:
         from .weights import WEIGHT_PACKAGES
         for name in names:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from runtime.variants import NUM_CLASSES, get_variant
+from effnet_lite.variants import NUM_CLASSES, get_variant
 
 from .architecture import HEAD_CHANNELS, STEM_CHANNELS, decode
 

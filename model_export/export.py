@@ -15,14 +15,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime import Classifier, ClassifierOptions, __version__, integrity
-from runtime.labels import imagenet_labels
-from runtime.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
-from runtime.metrics import softmax as softmax_rows
-from runtime.preprocess import PreprocessConfig
-from runtime.quiet import Captured
-from runtime.tflite_metadata import STANDARD_NAME
-from runtime.variants import NUM_CLASSES
+from effnet_lite import Classifier, ClassifierOptions, __version__, integrity
+from effnet_lite.labels import imagenet_labels
+from effnet_lite.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
+from effnet_lite.metrics import softmax as softmax_rows
+from effnet_lite.preprocess import PreprocessConfig
+from effnet_lite.quiet import Captured
+from effnet_lite.tflite_metadata import STANDARD_NAME
+from effnet_lite.variants import NUM_CLASSES
 
 from . import onnx_writer, standard_metadata, tflite_writer
 from .calibration import collect, data_free_ranges, load_calibration_images, pixels_to_input

@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import nn
 
-from runtime.variants import NUM_CLASSES, Variant, get_variant
+from effnet_lite.variants import NUM_CLASSES, Variant, get_variant
 
 from .architecture import BN_EPS, HEAD_CHANNELS, STEM_CHANNELS, BlockSpec, decode
 

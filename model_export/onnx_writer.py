@@ -15,7 +15,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from runtime.metadata import METADATA_NAME
+from effnet_lite.metadata import METADATA_NAME
 
 from .graph import INPUT, OUTPUT, Graph
 from .quantize import QParams, QuantizedGraph

@@ -19,11 +19,11 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from runtime import Classifier, ClassifierOptions
-from runtime.dataset import DatasetError, labelled_images
-from runtime.metrics import mean_kl, softmax
-from runtime.preprocess import normalize, preprocess
-from runtime.progress import track
+from effnet_lite import Classifier, ClassifierOptions
+from effnet_lite.dataset import DatasetError, labelled_images
+from effnet_lite.metrics import mean_kl, softmax
+from effnet_lite.preprocess import normalize, preprocess
+from effnet_lite.progress import track
 
 from .calibration import ESTIMATORS, collect, data_free_ranges, pixels_to_input
 from .cli_checks import check_output, variant_list, write_text

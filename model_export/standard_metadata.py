@@ -13,7 +13,7 @@ import zipfile
 
 import flatbuffers
 
-from runtime.metadata import ModelMetadata
+from effnet_lite.metadata import ModelMetadata
 from . import metadata_schema_generated as md
 
 LABELS_FILE = "labels.txt"

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import torch
 
-from runtime.errors import first_line
+from effnet_lite.errors import first_line
 
-from runtime.variants import NUM_CLASSES
+from effnet_lite.variants import NUM_CLASSES
 
 from .model import EfficientNetLite, create_model
 

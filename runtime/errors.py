@@ -21,3 +21,14 @@ def first_line(error: BaseException) -> str:
     """An exception's message cut to one line (or its type when it has none)."""
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
+
+
+# How each optional part of the distribution is installed (torch first: the CPU wheel, or a
+# bare requirement would pull CUDA)
+INSTALL = {"export": "pip install torch==2.13.0 && pip install 'effnet-lite-edge[export]'"}
+
+
+def needs_extra(prog: str, what: str, extra: str) -> str:
+    """The one line a command prints (then exits 2) when `what` needs an extra not installed."""
+    how = INSTALL.get(extra, f"pip install 'effnet-lite-edge[{extra}]'")
+    return f"{prog}: error: {what} needs the '{extra}' extra: {how}"

@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from runtime.preprocess import PreprocessConfig, normalize, preprocess
-from runtime.variants import get_variant
+from effnet_lite.preprocess import PreprocessConfig, normalize, preprocess
+from effnet_lite.variants import get_variant
 from tests_helpers import unavailable
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,7 +63,7 @@ def calibration_folder(tmp_path_factory) -> tuple[Path, int]:
 
 def calibrated_lite0(tmp_path_factory):
     """An Exporter of Lite0 calibrated on calibration_folder's photos."""
-    from model_export.export import Exporter
+    from effnet_lite.model_export.export import Exporter
     folder, count = calibration_folder(tmp_path_factory)
     exporter = Exporter("lite0", log=lambda m: None)
     exporter.calibrate(folder, count)
@@ -73,8 +73,8 @@ def calibrated_lite0(tmp_path_factory):
 def write_plain_int8_onnx(exporter, path: Path, io: str = "uint8") -> Path:
     """An int8 ONNX file with TFLite's plain 8-bit weights (not pair-safe, and its metadata
     says so): what saturates on x86 without VNNI, for tests that must see that."""
-    from model_export.onnx_writer import write_int8
-    from runtime import integrity
+    from effnet_lite.model_export.onnx_writer import write_int8
+    from effnet_lite import integrity
     meta = exporter.metadata("int8", "onnx", io)
     meta.digest, meta.pair_safe = integrity.PLACEHOLDER, False
     path.write_bytes(integrity.seal(write_int8(exporter.quantized, meta.to_json(), activations=io,
@@ -106,8 +106,8 @@ def photos():
 @pytest.fixture(scope="session")
 def lite0_dev_report(tmp_path_factory):
     """The quantization report's figures for Lite0 on the dev photos, with its int8 files."""
-    from model_export.report import report_variant
-    from runtime.dataset import labelled_images
+    from effnet_lite.model_export.report import report_variant
+    from effnet_lite.dataset import labelled_images
     dev_rows()
     keep = tmp_path_factory.mktemp("lite0_report")
     row = report_variant("lite0", labelled_images(DEV_DIR), estimators=("mse",), with_ort=True,
@@ -118,7 +118,7 @@ def lite0_dev_report(tmp_path_factory):
 @pytest.fixture(scope="session")
 def lite0_files(tmp_path_factory):
     """Lite0 files for runtime tests, calibrated on scikit-image's photos (any machine)."""
-    from model_export.export import Exporter
+    from effnet_lite.model_export.export import Exporter
     folder = photo_folder(tmp_path_factory.mktemp("calib"))
     out = tmp_path_factory.mktemp("models")
     exporter = Exporter("lite0", log=lambda m: None)

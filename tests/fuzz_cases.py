@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from runtime import integrity
-from runtime.metadata import METADATA_NAME, ModelMetadata
+from effnet_lite import integrity
+from effnet_lite.metadata import METADATA_NAME, ModelMetadata
 
 # ---- model files ------------------------------------------------------------------
 

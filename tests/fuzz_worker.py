@@ -16,7 +16,7 @@ import sys
 import traceback
 import warnings
 
-from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
+from effnet_lite import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
                      ModelError)
 
 EXPECTED = {"model": (ModelError, BackendUnavailableError), "image": (ImageError,)}

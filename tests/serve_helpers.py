@@ -11,8 +11,8 @@ import subprocess
 import sys
 import threading
 import time
-from apps.procs import processes, resident_bytes
-from apps.serve.cli import served_at
+from effnet_lite.apps.procs import processes, resident_bytes
+from effnet_lite.apps.serve.cli import served_at
 
 
 class Server:
@@ -20,7 +20,7 @@ class Server:
     then stops it with SIGTERM; `s.code` and `s.stderr` hold how it ended."""
 
     def __init__(self, model, *args, start_timeout: float = 60):
-        self.argv = [sys.executable, "-m", "apps.serve.cli", "--model", str(model), "--port", "0", *map(str, args)]
+        self.argv = [sys.executable, "-m", "effnet_lite.apps.serve.cli", "--model", str(model), "--port", "0", *map(str, args)]
         self.start_timeout = start_timeout
         self.code = None
         self.stderr = ""

@@ -1,9 +1,9 @@
 import pytest
 
-from model_export.architecture import decode, round_channels
-from model_export.complexity import count
-from model_export.model import create_model, same_padding
-from runtime.variants import UnknownVariantError, get_variant
+from effnet_lite.model_export.architecture import decode, round_channels
+from effnet_lite.model_export.complexity import count
+from effnet_lite.model_export.model import create_model, same_padding
+from effnet_lite.variants import UnknownVariantError, get_variant
 
 # Exact for the variants whose official weights we load; Google's rounded figures otherwise.
 PARAMS = {"lite0": 4_652_008, "lite1": 5_416_680, "lite2": 6_092_072}

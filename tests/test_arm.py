@@ -13,7 +13,7 @@ import shutil
 
 import pytest
 
-from benchmarks.arm_emulation import (DEFAULT_CACHE, RESOLUTIONS, TARGETS, build_wheel,
+from effnet_lite.benchmarks.arm_emulation import (DEFAULT_CACHE, RESOLUTIONS, TARGETS, build_wheel,
                                       missing_tools, resolve, run_targets, summary)
 from conftest import DEV_DIR
 from tests_helpers import unavailable
@@ -49,7 +49,7 @@ if _skip_reason() is not None:        # a skip here, a failure in CI (.ci/run in
 def arm_files(tmp_path_factory):
     """Lite0 int8 (int8 and uint8 I/O), fp32 and S8S8 ONNX, and Lite2 int8, calibrated on
     the 20 photos the check then uses."""
-    from model_export.export import Exporter
+    from effnet_lite.model_export.export import Exporter
     photos = tmp_path_factory.mktemp("arm_photos")
     for path in sorted(DEV_DIR.glob("*.JPEG"))[:PHOTOS]:
         shutil.copy(path, photos / path.name)
@@ -143,7 +143,7 @@ def test_effnet_serve_on_pi5(arm_files, tmp_path):
     """effnet-serve with its worker process on the emulated Pi 5, asked from x86 over
     loopback: the same answers as x86 effnet-infer, a 400 for a bad image, a clean stop."""
     import json
-    from benchmarks.arm_serve import emulator, serve_check
+    from effnet_lite.benchmarks.arm_serve import emulator, serve_check
     from tests_helpers import run_module
     files, photos = arm_files
     model = files / "lite0_int8.tflite"
@@ -151,7 +151,7 @@ def test_effnet_serve_on_pi5(arm_files, tmp_path):
     emu = emulator(TARGETS["pi5-bookworm"], build_wheel(tmp_path / "wheel"), DEFAULT_CACHE)
     result = serve_check(emu, model, chosen, tmp_path / "serve")
     print(f"\neffnet-serve on the emulated Pi 5: started in {result['startup_seconds']} s; {result['banner']}")
-    code, out, err = run_module("apps.infer", *chosen, "--model", model, "--json")
+    code, out, err = run_module("effnet_lite.apps.infer", *chosen, "--model", model, "--json")
     assert code == 0, err
     for line in out.splitlines():
         x86 = json.loads(line)

@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from benchmarks import evaluate, latency
-from benchmarks.photos import SIZES, make_jpegs
-from benchmarks.stats import median_ratio, summarize
-from runtime.dataset import DatasetError, labelled_images
+from effnet_lite.benchmarks import evaluate, latency
+from effnet_lite.benchmarks.photos import SIZES, make_jpegs
+from effnet_lite.benchmarks.stats import median_ratio, summarize
+from effnet_lite.dataset import DatasetError, labelled_images
 from tests_helpers import BLOCKER
 
 
@@ -169,7 +169,7 @@ def test_dataset_layouts(lite0_files, tmp_path):
 def test_eval_reports_accuracy_and_agreement(lite0_files, tmp_path, capsys):
     """effnet-eval's figures equal a count made here with the API: top-1 and top-5 against
     the labels, top-1 agreement and KL(reference || model) against the fp32 reference."""
-    from runtime import Classifier, ClassifierOptions
+    from effnet_lite import Classifier, ClassifierOptions
     _, synset_dir, _ = labelled_folders(tmp_path, lite0_files["photos"])
     out = tmp_path / "eval.json"
     names = ["int8.tflite", "uint8.tflite", "fp32.onnx"]
@@ -218,7 +218,7 @@ def test_eval_bad_folder_and_bad_image(lite0_files, tmp_path, capsys):
 
 
 def test_softmax_and_kl():
-    from runtime.metrics import mean_kl, softmax
+    from effnet_lite.metrics import mean_kl, softmax
     p = softmax(np.array([[0.0, 0.0], [np.log(3.0), 0.0]]))
     assert np.allclose(p, [[0.5, 0.5], [0.75, 0.25]])
     assert mean_kl(p, p) == 0.0
@@ -227,7 +227,7 @@ def test_softmax_and_kl():
 
 
 def test_draft_study_compares_fast_and_exact_and_skips_a_broken_photo(lite0_files, tmp_path, capsys):
-    from benchmarks import draft_study
+    from effnet_lite.benchmarks import draft_study
     _, _, prefix_dir = labelled_folders(tmp_path, lite0_files["photos"])
     (prefix_dir / "n07920052_broken.jpg").write_text("broken")
     code = draft_study.main(["--model", str(lite0_files["int8.tflite"]), "--data", str(prefix_dir),
@@ -246,23 +246,25 @@ def test_eval_runs_without_torch_and_says_what_torch_is_for(lite0_files, tmp_pat
     from conftest import ROOT
     _, synset_dir, _ = labelled_folders(tmp_path, lite0_files["photos"])
     code = BLOCKER + f"""
-from benchmarks import evaluate
+from effnet_lite.benchmarks import evaluate
 print("exit", evaluate.main([{str(lite0_files['int8.tflite'])!r}, "--data", {str(synset_dir)!r}]))
 evaluate.main(["--torch", "lite0", "--data", {str(synset_dir)!r}])
 """
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=120)
     assert "exit 0" in proc.stdout and "int8.tflite" in proc.stdout, proc.stderr
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
-    assert proc.stderr.strip().splitlines()[-1].startswith("effnet-eval: error: --torch needs PyTorch")
+    last = proc.stderr.strip().splitlines()[-1]
+    assert last.startswith("effnet-eval: error: --torch (PyTorch does not import: torch is blocked"), last
+    assert "'effnet-lite-edge[export]'" in last, last
 
 
 def test_bench_recommends_the_fastest_equally_accurate_file(lite0_files, capsys):
     """effnet-bench ends with the file to deploy on this CPU class: agreements with the fp32
     file counted independently here, and the pick is the fastest within a point of the best."""
-    from benchmarks.recommend import WITHIN
-    from runtime import Classifier
-    from runtime.cpu import int8_class
-    from runtime.dataset import image_files
+    from effnet_lite.benchmarks.recommend import WITHIN
+    from effnet_lite import Classifier
+    from effnet_lite.cpu import int8_class
+    from effnet_lite.dataset import image_files
     names = ["int8.tflite", "fp32.tflite", "int8.onnx", "fp32.onnx"]
     code = latency.main([str(lite0_files[n]) for n in names] + [
         "--mode", "invoke", "--threads", "1", "--quick", "--no-rss", "--data", str(lite0_files["photos"])])

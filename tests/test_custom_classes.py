@@ -12,8 +12,8 @@ import torch
 from PIL import Image
 
 from conftest import photo_folder
-from runtime.preprocess import PreprocessConfig, normalize, preprocess
-from runtime.variants import get_variant
+from effnet_lite.preprocess import PreprocessConfig, normalize, preprocess
+from effnet_lite.variants import get_variant
 from tests_helpers import require_module, run_module
 
 # scikit-image photo → a class name no ImageNet label has (so only the file can tell it)
@@ -40,7 +40,7 @@ def augmented_crops(photo, rng, n: int) -> list:
 def finetune(tmp_path_factory):
     """(checkpoint, labels file, photo folder): the pretrained backbone, a new head fitted
     with a few hundred steps on augmented crops of the five photos."""
-    from model_export.weights import load_model
+    from effnet_lite.model_export.weights import load_model
     photos = photo_folder(tmp_path_factory.mktemp("photos"))
     model, rng = load_model("lite0"), np.random.default_rng(0)
     crops, targets = [], []
@@ -71,7 +71,7 @@ def finetune(tmp_path_factory):
 
 def export(finetune, out, *extra):
     ckpt, labels, photos = finetune
-    return subprocess.run([sys.executable, "-m", "model_export.cli", "lite0", "--weights", str(ckpt),
+    return subprocess.run([sys.executable, "-m", "effnet_lite.model_export.cli", "lite0", "--weights", str(ckpt),
                            "--calib-dir", str(photos), "--calib-count", "8", "-o", str(out), *extra],
                           capture_output=True, text=True, timeout=600)
 
@@ -91,7 +91,7 @@ def exported(finetune, tmp_path_factory):
 @pytest.mark.parametrize("fmt", ["tflite", "onnx"])
 def test_effnet_infer_names_our_classes(finetune, exported, fmt):
     photos = finetune[2]
-    code, out, err = run_module("apps.infer", *[str(photos / f"{n}.jpg") for n in CLASSES],
+    code, out, err = run_module("effnet_lite.apps.infer", *[str(photos / f"{n}.jpg") for n in CLASSES],
                                 "--model", str(exported[fmt]), "--json", "-k", "5")
     assert code == 0, err
     assert "5 classes" in err

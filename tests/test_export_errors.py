@@ -4,10 +4,10 @@ import os
 import pytest
 
 from conftest import SKIMAGE_PHOTOS, photo_folder
-from model_export.calibration import CalibrationError, load_calibration_images
-from model_export.cli import main
-from model_export.export import ExportError, Exporter
-from runtime import Classifier
+from effnet_lite import Classifier
+from effnet_lite.model_export.calibration import CalibrationError, load_calibration_images
+from effnet_lite.model_export.cli import main
+from effnet_lite.model_export.export import ExportError, Exporter
 from tests_helpers import leftovers
 
 
@@ -67,7 +67,7 @@ def test_output_path_that_is_a_folder(tmp_path, capsys):
     (["--json", "{t}/absent/r.json"], "--json {t}/absent/r.json: output folder"),
 ])
 def test_quant_report_rejects_bad_arguments_before_any_work(args, message, tmp_path, capsys):
-    from model_export.report import main as report_main
+    from effnet_lite.model_export.report import main as report_main
     with pytest.raises(SystemExit) as exit_info:
         report_main(["--data", str(tmp_path), *(a.format(t=tmp_path) for a in args)])
     assert exit_info.value.code == 2
@@ -155,7 +155,7 @@ def test_unknown_format_and_precision(tmp_path):
 
 def test_all_skips_lite3_without_weights(tmp_path, photos_dir, capsys, monkeypatch):
     """--all builds Lite0-2 only; Lite3/4 are skipped with the reason (fast: 1 variant faked)."""
-    import model_export.cli as cli
+    import effnet_lite.model_export.cli as cli
     monkeypatch.setattr(cli, "VARIANTS", {k: cli.VARIANTS[k] for k in ("lite0", "lite3")})
     assert main(["--all", str(tmp_path / "out"), "--calib-dir", str(photos_dir),
                  "--calib-count", "2"]) == 0
@@ -168,7 +168,7 @@ def test_all_skips_lite3_without_weights(tmp_path, photos_dir, capsys, monkeypat
 
 
 def test_untrained_large_variant_for_latency_work(tmp_path, capsys):
-    from apps.infer import main as infer
+    from effnet_lite.apps.infer import main as infer
     out = tmp_path / "lite3_int8.tflite"
     assert main(["lite3", "--random-init", "-o", str(out)]) == 0
     assert "random weights (untrained)" in capsys.readouterr().err

@@ -12,9 +12,9 @@ from tests_helpers import require_module
 import torch
 
 from conftest import calibrated_lite0, nchw_batch, write_plain_int8_onnx
-from runtime import Classifier, ClassifierOptions
-from runtime.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
-from runtime.tflite_metadata import read_metadata
+from effnet_lite import Classifier, ClassifierOptions
+from effnet_lite.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
+from effnet_lite.tflite_metadata import read_metadata
 
 ai_edge_litert = require_module("ai_edge_litert", "the export tests need LiteRT (tflite extra)")
 from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
@@ -49,7 +49,7 @@ def raw_outputs(path, images) -> np.ndarray:
 
 @pytest.mark.parametrize("name", ["fp32.tflite", "fp32.onnx"])
 def test_fp32_files_match_folded_pytorch(lite0, photos, name):
-    from model_export.folding import fold_batchnorm
+    from effnet_lite.model_export.folding import fold_batchnorm
     folded = fold_batchnorm(lite0.model)
     with torch.no_grad():
         ref = folded(torch.from_numpy(nchw_batch(list(photos.values()), "lite0"))).numpy()

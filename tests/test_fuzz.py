@@ -64,7 +64,7 @@ def write(folder: Path, cases) -> list[tuple[str, Path]]:
 @pytest.fixture(scope="module")
 def model_cases(lite0_files, tmp_path_factory, scale):
     """(case id, path, must_fail) for damaged and hostile model files."""
-    from model_export import tflite_writer
+    from effnet_lite.model_export import tflite_writer
     rng, folder = np.random.default_rng(1234), tmp_path_factory.mktemp("fuzz_models")
     ours_tflite = lite0_files["uint8.tflite"].read_bytes()
     ours_onnx = lite0_files["int8.onnx"].read_bytes()
@@ -125,7 +125,7 @@ def test_damaged_model_files_via_cli(model_cases, lite0_files, scale):
     photo = lite0_files["photos"] / "coffee.jpg"
     sample = model_cases[::max(1, len(model_cases) // (25 * scale))]
     for cid, path, must_fail in sample:
-        code, out, err = run_module("apps.infer", photo, "--model", path, "--json", timeout=120)
+        code, out, err = run_module("effnet_lite.apps.infer", photo, "--model", path, "--json", timeout=120)
         assert code in (0, 2) and (code == 2 or not must_fail), (cid, code, err)
         if code == 2:
             assert err.count("\n") == 1 and err.startswith("effnet-infer: error: "), (cid, err)
@@ -174,7 +174,7 @@ def test_damaged_images_via_cli(image_cases, lite0_files):
     """One batch with every case and a good photo last: bad files are one line each on
     stderr, the rest are classified, the good photo too; exit 1."""
     good = lite0_files["photos"] / "coffee.jpg"
-    code, out, err = run_module("apps.infer", *[p for _, p in image_cases], good,
+    code, out, err = run_module("effnet_lite.apps.infer", *[p for _, p in image_cases], good,
                                 "--model", lite0_files["int8.tflite"], "--json", timeout=600)
     assert code == 1 and "Traceback" not in err
     lines = err.splitlines()
@@ -189,7 +189,7 @@ def test_damaged_images_via_cli(image_cases, lite0_files):
 def test_zero_size_and_wrong_types_via_api(lite0_files):
     import io
     from PIL import Image
-    from runtime import Classifier, ImageError
+    from effnet_lite import Classifier, ImageError
     clf = Classifier.from_file(lite0_files["int8.tflite"])
     for bad in (np.zeros((0, 0, 3), np.uint8), np.zeros((0, 10, 3), np.uint8), Image.new("RGB", (0, 10))):
         with pytest.raises(ImageError, match="empty image"):

@@ -5,13 +5,13 @@ import json
 import numpy as np
 import pytest
 
-from apps.infer import main
-from runtime import Classifier, ClassifierOptions
+from effnet_lite import Classifier, ClassifierOptions
+from effnet_lite.apps.infer import main
 from tests_helpers import run_module
 
 
 def run_cli(*args):
-    return run_module("apps.infer", *args)
+    return run_module("effnet_lite.apps.infer", *args)
 
 
 def test_table_output(lite0_files, capsys):
@@ -100,7 +100,7 @@ def test_cli_matches_api_and_report_on_dev_photos(lite0_dev_report):
     199/200 of all dev photos) and >= 97 % for the ONNX file (measured 97/100: its pair-safe
     weights are coarser), and the same accuracy within two photos."""
     from conftest import DEV_DIR
-    from runtime.dataset import labelled_images
+    from effnet_lite.dataset import labelled_images
     row, folder = lite0_dev_report
     items = labelled_images(DEV_DIR)[100:]
     labels = np.array([label for _, label in items])

@@ -11,8 +11,8 @@ import time
 
 import pytest
 
-from apps.infer import AUTO_WORKERS_FROM, choose_workers
-from apps.procs import processes
+from effnet_lite.apps.infer import AUTO_WORKERS_FROM, choose_workers
+from effnet_lite.apps.procs import processes
 from conftest import DEV_DIR
 from tests_helpers import readline_within, run_module
 
@@ -37,8 +37,8 @@ def mixed_inputs(lite0_files, tmp_path_factory):
 
 def test_two_workers_answer_like_one_process(lite0_files, mixed_inputs):
     model = lite0_files["int8.tflite"]
-    one = run_module("apps.infer", *mixed_inputs, "--model", model, "--json", "--workers", "1")
-    two = run_module("apps.infer", *mixed_inputs, "--model", model, "--json", "--workers", "2")
+    one = run_module("effnet_lite.apps.infer", *mixed_inputs, "--model", model, "--json", "--workers", "1")
+    two = run_module("effnet_lite.apps.infer", *mixed_inputs, "--model", model, "--json", "--workers", "2")
     assert one[0] == two[0] == 1
     answers = [[(r["source"], r["categories"]) for r in map(json.loads, out[1].splitlines())] for out in (one, two)]
     assert answers[0] == answers[1]              # the same classes and scores, in the same order
@@ -57,7 +57,7 @@ def _group_alive(pgid: int) -> bool:
 
 def test_ctrl_c_stops_workers_promptly(lite0_files, tmp_path):
     photos = sorted(lite0_files["photos"].glob("*.jpg"))
-    proc = subprocess.Popen([sys.executable, "-m", "apps.infer", *(photos * 300), "--model",
+    proc = subprocess.Popen([sys.executable, "-m", "effnet_lite.apps.infer", *(photos * 300), "--model",
                              str(lite0_files["int8.tflite"]), "-q", "--workers", "2"],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
@@ -80,7 +80,7 @@ def test_ctrl_c_stops_workers_promptly(lite0_files, tmp_path):
 def test_bench_throughput_mode(lite0_files, tmp_path):
     """The workers x threads grid runs and reports images/s and the ratio to the best
     single-process setting (the figures themselves are the benchmark's, not asserted)."""
-    from benchmarks import latency
+    from effnet_lite.benchmarks import latency
     out = tmp_path / "throughput.json"
     assert latency.main([str(lite0_files["int8.tflite"]), "--mode", "throughput", "--data",
                          str(lite0_files["photos"]), "--workers", "1,2", "--threads", "1",
@@ -103,7 +103,7 @@ def test_eval_workers_give_the_same_figures(lite0_files, tmp_path):
     figures = []
     for workers in ("1", "2"):
         out = tmp_path / f"eval{workers}.json"
-        code, _, err = run_module("benchmarks.evaluate", lite0_files["int8.tflite"], lite0_files["fp32.onnx"],
+        code, _, err = run_module("effnet_lite.benchmarks.evaluate", lite0_files["int8.tflite"], lite0_files["fp32.onnx"],
                                   "--data", csv_dir, "--workers", workers, "--json", out)
         assert code == 1 and "broken.jpg" in err and "Traceback" not in err   # one bad file: exit 1
         figures.append(json.loads(out.read_text())["results"])

@@ -37,7 +37,7 @@ def rows_of(out_dir) -> list[dict]:
 
 
 def infer_answers(model, paths) -> dict:
-    code, out, _ = run_module("apps.infer", *paths, "--model", model, "--json")
+    code, out, _ = run_module("effnet_lite.apps.infer", *paths, "--model", model, "--json")
     return {r["source"]: r["categories"] for r in map(json.loads, out.splitlines())}
 
 
@@ -56,7 +56,7 @@ def check_rows(rows, paths, broken, answers):
 def test_local_engine_labels_like_effnet_infer(lite0_files, collection, tmp_path):
     folder, paths, broken = collection
     model = lite0_files["int8.tflite"]
-    code, _, err = run_module("apps.label", folder, "--model", model, "--output", tmp_path / "out",
+    code, _, err = run_module("effnet_lite.apps.label", folder, "--model", model, "--output", tmp_path / "out",
                               "--workers", "2", "--shard-size", "8")
     assert code == 1 and "Traceback" not in err          # one image failed, recorded
     assert f"labelled {len(paths) - 1}, errors 1" in err.splitlines()[-1]
@@ -69,7 +69,7 @@ def test_a_killed_job_continues_where_it_stopped(lite0_files, collection, tmp_pa
     listing = tmp_path / "list.txt"
     listing.write_text("\n".join(paths) + "\n")
     out = tmp_path / "out"
-    cmd = [sys.executable, "-m", "apps.label", str(listing), "--model", str(lite0_files["int8.tflite"]),
+    cmd = [sys.executable, "-m", "effnet_lite.apps.label", str(listing), "--model", str(lite0_files["int8.tflite"]),
            "--output", str(out), "--workers", "1", "--shard-size", "4"]
     proc = subprocess.Popen(cmd + ["--top-k", "3"], stderr=subprocess.DEVNULL, start_new_session=True)
     try:
@@ -96,10 +96,10 @@ def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
     folder, paths, broken = collection
     model = lite0_files["int8.tflite"]
     csv_dir, _, _ = labelled_folders(tmp_path, lite0_files["photos"])
-    code, _, _ = run_module("benchmarks.evaluate", model, "--data", csv_dir, "--json", tmp_path / "local.json")
+    code, _, _ = run_module("effnet_lite.benchmarks.evaluate", model, "--data", csv_dir, "--json", tmp_path / "local.json")
     assert code == 0
     # the source as a location pyarrow reads (file://, as s3:// or gs:// would be on a cluster)
-    script = (f"import sys\nfrom apps.label import main as label\nfrom benchmarks.evaluate import main as evaluate\n"
+    script = (f"import sys\nfrom effnet_lite.apps.label import main as label\nfrom effnet_lite.benchmarks.evaluate import main as evaluate\n"
               f"print('label', label(['file://{folder}', '--model', {str(model)!r}, '--output', "
               f"{str(tmp_path / 'out')!r}, '--engine', 'ray', '--workers', '2', '--format', 'parquet']))\n"
               f"print('eval', evaluate([{str(model)!r}, '--data', {str(csv_dir)!r}, '--engine', 'ray', "
@@ -121,6 +121,6 @@ def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
 def test_bad_arguments(lite0_files, collection, tmp_path, args, says):
     folder = collection[0]
     source = [str(tmp_path / args[0])] if args[0] == "absent_folder" else [str(folder), *args]
-    code, _, err = run_module("apps.label", *source, "--model", lite0_files["int8.tflite"],
+    code, _, err = run_module("effnet_lite.apps.label", *source, "--model", lite0_files["int8.tflite"],
                               "--output", tmp_path / "o")
     assert code == 2 and says in err and "Traceback" not in err

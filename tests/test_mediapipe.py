@@ -12,8 +12,8 @@ from tests_helpers import require_module
 
 from conftest import calibration_folder
 from mediapipe_helpers import MediaPipeClassifier, rgb
-from runtime import Classifier
-from runtime.preprocess import preprocess
+from effnet_lite import Classifier
+from effnet_lite.preprocess import preprocess
 
 require_module("mediapipe.tasks.python.vision", "the MediaPipe tests need mediapipe (test extra)")
 VARIANTS = ("lite0", "lite1", "lite2")
@@ -22,11 +22,11 @@ VARIANTS = ("lite0", "lite1", "lite2")
 @pytest.fixture(scope="module")
 def mp_files(tmp_path_factory):
     """Lite0 through the command a user types; Lite1/2 through the same Exporter in-process."""
-    from model_export.export import Exporter
+    from effnet_lite.model_export.export import Exporter
     folder, count = calibration_folder(tmp_path_factory)
     out = tmp_path_factory.mktemp("mediapipe")
     files = {v: out / f"{v}_uint8_softmax.tflite" for v in VARIANTS}
-    done = subprocess.run([sys.executable, "-m", "model_export.cli", "lite0", "--io", "uint8", "--softmax",
+    done = subprocess.run([sys.executable, "-m", "effnet_lite.model_export.cli", "lite0", "--io", "uint8", "--softmax",
                            "--calib-dir", str(folder), "--calib-count", str(count), "-o", str(files["lite0"])],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr

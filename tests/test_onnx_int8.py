@@ -19,9 +19,9 @@ import numpy as np
 import pytest
 
 from conftest import DEV_DIR, ROOT, calibrated_lite0, dev_rows, skimage_photos, write_plain_int8_onnx
-from model_export.quantize import PAIR_LIMIT, pair_sum
-from runtime import Classifier, ClassifierOptions
-from runtime.cpu import classify, int8_class
+from effnet_lite import Classifier, ClassifierOptions
+from effnet_lite.cpu import classify, int8_class
+from effnet_lite.model_export.quantize import PAIR_LIMIT, pair_sum
 from tests_helpers import require_module, run_module, unavailable
 
 require_module("onnxruntime", "int8 ONNX files need onnxruntime (onnx extra)")
@@ -55,7 +55,7 @@ def files(tmp_path_factory):
 @pytest.fixture(scope="module")
 def crops(files):
     """Real photos as the runtime crops them: all 200 dev photos, else scikit-image's."""
-    from runtime.preprocess import preprocess
+    from effnet_lite.preprocess import preprocess
     config = files["exporter"].config
     try:
         sources = [r["path"] for r in dev_rows()]
@@ -185,8 +185,8 @@ def _qemu() -> str:
 EMULATED = """
 import json, sys
 import numpy as np
-from runtime import Classifier, ClassifierOptions
-from runtime.cpu import int8_class
+from effnet_lite import Classifier, ClassifierOptions
+from effnet_lite.cpu import int8_class
 crops = np.load(sys.argv[1])
 result = {"class": int8_class().name}
 for path in sys.argv[3:]:
@@ -255,10 +255,10 @@ def test_others_int8_onnx_file_gets_a_caveat(files, monkeypatch):
     model = onnx.load(files["plain"])
     del model.metadata_props[:]
     onnx.save(model, foreign)
-    import runtime.classifier
-    from runtime.cpu import Int8Class
+    import effnet_lite.classifier
+    from effnet_lite.cpu import Int8Class
     for saturates in (True, False):
-        monkeypatch.setattr(runtime.classifier, "int8_class", lambda s=saturates: Int8Class("test class", s))
+        monkeypatch.setattr(effnet_lite.classifier, "int8_class", lambda s=saturates: Int8Class("test class", s))
         with Classifier.from_file(files["u8s8"]) as ours, Classifier.from_file(foreign) as theirs, \
                 Classifier.from_file(files["plain"]) as plain:
             assert ours.backend.quantized and theirs.backend.quantized
@@ -274,9 +274,9 @@ def test_others_int8_onnx_file_gets_a_caveat(files, monkeypatch):
     if not photo.is_file():
         from conftest import photo_folder
         photo = next(photo_folder(foreign.parent / "p").iterdir())
-    code, _, err = run_module("apps.infer", photo, "--model", foreign, "-v")
+    code, _, err = run_module("effnet_lite.apps.infer", photo, "--model", foreign, "-v")
     assert code == 0, err
     assert f"cpu: int8 class {int8_class().name}; file: int8 weights not known to be pair-safe" in err
     assert ("may differ from other machines'" in err) == int8_class().saturates, err
-    code, _, err = run_module("apps.infer", photo, "--model", files["u8s8"], "-v")
+    code, _, err = run_module("effnet_lite.apps.infer", photo, "--model", files["u8s8"], "-v")
     assert code == 0 and "pair-safe int8 weights" in err and "warning" not in err, err

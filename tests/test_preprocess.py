@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime import ImageError, load_image, preprocess
-from runtime.preprocess import PreprocessConfig, normalize
+from effnet_lite import ImageError, load_image, preprocess
+from effnet_lite.preprocess import PreprocessConfig, normalize
 
 FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR}
 
@@ -60,7 +60,7 @@ def test_exact_and_fast_paths_against_reference(w, h, interpolation, size, crop_
 def test_fast_path_keeps_pillows_pass_order():
     """A crop resampled in the other pass order than Pillow's full resize differs by up to
     15 levels on portrait photos (the intermediate image is rounded and clipped)."""
-    from runtime.preprocess import _horizontal_first
+    from effnet_lite.preprocess import _horizontal_first
     rng = np.random.default_rng(0)          # black and white 4x4 blocks: bicubic overshoots
     blocks = rng.integers(0, 2, (88, 69, 3)).repeat(4, 0).repeat(4, 1)[:348, :275] * 255
     img = Image.fromarray(blocks.astype(np.uint8))   # portrait: the crop alone would go height-first
@@ -149,7 +149,7 @@ def test_jpeg_draft_decodes_smaller_and_stays_close(tmp_path):
     path = tmp_path / "big.jpg"
     big.save(path, quality=92)
     cfg = PreprocessConfig(224, 0.875, "bicubic")
-    from runtime.preprocess import _open
+    from effnet_lite.preprocess import _open
     drafted, upright = _open(path, cfg, True, 10**9)
     assert upright == (4000, 3000) and drafted.size[0] < 4000 and drafted.size[1] >= cfg.resize_size
     fast, exact = preprocess(path, cfg), preprocess(path, cfg, exact=True)
@@ -162,7 +162,7 @@ def test_small_jpeg_is_not_drafted(tmp_path):
     path = tmp_path / "small.jpg"
     img.save(path, quality=95)
     cfg = PreprocessConfig(224, 0.875, "bicubic")
-    from runtime.preprocess import _open
+    from effnet_lite.preprocess import _open
     # 500x375 -> 341x256: a DCT scale of 1/2 would fall below the target, so no draft
     assert _open(path, cfg, True, 10**9)[0].size == (500, 375)
 

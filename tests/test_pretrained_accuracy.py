@@ -4,8 +4,8 @@ import pytest
 import torch
 
 from conftest import nchw_batch
-from model_export.folding import fold_batchnorm, has_batchnorm
-from model_export.weights import load_model
+from effnet_lite.model_export.folding import fold_batchnorm, has_batchnorm
+from effnet_lite.model_export.weights import load_model
 
 # Floors on the 200 dev photos. Measured 2026-11-21 on this machine with the reference
 # transform: lite0 90.0/98.0, lite1 90.5/98.0, lite2 92.0/100.0 (top-1/top-5 %). The floors

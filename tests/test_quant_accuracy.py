@@ -3,8 +3,8 @@ calibrate on the first 100 photos (sorted by name), evaluate on the other 100.""
 import pytest
 
 from conftest import DEV_DIR, dev_rows
-from model_export.report import report_variant
-from runtime.dataset import labelled_images
+from effnet_lite.dataset import labelled_images
+from effnet_lite.model_export.report import report_variant
 
 
 @pytest.fixture(scope="module")

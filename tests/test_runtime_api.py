@@ -10,15 +10,15 @@ import numpy as np
 import pytest
 
 from conftest import ROOT
-from runtime import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
+from effnet_lite import (BackendUnavailableError, Classifier, ClassifierOptions, ImageError,
                      ModelError)
-from runtime.backends import open_model
+from effnet_lite.backends import open_model
 from tests_helpers import BLOCKER
 
 def test_runtime_works_without_torch_and_onnx(lite0_files):
     code = BLOCKER + f"""
 import json, runtime
-from runtime import Classifier
+from effnet_lite import Classifier
 clf = Classifier.from_file({str(lite0_files['int8.tflite'])!r})
 res = clf.classify({str(lite0_files['photos'] / 'coffee.jpg')!r})
 try:
@@ -50,7 +50,7 @@ def test_every_file_classifies_real_photos(lite0_files, photos, name):
 
 
 def test_integer_models_get_integer_input_without_float_math(lite0_files, monkeypatch):
-    import runtime.model_io as model_io
+    import effnet_lite.model_io as model_io
     calls = []
     monkeypatch.setattr(model_io, "normalize", lambda *a: calls.append(a) or 1 / 0)
     for name, dtype, offset in [("int8.tflite", np.int8, -128), ("uint8.tflite", np.uint8, 0),
@@ -127,7 +127,7 @@ def test_one_classifier_serves_many_threads(lite0_files):
 
 def strip_metadata_tflite(lite0_files, tmp_path, io):
     """The model as files made elsewhere come: no metadata at all."""
-    from model_export import tflite_writer
+    from effnet_lite.model_export import tflite_writer
     blob = tflite_writer.write_int8(lite0_files["exporter"].quantized, {}, "", io)
     path = tmp_path / f"plain_{io}.tflite"
     path.write_bytes(blob)
@@ -164,7 +164,7 @@ def test_nhwc_float_onnx_without_metadata(lite0_files, photos, tmp_path):
 def not_a_classifier(tmp_path):
     """A valid .tflite whose input is a vector, not an image."""
     from ai_edge_litert import schema_py_generated as tfl
-    from model_export.tflite_writer import _Builder
+    from effnet_lite.model_export.tflite_writer import _Builder
     b = _Builder()
     x = b.tensor("x", [1, 10], tfl.TensorType.FLOAT32)
     w = b.tensor("w", [5, 10], tfl.TensorType.FLOAT32, np.ones((5, 10), np.float32))

@@ -18,9 +18,9 @@ from tests_helpers import require_module, unavailable
 
 require_module("uvicorn", "effnet-serve needs the 'serve' extra")
 
-from apps.procs import processes  # noqa: E402
-from runtime import Classifier  # noqa: E402
-from runtime.cpu import int8_class  # noqa: E402
+from effnet_lite import Classifier  # noqa: E402
+from effnet_lite.apps.procs import processes  # noqa: E402
+from effnet_lite.cpu import int8_class  # noqa: E402
 
 from conftest import DEV_DIR  # noqa: E402
 from serve_helpers import Server, json_body, status_of  # noqa: E402
@@ -49,7 +49,7 @@ def server(model):
 
 
 def infer_json(model, photos, *args) -> dict:
-    code, out, err = run_module("apps.infer", *photos, "--model", model, "--json", *args)
+    code, out, err = run_module("effnet_lite.apps.infer", *photos, "--model", model, "--json", *args)
     assert code == 0, err
     return {os.path.basename(r["source"]): r["categories"] for r in map(json.loads, out.splitlines())}
 
@@ -182,19 +182,19 @@ def test_oversize_refused_before_the_body_is_read(server, photos):
 def test_bad_model_port_and_missing_extra_are_one_line_errors(tmp_path, model):
     bad = tmp_path / "broken.tflite"
     bad.write_bytes(b"TFL3" + os.urandom(2000))
-    code, out, err = run_module("apps.serve.cli", "--model", bad, "--port", "0", timeout=120)
+    code, out, err = run_module("effnet_lite.apps.serve.cli", "--model", bad, "--port", "0", timeout=120)
     assert code == 2 and len(err.strip().splitlines()) == 1 and "broken.tflite" in err and "Traceback" not in err
     with socket.socket() as taken:
         taken.bind(("127.0.0.1", 0))
         taken.listen()
-        code, out, err = run_module("apps.serve.cli", "--model", model, "--port", taken.getsockname()[1], timeout=120)
+        code, out, err = run_module("effnet_lite.apps.serve.cli", "--model", model, "--port", taken.getsockname()[1], timeout=120)
     assert code == 2 and "cannot listen on 127.0.0.1" in err and len(err.strip().splitlines()) == 1, err
     script = BLOCKER.replace('"tensorflow"}', '"tensorflow", "uvicorn"}') + (
-        "import sys; from apps.serve.cli import main; sys.exit(main(sys.argv[1:]))")
+        "import sys; from effnet_lite.apps.serve.cli import main; sys.exit(main(sys.argv[1:]))")
     proc = subprocess.run([sys.executable, "-c", script, "--model", str(model)], capture_output=True, text=True,
                           timeout=120)
     assert proc.returncode == 2 and "effnet-lite-edge[serve]" in proc.stderr, proc.stderr
-    code, out, err = run_module("apps.serve.cli", "--help")
+    code, out, err = run_module("effnet_lite.apps.serve.cli", "--help")
     assert code == 0 and "curl" in out and "/v1/classify" in out and "--max-queue" in out
 
 
@@ -308,7 +308,7 @@ def test_https_with_a_self_signed_certificate(tmp_path, model, photos):
         assert response.status == 200 and json.loads(response.read())["categories"]
         conn.close()
     assert s.code == 0
-    code, out, err = run_module("apps.serve.cli", "--model", model, "--port", "0", "--tls-cert", key,
+    code, out, err = run_module("effnet_lite.apps.serve.cli", "--model", model, "--port", "0", "--tls-cert", key,
                                 "--tls-key", key, timeout=120)
     assert code == 2 and "TLS certificate or key" in err and len(err.strip().splitlines()) == 1, err
 
@@ -335,7 +335,7 @@ def test_readme_systemd_unit_is_valid(tmp_path):
 def test_bench_service_mode(lite0_files, tmp_path, capsys):
     """effnet-bench --mode service runs both sides and reports the ratio and the added p50
     (the figures are the benchmark's to print, not asserted here)."""
-    from benchmarks import latency
+    from effnet_lite.benchmarks import latency
     out = tmp_path / "service.json"
     assert latency.main([str(lite0_files["int8.tflite"]), "--mode", "service", "--data", str(lite0_files["photos"]),
                          "--workers", "1", "--rounds", "1", "--requests", "24", "--json", str(out)]) == 0

@@ -58,7 +58,7 @@ def text(driver, element_id: str) -> str:
 
 def test_upload_through_the_page(server, lite0_files):
     photo = sorted(DEV_DIR.glob("*.JPEG"))[3] if DEV_DIR.is_dir() else lite0_files["photos"] / "chelsea.jpg"
-    code, out, err = run_module("apps.infer", photo, "--model", lite0_files["int8.tflite"], "--json")
+    code, out, err = run_module("effnet_lite.apps.infer", photo, "--model", lite0_files["int8.tflite"], "--json")
     assert code == 0, err
     expected = json.loads(out)["categories"]
     driver = browser()
@@ -80,7 +80,7 @@ def test_upload_through_the_page(server, lite0_files):
         for event in ("drop", "paste"):
             other = sorted(DEV_DIR.glob("*.JPEG"))[60 if event == "drop" else 90] if DEV_DIR.is_dir() \
                 else lite0_files["photos"] / ("coffee.jpg" if event == "drop" else "astronaut.jpg")
-            code, out, err = run_module("apps.infer", other, "--model", lite0_files["int8.tflite"], "--json")
+            code, out, err = run_module("effnet_lite.apps.infer", other, "--model", lite0_files["int8.tflite"], "--json")
             label = json.loads(out)["categories"][0]["label"]
             driver.execute_script(DISPATCH, event, base64.b64encode(other.read_bytes()).decode(), other.name)
             WebDriverWait(driver, 30).until(lambda d: text(d, "top-label") == label)

@@ -43,7 +43,7 @@ def small_photos(lite0_files, tmp_path_factory):
 @pytest.fixture(scope="module")
 def reference(lite0_files, small_photos):
     """effnet-infer's answers for the same files: what every good request must get."""
-    code, out, err = run_module("apps.infer", *small_photos, "--model", lite0_files["int8.tflite"], "--json")
+    code, out, err = run_module("effnet_lite.apps.infer", *small_photos, "--model", lite0_files["int8.tflite"], "--json")
     assert code == 0, err
     return {os.path.basename(r["source"]): r["categories"] for r in map(json.loads, out.splitlines())}
 

@@ -12,10 +12,10 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime import Classifier, ModelError
-from runtime.labels import imagenet_labels
-from runtime.metadata import METADATA_NAME
-from runtime.tflite_metadata import STANDARD_NAME, packed_files, read_metadata
+from effnet_lite import Classifier, ModelError
+from effnet_lite.labels import imagenet_labels
+from effnet_lite.metadata import METADATA_NAME
+from effnet_lite.tflite_metadata import STANDARD_NAME, packed_files, read_metadata
 from tests_helpers import require_module, run_module
 
 mds = require_module("mediapipe.tasks.metadata.metadata_schema_py_generated", "the schema cross-check needs mediapipe (test extra)")
@@ -162,7 +162,7 @@ def test_runtime_reads_labels_another_tool_packed(files, photos, tmp_path):
         a, b = ours.classify(image).categories[0], theirs.classify(image).categories[0]
         assert b.label == renamed[a.index] and b.score == a.score
     Image.fromarray(photos["coffee"]).save(tmp_path / "coffee.png")
-    code, out, err = run_module("apps.infer", tmp_path / "coffee.png", "--model", foreign, "--json")
+    code, out, err = run_module("effnet_lite.apps.infer", tmp_path / "coffee.png", "--model", foreign, "--json")
     assert code == 0 and json.loads(out)["categories"][0]["label"] == renamed[967]
     assert "Someone else's classifier: standard TFLite metadata, 1000 labels from the file" in err
 
@@ -193,7 +193,7 @@ def test_labels_that_disagree_with_the_output_are_refused(files, tmp_path, count
 def test_labels_file_named_but_not_packed(files, tmp_path):
     """The flatbuffer without its zip, its digest made valid again (or the digest check would
     refuse it first): the reader names the missing labels file."""
-    from runtime import integrity
+    from effnet_lite import integrity
     data = files["uint8.tflite"].read_bytes()
     cut = data[:data.rfind(b"PK\x03\x04")]          # the flatbuffer without its zip
     at = cut.find(integrity.KEY) + len(integrity.KEY)

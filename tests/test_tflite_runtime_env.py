@@ -15,13 +15,13 @@ import pytest
 from tests_helpers import unavailable
 
 from conftest import ROOT, photo_folder
-from model_export.export import Exporter
-from runtime import Classifier
+from effnet_lite import Classifier
+from effnet_lite.model_export.export import Exporter
 
 SCRIPT = """
 import json, sys
 import numpy
-from runtime import Classifier, ClassifierOptions
+from effnet_lite import Classifier, ClassifierOptions
 out = {"numpy": numpy.__version__, "results": {}}
 for model in sys.argv[2:]:
     clf = Classifier.from_file(model, ClassifierOptions(backend="tflite-runtime", max_results=1))
@@ -61,7 +61,10 @@ def test_files_run_in_tflite_runtime_with_numpy1(tmp_path):
                                 ("fp32.tflite", "fp32", None)]:
         exporter.export(tmp_path / name, precision, "tflite", io)
         models.append(str(tmp_path / name))
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # the runtime folder alone, importable under its package name (none of the other folders)
+    (tmp_path / "path").mkdir()
+    (tmp_path / "path" / "effnet_lite").symlink_to(ROOT / "runtime", target_is_directory=True)
+    env = {**os.environ, "PYTHONPATH": str(tmp_path / "path")}
     proc = subprocess.run([str(python), "-c", SCRIPT, ",".join(images), *models],
                           capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-2000:]

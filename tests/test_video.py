@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from runtime import Classifier
+from effnet_lite import Classifier
 from tests_helpers import require_module, run_module
 
 av = require_module("av", "the video tests need PyAV (video extra)")
@@ -43,7 +43,7 @@ def direct_top1(model, frames) -> list[int]:
 @pytest.mark.parametrize("selection", [["--max-fps", "1"], ["--every", str(FPS)]])
 def test_per_second_labels_match_the_photos(lite0_files, video, selection):
     path, frames = video
-    code, out, err = run_module("apps.infer", "--video", path, "--model", lite0_files["int8.tflite"],
+    code, out, err = run_module("effnet_lite.apps.infer", "--video", path, "--model", lite0_files["int8.tflite"],
                                 "--json", *selection)
     assert code == 0, err
     rows = [json.loads(line) for line in out.splitlines()]
@@ -56,7 +56,7 @@ def test_per_second_labels_match_the_photos(lite0_files, video, selection):
 
 def test_every_frame_and_table_output(lite0_files, video):
     path, _ = video
-    code, out, err = run_module("apps.infer", "--video", path, "--model", lite0_files["int8.tflite"])
+    code, out, err = run_module("effnet_lite.apps.infer", "--video", path, "--model", lite0_files["int8.tflite"])
     assert code == 0 and len(out.splitlines()) == FPS * len(NAMES)
     assert out.splitlines()[0].startswith("t=   0.000s frame      0:") and "espresso" in out.splitlines()[0]
 
@@ -66,7 +66,7 @@ def test_truncated_video_stops_cleanly_after_the_frames_it_read(lite0_files, vid
     data = path.read_bytes()
     cut = tmp_path / "cut.mkv"
     cut.write_bytes(data[:len(data) * 3 // 5])
-    code, out, err = run_module("apps.infer", "--video", cut, "--model", lite0_files["int8.tflite"], "--json")
+    code, out, err = run_module("effnet_lite.apps.infer", "--video", cut, "--model", lite0_files["int8.tflite"], "--json")
     assert code in (0, 1) and "Traceback" not in err
     got = len(out.splitlines())
     assert 0 < got < FPS * len(NAMES)          # the frames before the cut, then a clean stop
@@ -83,7 +83,7 @@ def test_bad_video_sources(lite0_files, tmp_path, args, says):
     import re
     (tmp_path / "garbage.mkv").write_bytes(b"this is no video\n" * 50)
     args = [str(tmp_path / a) if a.endswith((".mkv", ".jpg")) else a for a in args]
-    code, _, err = run_module("apps.infer", *args, "--model", lite0_files["int8.tflite"])
+    code, _, err = run_module("effnet_lite.apps.infer", *args, "--model", lite0_files["int8.tflite"])
     assert code == 2 and re.search(says, err) and "Traceback" not in err, err
 
 
@@ -91,7 +91,7 @@ def test_live_sources_hand_out_only_the_newest_frame():
     """A camera faster than the classifier: stale frames are dropped, order is kept, and
     the last frame still arrives."""
     import time
-    from apps.video import _newest_only
+    from effnet_lite.apps.video import _newest_only
 
     def camera():
         for i in range(200):

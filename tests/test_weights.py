@@ -3,8 +3,8 @@ import pickle
 import pytest
 import torch
 
-from model_export.model import create_model
-from model_export.weights import WeightsError, load_model, read_state_dict
+from effnet_lite.model_export.model import create_model
+from effnet_lite.model_export.weights import WeightsError, load_model, read_state_dict
 
 
 @pytest.mark.parametrize("name", ["lite0", "lite1", "lite2"])

@@ -18,9 +18,10 @@ from dataclasses import asdict
 from pathlib import Path
 from urllib.parse import urlsplit
 
-from runtime import BackendUnavailableError, Classifier, ClassifierOptions, ModelError, __version__
-from runtime.backends import BACKENDS
-from runtime.quiet import Captured
+from effnet_lite import BackendUnavailableError, Classifier, ClassifierOptions, ModelError, __version__
+from effnet_lite.backends import BACKENDS
+from effnet_lite.errors import needs_extra
+from effnet_lite.quiet import Captured
 
 EXAMPLES = """\
 examples:
@@ -141,7 +142,8 @@ def main(argv=None) -> int:
 
         from .app import Settings
     except ImportError as e:
-        return fail(f"{e.name or e} is missing: install the server with pip install 'effnet-lite-edge[serve]'")
+        print(needs_extra("effnet-serve", f"effnet-serve ({e.name or e} is missing)", "serve"), file=sys.stderr)
+        return 2
     options = ClassifierOptions(num_threads=args.threads, backend=args.backend, exact=args.exact)
     quiet = Captured()
     try:

@@ -17,8 +17,8 @@ import json
 import os
 import signal
 
-from runtime import Classifier, ClassifierOptions
-from runtime.quiet import Captured
+from effnet_lite import Classifier, ClassifierOptions
+from effnet_lite.quiet import Captured
 
 from ..parallel import outcome
 
