@@ -2,6 +2,7 @@
 and ONNX (onnxruntime, CPUExecutionProvider). Each is imported only when used."""
 from __future__ import annotations
 
+import functools
 import importlib
 import importlib.util
 import mmap
@@ -27,8 +28,9 @@ BACKENDS = {
     # every CPU class (the reference int8 kernels are checked against; several times slower)
     "onnxruntime-reference": ("onnx", "onnxruntime", "onnx"),
 }
-# op types that make an ONNX graph an integer (quantized) one
-_QUANTIZED_OPS = re.compile(rb"QuantizeLinear|QLinear[A-Z]|ConvInteger|MatMulInteger")
+# op types that make an ONNX graph an integer (quantized) one ("QuantizeLinear" also finds
+# DequantizeLinear and DynamicQuantizeLinear)
+_QUANTIZED_OPS = (b"QuantizeLinear", b"QLinear", b"ConvInteger", b"MatMulInteger")
 KIND_BY_SUFFIX = {".tflite": "tflite", ".onnx": "onnx"}
 # Neither format holds more in one file (flatbuffers and protobuf stop at 2 GiB); checked
 # before anything is read, so a huge or sparse file costs nothing
@@ -55,7 +57,11 @@ class Backend:
         self.metadata: bytes | None = None                 # our JSON document
         self.standard: StandardMetadata | None = None      # standard TFLite Model Metadata
         self.digest: str | None = None                     # verified "sha256:…", None: none
-        self.quantized = False                             # integer kernels inside
+
+    @property
+    def quantized(self) -> bool:
+        """Whether integer kernels run this model (only ONNX files are asked, see OnnxBackend)."""
+        return False
 
     def _checked_map(self) -> mmap.mmap:
         """The file mapped read-only (no copy in memory), after the size and identifier
@@ -142,8 +148,7 @@ class OnnxBackend(Backend):
         if reference:
             self.name = "onnxruntime-reference"
             options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
-        with self._checked_map() as mapped:
-            self.quantized = _QUANTIZED_OPS.search(mapped) is not None
+        self._checked_map().close()
         try:
             self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         except Exception as e:  # noqa: BLE001 - onnxruntime raises its own untyped errors
@@ -163,6 +168,16 @@ class OnnxBackend(Backend):
         self.input = TensorInfo(shape, np.dtype(_ORT_TYPES[inputs[0].type]))
         out_shape = tuple(d if isinstance(d, int) else 1 for d in outputs[0].shape)
         self.output = TensorInfo(out_shape, np.dtype(_ORT_TYPES.get(outputs[0].type, np.float32)))
+
+    @functools.cached_property
+    def quantized(self) -> bool:
+        """Whether the graph holds integer ops: a scan of the file for their op-type names,
+        made only when asked (tens of ms for a large float file), not at every load."""
+        try:
+            with open(self.path, "rb") as f, mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ) as mapped:
+                return any(mapped.find(op) >= 0 for op in _QUANTIZED_OPS)
+        except OSError:
+            return False
 
     def run(self, x):
         try:

@@ -97,9 +97,12 @@ class Classifier:
         """Why this file's answers may differ on this CPU class, or "" when they should not:
         an int8 ONNX file without pair-safe weights, run by saturating int8 kernels."""
         b, meta = self.backend, self.io.metadata
-        if b is None or b.kind != "onnx" or b.name == "onnxruntime-reference" or not b.quantized:
+        if b is None or b.kind != "onnx" or b.name == "onnxruntime-reference" or not int8_class().saturates:
             return ""
-        if meta is not None and meta.pair_safe or not int8_class().saturates:
+        if meta is not None:       # ours: the metadata says what it holds, no scan needed
+            if meta.precision != "int8" or meta.pair_safe:
+                return ""
+        elif not b.quantized:
             return ""
         made = "was not made pair-safe" if meta is not None else "was not made by effnet-lite-edge"
         return (f"this int8 ONNX file {made}: on this CPU ({int8_class().name}) onnxruntime's "
