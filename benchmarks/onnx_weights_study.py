@@ -24,11 +24,6 @@ from effnet_lite.cpu import int8_class
 from effnet_lite.dataset import image_files
 
 
-def _outputs(path, crops, backend=None) -> np.ndarray:
-    with Classifier.from_file(path, ClassifierOptions(backend=backend, num_threads=1)) as clf:
-        return np.stack([clf.io.dequantize(clf.backend.run(clf.io.to_input(c))) for c in crops])
-
-
 def _invoke_ms(paths: list[Path], rounds: int = 15) -> list[float]:
     """Interleaved medians (10 calls per round and file) on a prepared input."""
     clfs = [Classifier.from_file(p, ClassifierOptions(num_threads=1)) for p in paths]
@@ -78,7 +73,7 @@ def study(variant: str, folder: Path, out: Path) -> list[dict]:
             files[path] = (io, pair_safe)
     rows = []
     for path, (io, pair_safe) in files.items():
-        fused, ref = _outputs(path, crops), _outputs(path, crops, "onnxruntime-reference")
+        fused, ref = exporter.outputs(path, crops), exporter.outputs(path, crops, "onnxruntime-reference")
         rows.append({"variant": variant, "activations": "U8S8" if io == "uint8" else "S8S8",
                      "weights": "pair-safe" if pair_safe else "8-bit", "path": path,
                      "agree_fused": float(np.mean(fused[half:].argmax(1) == fp32)),

@@ -224,11 +224,13 @@ class Exporter:
             self._reference = (pixels, logits)
         return self._reference[1]
 
-    def outputs(self, path, pixels: np.ndarray) -> np.ndarray:
-        """A written file's dequantized outputs for `pixels`, through the runtime."""
+    def outputs(self, path, pixels: np.ndarray, backend: str | None = None) -> np.ndarray:
+        """A written file's dequantized outputs for `pixels`, through the runtime (`backend`:
+        e.g. onnxruntime-reference for an ONNX file's QDQ semantics)."""
         try:
             with Captured():     # LiteRT's delegate banner stays off the command's stderr
-                clf = Classifier.from_file(path, ClassifierOptions(num_threads=os.cpu_count()))
+                clf = Classifier.from_file(path, ClassifierOptions(num_threads=os.cpu_count(),
+                                                                   backend=backend))
             got = np.stack([clf.io.dequantize(clf.backend.run(clf.io.to_input(p))) for p in pixels])
         except Exception as e:  # noqa: BLE001 - any failure here means the file is broken
             raise ExportError(f"written file failed to load or run: {e}") from None

@@ -97,8 +97,8 @@ def quantize_weights(weight: np.ndarray, per_channel: bool = True, pair_safe: bo
         return np.clip(np.round(w / sc[:, None]), -127, 127), sc
 
     q, scales = rounded(scales)
-    while pair_safe and (_top2(q) > PAIR_LIMIT).any():  # rounding up can break the bound
-        scales = scales * np.where(_top2(q) > PAIR_LIMIT if per_channel else True, 1 + 2**-10, 1)
+    while pair_safe and (over := _top2(q) > PAIR_LIMIT).any():  # rounding up can break the bound
+        scales = scales * np.where(over if per_channel else True, 1 + 2**-10, 1)
         q, scales = rounded(scales)
     q = q.astype(np.int8).reshape(weight.shape)
     return q, (scales if per_channel else scales[:1]).astype(np.float32)
