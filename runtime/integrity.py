@@ -1,14 +1,24 @@
-"""The digest our model files carry: SHA-256 over the whole file with the digest's own 64 hex
-digits read as zeros, stored in our metadata as "digest":"sha256:<hex>".
+"""The digest our model files carry, stored in our metadata as "digest":"sha256:<hex>".
+
+- .onnx: SHA-256 over the whole file with the digest's own 64 hex digits read as zeros, so a
+  flipped byte anywhere is caught.
+- .tflite: SHA-256 over the file's canonical content (tflite_content): the graph, the
+  weights, our metadata and the input normalization, wherever a writer placed them. The
+  standard TFLite metadata's labels and prose may be rewritten by Google's own tools
+  (tflite-support's MetadataPopulator re-serializes the whole model to relabel it) and the
+  file stays loadable, with the new labels; packed labels files carry their own CRC-32.
+  Files exported before this rule hold a whole-file digest, which is still accepted.
 
 The exporter writes the placeholder, hashes, then patches the value in place (same length,
-so no offset moves). The runtime checks it on the raw bytes before any parser sees them, so a
-flipped byte anywhere - weights, graph, metadata, packed labels - is caught. Files others made
-have no digest; that is reported, not an error.
+so no offset moves). The runtime checks it before it trusts anything the file says. Files
+others made have no digest; that is reported, not an error.
 """
 from __future__ import annotations
 
 import hashlib
+
+from . import tflite_content
+from .metadata import METADATA_NAME
 
 KEY = b'"digest":"sha256:'
 HEX_LENGTH = 64
@@ -38,12 +48,21 @@ def _locate(data) -> int | None:
     return first + len(KEY)
 
 
+def _is_tflite(data) -> bool:
+    return bytes(data[4:8]) == b"TFL3"
+
+
+def _content_digest(data) -> str:
+    return tflite_content.digest(data, METADATA_NAME, KEY)
+
+
 def seal(blob: bytes) -> bytes:
     """Fill in the placeholder digest of a freshly serialized model."""
     at = _locate(blob)
     if at is None or blob[at:at + HEX_LENGTH] != b"0" * HEX_LENGTH:
         raise ValueError("the serialized model holds no digest placeholder")
-    return blob[:at] + _digest(blob, at).encode() + blob[at + HEX_LENGTH:]
+    value = _content_digest(blob) if _is_tflite(blob) else _digest(blob, at)
+    return blob[:at] + value.encode() + blob[at + HEX_LENGTH:]
 
 
 def verify(data) -> str | None:
@@ -53,6 +72,14 @@ def verify(data) -> str | None:
     if at is None:
         return None
     stored = bytes(data[at:at + HEX_LENGTH])
-    if _digest(data, at).encode() != stored:
+    if _is_tflite(data):
+        try:
+            content = _content_digest(data)
+        except ValueError as e:
+            raise IntegrityError(f"model file is corrupt or was modified ({e})") from None
+        ok = content.encode() == stored or _digest(data, at).encode() == stored   # (older exports)
+    else:
+        ok = _digest(data, at).encode() == stored
+    if not ok:
         raise IntegrityError("model file is corrupt or was modified (its SHA-256 digest does not match)")
     return "sha256:" + stored.decode()

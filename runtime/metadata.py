@@ -15,7 +15,7 @@ from dataclasses import asdict, dataclass, field
 
 METADATA_NAME = "effnet_lite_edge"
 FORMAT = "effnet-lite-edge/model-metadata"
-VERSION = 3          # 2: TFLite labels/normalization in the standard metadata; 3: digest
+VERSION = 4   # 2: TFLite labels/normalization in the standard metadata; 3: digest; 4: .tflite content digest
 # Facts a .tflite file holds in its standard metadata or its tensors, not in our JSON
 TFLITE_ELSEWHERE = ("labels", "mean", "std", "input_size", "layout", "input_dtype", "input_scale",
                     "input_zero_point")

@@ -5,7 +5,7 @@ would fail the test instead of killing pytest), under the memory limit the test 
 
 A case is {"id", "kind": "model"|"image", "path", "model", "exact"}: a model case opens
 `path` and classifies the photo `image`; an image case classifies `path` with `model`.
-Outcome per case: "result" (top index), "error" (the exception's type and message) or
+Outcome per case: "result" (top index; for a model case the whole top-5 answer), "error" (the exception's type and message) or
 "unexpected" (any other exception, with its traceback's last line).
 """
 from __future__ import annotations
@@ -29,14 +29,16 @@ def run(case: dict, classifiers: dict) -> dict:
             warnings.simplefilter("always")
             if kind == "model":
                 with Classifier.from_file(case["path"], ClassifierOptions(num_threads=1)) as clf:
-                    top = clf.classify(case["image"]).categories[0].index
+                    result = clf.classify(case["image"])
+                    top = result.categories[0].index
+                    answer = [[c.index, c.label, round(c.score, 6)] for c in result.categories]
             else:
                 key = (case["model"], bool(case.get("exact")))
                 if key not in classifiers:
                     classifiers[key] = Classifier.from_file(
                         case["model"], ClassifierOptions(num_threads=1, exact=key[1]))
-                top = classifiers[key].classify(case["path"]).categories[0].index
-        return {"outcome": "result", "top": top, "warnings": [str(w.message) for w in caught]}
+                top, answer = classifiers[key].classify(case["path"]).categories[0].index, None
+        return {"outcome": "result", "top": top, "answer": answer, "warnings": [str(w.message) for w in caught]}
     except EXPECTED[kind] as e:
         return {"outcome": "error", "type": type(e).__name__, "message": str(e)}
     except Exception as e:  # noqa: BLE001 - the point: report anything else

@@ -6,6 +6,7 @@ from __future__ import annotations
 import io
 import json
 import zipfile
+from pathlib import Path
 
 import flatbuffers
 import numpy as np
@@ -16,7 +17,7 @@ from effnet_lite import Classifier, ModelError
 from effnet_lite.labels import imagenet_labels
 from effnet_lite.metadata import METADATA_NAME
 from effnet_lite.tflite_metadata import STANDARD_NAME, packed_files, read_metadata
-from tests_helpers import require_module, run_module
+from tests_helpers import require_module, run_module, unavailable
 
 mds = require_module("mediapipe.tasks.metadata.metadata_schema_py_generated", "the schema cross-check needs mediapipe (test extra)")
 from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
@@ -184,24 +185,98 @@ def test_labels_that_disagree_with_the_output_are_refused(files, tmp_path, count
     rewrite(files["uint8_softmax.tflite"], foreign, [f"c{i}" for i in range(count)])
     with pytest.raises(ModelError, match=f"labels file names {count} classes but the model outputs 1000"):
         Classifier.from_file(foreign)
-    ours = tmp_path / "ours_bad_labels.tflite"      # one of ours, changed: its digest tells
+    ours = tmp_path / "ours_bad_labels.tflite"      # one of ours, relabelled wrongly
     rewrite(files["uint8_softmax.tflite"], ours, [f"c{i}" for i in range(count)], drop_ours=False)
-    with pytest.raises(ModelError, match="corrupt or was modified"):
+    with pytest.raises(ModelError, match=f"labels file names {count} classes but the model outputs 1000"):
         Classifier.from_file(ours)
 
 
 def test_labels_file_named_but_not_packed(files, tmp_path):
-    """The flatbuffer without its zip, its digest made valid again (or the digest check would
-    refuse it first): the reader names the missing labels file."""
+    """The flatbuffer without its zip (outside what the digest covers): the reader names the
+    missing labels file."""
     from effnet_lite import integrity
     data = files["uint8.tflite"].read_bytes()
     cut = data[:data.rfind(b"PK\x03\x04")]          # the flatbuffer without its zip
-    at = cut.find(integrity.KEY) + len(integrity.KEY)
-    resealed = integrity.seal(cut[:at] + b"0" * integrity.HEX_LENGTH + cut[at + integrity.HEX_LENGTH:])
-    assert integrity.verify(resealed) is not None
-    (tmp_path / "nozip.tflite").write_bytes(resealed)
+    assert integrity.verify(cut) == integrity.verify(data) is not None
+    (tmp_path / "nozip.tflite").write_bytes(cut)
     with pytest.raises(ModelError, match="names the labels file 'labels.txt', which is not packed in the model"):
         Classifier.from_file(tmp_path / "nozip.tflite")
+
+
+# Google's way to relabel a .tflite file: tflite-support's MetadataPopulator, which re-serializes
+# the whole model with the new standard metadata and packs the new labels file.
+RELABEL = """
+import os, sys, tempfile, flatbuffers
+from tflite_support import metadata as md, metadata_schema_py_generated as mdfb
+model, labels, mean = sys.argv[1], sys.argv[2], sys.argv[3]
+doc = mdfb.ModelMetadataT.InitFromObj(mdfb.ModelMetadata.GetRootAsModelMetadata(
+    md.MetadataDisplayer.with_model_file(model).get_metadata_buffer(), 0))
+out = doc.subgraphMetadata[0].outputTensorMetadata[0]
+out.associatedFiles[0].name = b"classes.txt"       # a packed file cannot be replaced, only added
+if mean != "same":
+    doc.subgraphMetadata[0].inputTensorMetadata[0].processUnits[0].options.mean = [float(mean)] * 3
+folder = tempfile.mkdtemp()
+with open(os.path.join(folder, "classes.txt"), "w") as f:
+    f.write(open(labels).read())
+b = flatbuffers.Builder(0)
+b.Finish(doc.Pack(b), md.MetadataPopulator.METADATA_FILE_IDENTIFIER)
+populator = md.MetadataPopulator.with_model_file(model)     # rewrites the file in place
+populator.load_metadata_buffer(b.Output())
+populator.load_associated_files([os.path.join(folder, "classes.txt")])
+populator.populate()
+"""
+
+
+def tflite_support_python() -> Path:
+    """A cached venv with tflite-support (it pins protobuf<4, so not in ours)."""
+    import shutil
+    import subprocess
+    import tempfile
+    import venv
+    env_dir = Path(tempfile.gettempdir()) / "effnet-tflite-support-py311"
+    python = env_dir / "bin" / "python"
+    if not python.exists():
+        venv.create(env_dir, with_pip=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                               "tflite-support==0.4.4"], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            unavailable(f"cannot install tflite-support here: {done.stderr.strip()[-300:]}")
+    return python
+
+
+def test_relabelled_by_googles_metadata_writer(files, photos, tmp_path):
+    """Our uint8 file relabelled with MetadataPopulator still loads (the digest covers the
+    graph, weights and settings, not the labels) and answers with the new names; flipped
+    weights or a changed input normalization in such a file are still refused."""
+    import subprocess
+    python = tflite_support_python()
+    renamed = [f"product {i}" for i in range(1000)]
+    (tmp_path / "classes.txt").write_text("\n".join(renamed) + "\n")
+
+    def relabel(name: str, mean: str = "same") -> Path:
+        model = tmp_path / name
+        model.write_bytes(files["uint8_softmax.tflite"].read_bytes())
+        done = subprocess.run([str(python), "-c", RELABEL, str(model), str(tmp_path / "classes.txt"), mean],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert model.read_bytes() != files["uint8_softmax.tflite"].read_bytes()
+        return model
+    model = relabel("relabelled.tflite")
+    assert set(packed_files(model.read_bytes())) == {"labels.txt", "classes.txt"}
+    ours, theirs = Classifier.from_file(files["uint8_softmax.tflite"]), Classifier.from_file(model)
+    assert theirs.metadata is not None and theirs.metadata.digest == ours.metadata.digest
+    assert theirs.labels == renamed
+    for image in photos.values():
+        a, b = ours.classify(image).categories[0], theirs.classify(image).categories[0]
+        assert b.label == renamed[a.index] and b.score == a.score
+    data = bytearray(model.read_bytes())
+    data[len(data) // 2] ^= 0x10            # a weight, in the middle of the buffers
+    (tmp_path / "flipped.tflite").write_bytes(data)
+    with pytest.raises(ModelError, match="flipped.tflite: model file is corrupt or was modified"):
+        Classifier.from_file(tmp_path / "flipped.tflite")
+    with pytest.raises(ModelError, match="renormalized.tflite: model file is corrupt or was modified"):
+        Classifier.from_file(relabel("renormalized.tflite", mean="100"))
 
 
 def test_json_entry_holds_only_what_the_standard_lacks(files):
