@@ -213,8 +213,10 @@ def run(args) -> int:
     runnable = [path for path, problem in items if problem is None]
     workers = choose_workers(args.workers, args.threads, len(runnable))
     if workers > 1:
+        digest = clf.backend.digest
         clf.close()       # each worker opens its own; this one only checked the file
-        outcomes = parallel(args.model, replace(options, num_threads=args.threads or 1), runnable, workers)
+        outcomes = parallel(args.model, replace(options, num_threads=args.threads or 1), runnable, workers,
+                            digest=digest)
     else:
         outcomes = sequential(clf, quiet, runnable)
     failures, pre_ms, inf_ms, done = 0, 0.0, 0.0, 0

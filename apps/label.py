@@ -13,6 +13,7 @@ Exit status: 0 all labelled, 1 some images failed (recorded in OUT), 2 usage or 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import importlib.util
 import json
 import os
@@ -34,6 +35,8 @@ examples:
   effnet-label /data/archive --model lite0_int8.tflite --output labels/ --engine ray \\
       --ray-address ray://head:10001
 Run it again with the same --output to continue after a crash: finished images are skipped.
+OUT records what made its rows (_effnet-label.json): a rerun with another model, other
+labels, --top-k or --format is refused unless --restart says to start over.
 """
 
 
@@ -81,6 +84,48 @@ class ShardWriter:
         self.next, self.rows = self.next + 1, []
 
 
+RUN_FILE = "_effnet-label.json"      # what made OUT's shards ("_": Parquet readers skip it)
+
+
+def run_record(clf: Classifier, model: str, args) -> dict:
+    """What decides the rows: the model's content and labels, top-k and the shard format."""
+    digest = clf.backend.digest
+    if digest is None:       # a file without our digest: hash it whole
+        with open(model, "rb") as f:
+            digest = "sha256:" + hashlib.file_digest(f, "sha256").hexdigest()
+    labels = hashlib.sha256("\n".join(clf.labels).encode()).hexdigest()
+    return {"model": Path(model).name, "model_digest": digest, "labels_sha256": labels,
+            "top_k": args.top_k, "format": args.format}
+
+
+def check_resume(out: Path, record: dict, restart: bool) -> None:
+    """Refuse to add rows to shards another model or other settings made (unless --restart,
+    which removes them); then record what makes this run's rows."""
+    shards = sorted(out.glob("part-*.*")) + sorted(out.glob(".part-*.tmp"))
+    path = out / RUN_FILE
+    if shards and restart:
+        for shard in shards:
+            shard.unlink()
+    elif shards:
+        try:
+            before = json.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise LabelError(f"{out} holds result shards but no {RUN_FILE} saying what made them; "
+                             "give --restart to replace them, or another --output") from None
+        except (ValueError, UnicodeDecodeError):
+            raise LabelError(f"{path} is not valid JSON; give --restart to start over") from None
+        changed = [k for k in record if not isinstance(before, dict) or before.get(k) != record[k]]
+        if changed:
+            was = before.get(changed[0]) if isinstance(before, dict) else None
+            raise LabelError(f"{out} was labelled with other settings ({changed[0]}: {str(was)[:80]!r}, now "
+                             f"{str(record[changed[0]])[:80]!r}); give --restart to replace its results, "
+                             "or another --output")
+    out.mkdir(parents=True, exist_ok=True)
+    tmp = out / f".{RUN_FILE}.tmp"
+    tmp.write_text(json.dumps(record, indent=1) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
 def done_paths(out: Path) -> set[str]:
     """Paths already labelled in OUT's finished shards."""
     done = set()
@@ -104,11 +149,13 @@ def row_of(path: str, kind: str, payload) -> dict:
     return {"path": path, "indices": [], "labels": [], "scores": [], "error": message}
 
 
-def label_local(model: str, options: ClassifierOptions, paths: list[str], workers: int):
-    """A row per image, in order: this machine, `workers` processes."""
+def label_local(model: str, options: ClassifierOptions, paths: list[str], workers: int,
+                digest: str | None = None):
+    """A row per image, in order: this machine, `workers` processes (which refuse a file
+    whose digest is no longer `digest`)."""
     from .parallel import parallel, sequential
     if workers > 1:
-        outcomes = parallel(model, options, paths, workers)
+        outcomes = parallel(model, options, paths, workers, digest=digest)
     else:
         quiet = Captured()
         with quiet:
@@ -133,6 +180,9 @@ def parse_args(argv=None):
     p.add_argument("-k", "--top-k", type=int, default=5)
     p.add_argument("--format", choices=("jsonl", "parquet"), default="jsonl")
     p.add_argument("--shard-size", type=int, default=1000, help="images per result shard (1000)")
+    p.add_argument("--restart", action="store_true",
+                   help="remove the results already in --output and label everything again (needed when "
+                        "the model, its labels, --top-k or --format changed)")
     p.add_argument("--ray-address", default=os.environ.get("RAY_ADDRESS"),
                    help="Ray cluster to use (default: $RAY_ADDRESS, else a local Ray)")
     p.add_argument("--version", action="version", version=f"effnet-label {__version__}")
@@ -152,8 +202,12 @@ def main(argv=None) -> int:
     start = time.perf_counter()
     try:
         with Captured():
-            Classifier.from_file(args.model, options).close()       # a bad model: an error now
-        done = done_paths(args.output) if args.output.is_dir() else set()
+            with Classifier.from_file(args.model, options) as clf:     # a bad model: an error now
+                record, digest = run_record(clf, args.model, args), clf.backend.digest
+        if args.output.exists() and not args.output.is_dir():
+            raise LabelError(f"{args.output}: exists and is not a folder")
+        check_resume(args.output, record, args.restart)
+        done = done_paths(args.output)
         if args.engine == "ray":
             from .label_ray import label_ray, ray_paths
             paths = ray_paths(args.source)
@@ -164,7 +218,8 @@ def main(argv=None) -> int:
               f"{len(todo)} to label ({args.engine} engine)", file=sys.stderr)
         writer = ShardWriter(args.output, args.format, args.shard_size)
         results = (label_ray(args.model, options, todo, args.workers, args.ray_address) if args.engine == "ray"
-                   else label_local(args.model, options, todo, min(args.workers, max(len(todo), 1))))
+                   else label_local(args.model, options, todo, min(args.workers, max(len(todo), 1)),
+                                    digest))
         errors = 0
         with Progress(len(todo), "labelling") as bar:
             for row in results:

@@ -13,7 +13,7 @@ import signal
 from dataclasses import asdict
 from typing import Iterable, Iterator
 
-from effnet_lite import Classifier, ClassifierOptions, ImageError, ModelError
+from effnet_lite import BackendUnavailableError, Classifier, ClassifierOptions, ImageError, ModelError
 
 from effnet_lite.quiet import Captured, is_noise
 
@@ -46,26 +46,40 @@ def sequential(clf: Classifier, quiet: Captured, paths: Iterable) -> Iterator[tu
         yield classify_one(clf, quiet, path)
 
 
-def _init(model: str, options: dict, want_scores: bool) -> None:
+def _init(model: str, options: dict, want_scores: bool, digest: str | None) -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)      # Ctrl-C is the parent's to handle
     quiet = Captured()
-    with quiet:
-        _worker["clf"] = Classifier.from_file(model, ClassifierOptions(**options))
+    # A failure here must not escape: the pool would start another worker, forever.
+    try:
+        with quiet:
+            clf = Classifier.from_file(model, ClassifierOptions(**options))
+        if digest and clf.backend.digest != digest:
+            clf.close()
+            raise ModelError(f"{model}: the file changed on disk after it was checked "
+                             "(it is not the model this job started with)")
+        _worker["clf"] = clf
+    except (ModelError, BackendUnavailableError) as e:
+        _worker["error"] = str(e)
     _worker["quiet"], _worker["call"] = quiet, scores_one if want_scores else classify_one
 
 
 def _classify(path) -> tuple:
+    if "error" in _worker:
+        return "model", _worker["error"], []
     return _worker["call"](_worker["clf"], _worker["quiet"], path)
 
 
 def parallel(model: str, options: ClassifierOptions, paths: list, workers: int,
-             want_scores: bool = False) -> Iterator[tuple]:
+             want_scores: bool = False, digest: str | None = None) -> Iterator[tuple]:
     """Outcomes from `workers` processes, in input order (payloads: results, or with
     `want_scores` probability arrays). The parent must have opened the model once already
-    (so that a bad model is reported before any worker starts). On KeyboardInterrupt or
-    any error the workers are terminated at once."""
+    (so that a bad model is reported before any worker starts); `digest`, the one it
+    verified, makes a worker refuse a file changed since. A worker that cannot open the
+    model answers ("model", error, []). On KeyboardInterrupt or any error the workers are
+    terminated at once."""
     # spawn, not fork: the parent has an interpreter with threads loaded
-    pool = multiprocessing.get_context("spawn").Pool(workers, _init, (str(model), asdict(options), want_scores))
+    pool = multiprocessing.get_context("spawn").Pool(workers, _init, (str(model), asdict(options), want_scores,
+                                                                      digest))
     try:
         chunk = max(1, min(16, len(paths) // (workers * 8)))
         yield from pool.imap(_classify, paths, chunksize=chunk)

@@ -75,30 +75,40 @@ def _picamera() -> Iterator[tuple[float, np.ndarray]]:
         camera.stop()
 
 
+class _Failed:
+    """The reader thread's exception, on its way to the consumer."""
+
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
 def _newest_only(frames: Iterator) -> Iterator:
     """Read `frames` in a thread and hand out only the newest one: stale frames are dropped."""
     slot: queue.Queue = queue.Queue(maxsize=1)
     done = object()
     stop = threading.Event()
 
+    def hand_over(item) -> None:
+        try:
+            slot.get_nowait()            # drop the frame nobody took
+        except queue.Empty:
+            pass
+        slot.put(item)
+
     def reader():
         try:
             for item in frames:
                 if stop.is_set():
                     break
-                try:
-                    slot.get_nowait()            # drop the frame nobody took
-                except queue.Empty:
-                    pass
-                slot.put(item)
+                hand_over(item)
             slot.put(done)
-        except VideoError as e:
-            slot.put(e)
+        except BaseException as e:      # whatever it is, the consumer must hear of it, or it waits forever
+            hand_over(_Failed(e))
     threading.Thread(target=reader, daemon=True).start()
     try:
         while (item := slot.get()) is not done:
-            if isinstance(item, VideoError):
-                raise item
+            if isinstance(item, _Failed):
+                raise item.error
             yield item
     finally:
         stop.set()
@@ -157,6 +167,10 @@ def run(args, clf, quiet) -> int:
     except KeyboardInterrupt:
         print("effnet-infer: interrupted", file=sys.stderr)
         return 130
+    except Exception as e:      # not the video's fault: a bug or no memory; still one line
+        print(f"effnet-infer: error: internal error while reading {args.video}: {type(e).__name__}: "
+              f"{_first(e)} (after {classified} classified frame{'s' * (classified != 1)})", file=sys.stderr)
+        return 2
     if not args.quiet:
         seconds = time.perf_counter() - start
         print(f"effnet-infer: {classified} frame(s) in {seconds:.1f} s "

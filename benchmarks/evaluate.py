@@ -40,8 +40,9 @@ def file_scores(path, threads, exact=False, workers=1, engine="local", ray_addre
             yield from probabilities_ray(str(path), options, list(paths), workers, ray_address)
             return
         if workers > 1:
+            digest = clf.backend.digest
             clf.close()
-            outcomes = parallel(str(path), options, list(paths), workers, want_scores=True)
+            outcomes = parallel(str(path), options, list(paths), workers, want_scores=True, digest=digest)
         else:
             outcomes = (scores_one(clf, quiet, p) for p in paths)
         for kind, payload, _ in outcomes:

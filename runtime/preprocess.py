@@ -122,8 +122,8 @@ def _check_size(name: str, w: int, h: int, config: PreprocessConfig | None, max_
     if w <= 0 or h <= 0:
         raise ImageError(f"{name}: empty image ({w}x{h})")
     if w * h > max_pixels:
-        raise ImageError(f"{name}: image is {w}x{h} ({w * h / 1e6:.0f} megapixels), over the "
-                         f"{max_pixels / 1e6:.0f}-megapixel safety limit (decompression-bomb guard)")
+        raise ImageError(f"{name}: image is {w}x{h} ({w * h / 1e6:.3g} megapixels), over the "
+                         f"{max_pixels / 1e6:.3g}-megapixel safety limit (decompression-bomb guard)")
     if config is not None:
         tw, th = config.resized_dims(w, h)
         if tw * th > max_pixels:   # the reference resize of a sliver: gigabytes, and no photo

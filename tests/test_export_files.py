@@ -196,3 +196,34 @@ def test_both_writers_serialize_the_same_parameters(lite0):
             assert t.quantization.zeroPoint[0] == inits[f"{name}/zp"]
             checked += 1
     assert checked == 59      # one per op output but the logits (float in ONNX)
+
+
+def test_range_estimators(lite0_files, tmp_path):
+    """--estimator: minmax keeps the observed extremes of every activation, percentile and
+    mse clip within them (somewhere strictly), the logits are never clipped; a percentile
+    file records its method and still names the photo."""
+    from effnet_lite import Classifier
+    from effnet_lite.model_export.calibration import ESTIMATORS, collect
+    from effnet_lite.model_export.graph import OUTPUT, with_pixel_input
+    from effnet_lite.model_export.cli import main as export_main
+    exporter = lite0_files["exporter"]
+    collector = collect(with_pixel_input(exporter.graph), exporter.samples)
+    ranges = {e: collector.ranges(e) for e in ESTIMATORS}
+    assert set(ESTIMATORS) == {"minmax", "percentile", "mse"}
+    for name in collector.lo:
+        lo, hi = min(collector.lo[name], 0.0), max(collector.hi[name], 0.0)
+        assert ranges["minmax"][name] == (lo, hi)
+        for e in ("percentile", "mse"):
+            a, b = ranges[e][name]
+            assert lo - 1e-9 <= a <= 0 <= b <= hi + 1e-9, (e, name, (a, b), (lo, hi))
+    for e in ("percentile", "mse"):
+        narrower = [n for n in collector.lo if ranges[e][n][1] - ranges[e][n][0] < 0.99 * (
+            ranges["minmax"][n][1] - ranges["minmax"][n][0])]
+        assert narrower, f"{e} clipped nothing"
+        assert ranges[e][OUTPUT] == ranges["minmax"][OUTPUT]
+    out = tmp_path / "percentile.tflite"
+    assert export_main(["lite0", "--calib-dir", str(lite0_files["photos"]), "--estimator", "percentile",
+                        "-o", str(out)]) == 0
+    clf = Classifier.from_file(out)
+    assert clf.metadata.calibration["method"] == "percentile"
+    assert clf.classify(str(lite0_files["photos"] / "coffee.jpg")).categories[0].label == "espresso"

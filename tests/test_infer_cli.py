@@ -120,3 +120,81 @@ def test_cli_matches_api_and_report_on_dev_photos(lite0_dev_report):
         fast = cli_top1(model)
         assert np.mean(fast == exact) >= (0.98 if name.endswith(".tflite") else 0.97)
         assert abs(np.mean(fast == labels) - np.mean(exact == labels)) <= 0.02
+
+
+def test_backend_timing_and_verbose(lite0_files):
+    """--backend picks the backend (and a wrong one for the file type is a one-line error),
+    --timing says where the time went, -v describes the file as the runtime read it."""
+    import re
+    photo = lite0_files["photos"] / "coffee.jpg"
+    code, out, err = run_cli(photo, "--model", lite0_files["int8.onnx"], "--backend", "onnxruntime-reference",
+                             "--json", "-v", "--timing")
+    assert code == 0, err
+    assert json.loads(out)["categories"][0]["label"] == "espresso"
+    assert "; onnxruntime-reference, 224px bicubic)" in err.splitlines()[0], err
+    clf = Classifier.from_file(lite0_files["int8.onnx"])
+    assert f"  integrity: digest {clf.backend.digest} verified" in err
+    assert "  input: NCHW uint8 224x224, crop 0.875, bicubic, mean (0.502, 0.502, 0.502), std (0.5, 0.5, 0.5)" in err
+    assert "  output: 1000 classes, logits (softmax applied here)" in err
+    assert f"  cpu: int8 class {clf.cpu_int8_class}; file: pair-safe int8 weights" in err
+    assert re.search(r"^timing: imports \d+ ms, model load \(incl\. backend import\) \d+ ms, 1 image\(s\): "
+                     r"preprocess \d+\.\d ms, inference \d+\.\d ms per image$", err, re.M), err
+    code, out, err = run_cli(photo, "--model", lite0_files["int8.tflite"], "--backend", "onnxruntime")
+    assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+    assert "onnxruntime" in err and "int8.tflite" in err
+    # a file of someone else's (no metadata, no digest): -v says the digest was not checked
+    from effnet_lite.model_export import tflite_writer
+    foreign = lite0_files["photos"].parent / "foreign_for_v.tflite"
+    foreign.write_bytes(tflite_writer.write_int8(lite0_files["exporter"].quantized, {}, "", "uint8"))
+    code, out, err = run_cli(photo, "--model", foreign, "-v")
+    assert code == 0 and "integrity: not checked (the file carries no digest" in err, err
+
+
+def test_closed_pipe_exits_141_quietly(lite0_files):
+    """`effnet-infer ... | head` once head has gone: exit 141 (as a shell reports SIGPIPE),
+    nothing on stderr but the banner."""
+    import os
+    import subprocess
+    import sys
+    read_end, write_end = os.pipe()
+    os.close(read_end)              # the reader is gone before the first line
+    proc = subprocess.run([sys.executable, "-m", "effnet_lite.apps.infer", str(lite0_files["photos"]),
+                           "--model", str(lite0_files["int8.tflite"])], stdout=write_end,
+                          stderr=subprocess.PIPE, text=True, timeout=300)
+    os.close(write_end)
+    assert proc.returncode == 141, proc.stderr
+    assert "Traceback" not in proc.stderr and "Broken pipe" not in proc.stderr, proc.stderr
+
+
+def test_model_error_inside_the_workers(lite0_files, tmp_path):
+    """The file is replaced by another (valid) one after effnet-infer checked it and before
+    its workers open it: they refuse it (the digest differs), and the run ends with one line,
+    exit 2, instead of workers restarting forever or answers from another model."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    from tests_helpers import readline_within
+    model = tmp_path / "model.tflite"
+    shutil.copy(lite0_files["int8.tflite"], model)
+    photos = [str(p) for p in sorted(lite0_files["photos"].iterdir())] * 2
+    proc = subprocess.Popen([sys.executable, "-m", "effnet_lite.apps.infer", *photos, "--model", str(model),
+                             "--workers", "2", "--json"], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, start_new_session=True)
+    try:
+        banner = readline_within(proc.stderr, 120, "effnet-infer's model banner")
+        os.killpg(proc.pid, signal.SIGSTOP)     # before any worker can open the file
+        assert banner.startswith("model: "), banner
+        replacement = tmp_path / "other.tflite"
+        shutil.copy(lite0_files["uint8.tflite"], replacement)
+        os.replace(replacement, model)
+        os.killpg(proc.pid, signal.SIGCONT)
+        out, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+    assert proc.returncode == 2 and not out, (out, err)
+    assert err.strip().splitlines() == [f"effnet-infer: error: {model}: the file changed on disk after it "
+                                        "was checked (it is not the model this job started with)"], err

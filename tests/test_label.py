@@ -7,12 +7,12 @@ import os
 import signal
 import subprocess
 import sys
-import time
+from pathlib import Path
 
 import pytest
 
 from conftest import DEV_DIR
-from tests_helpers import require_module, run_module
+from tests_helpers import require_module, run_module, wait_for
 
 
 @pytest.fixture(scope="module")
@@ -73,10 +73,11 @@ def test_a_killed_job_continues_where_it_stopped(lite0_files, collection, tmp_pa
            "--output", str(out), "--workers", "1", "--shard-size", "4"]
     proc = subprocess.Popen(cmd + ["--top-k", "3"], stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        deadline = time.time() + 60
-        while len(list(out.glob("part-*.jsonl"))) < 2 and time.time() < deadline and proc.poll() is None:
-            time.sleep(0.02)
-        os.killpg(proc.pid, signal.SIGKILL)         # a crash: no chance to clean up
+        wait_for(lambda: len(list(out.glob("part-*.jsonl"))) >= 2 or proc.poll() is not None, 120,
+                 "two finished shards")
+        assert proc.poll() is None, "the job ended before it could be killed"
+        os.killpg(proc.pid, signal.SIGSTOP)         # frozen at once, then a crash: no clean-up
+        os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
     first = rows_of(out)
@@ -87,6 +88,39 @@ def test_a_killed_job_continues_where_it_stopped(lite0_files, collection, tmp_pa
     rows = rows_of(out)
     assert sorted(r["path"] for r in rows) == sorted(paths)          # nothing twice, nothing missing
     assert rows[:len(first)] == first                                # finished shards untouched
+
+
+def test_a_rerun_with_other_settings_is_refused(lite0_files, collection, tmp_path):
+    """OUT records what made its rows: another --top-k, another model or a folder of shards
+    nobody recorded are one-line errors (exit 2) that leave the shards alone; --restart
+    labels everything again."""
+    folder, paths, broken = collection
+    out = tmp_path / "out"
+    some = tmp_path / "some"
+    some.mkdir()
+    for p in paths[:5]:
+        (some / Path(p).name).write_bytes(Path(p).read_bytes())
+    base = ["effnet_lite.apps.label", some, "--output", out, "--workers", "1", "--shard-size", "2"]
+    code, _, err = run_module(*base, "--model", lite0_files["int8.tflite"], "--top-k", "3")
+    assert code == 0, err
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    record = json.loads((out / "_effnet-label.json").read_text())
+    assert record["top_k"] == 3 and record["model"] == "int8.tflite" and record["model_digest"].startswith("sha256:")
+    for extra, says in ((["--model", lite0_files["int8.tflite"], "--top-k", "2"], "(top_k: '3', now '2')"),
+                        (["--model", lite0_files["uint8.tflite"], "--top-k", "3"], "(model: 'int8.tflite', now 'uint8.tflite')")):
+        code, _, err = run_module(*base, *extra)
+        assert code == 2 and err.count("\n") == 1 and "Traceback" not in err, err
+        assert err.startswith(f"effnet-label: error: {out} was labelled with other settings {says}") and \
+            "--restart" in err, err
+        assert {p.name: p.read_bytes() for p in out.iterdir()} == before      # untouched
+    code, _, err = run_module(*base, "--model", lite0_files["int8.tflite"], "--top-k", "2", "--restart")
+    assert code == 0, err
+    rows = rows_of(out)
+    assert len(rows) == 5 and all(len(r["labels"]) == 2 for r in rows) and "0 already in" in err
+    assert json.loads((out / "_effnet-label.json").read_text())["top_k"] == 2
+    (out / "_effnet-label.json").unlink()
+    code, _, err = run_module(*base, "--model", lite0_files["int8.tflite"], "--top-k", "2")
+    assert code == 2 and "holds result shards but no _effnet-label.json" in err and err.count("\n") == 1, err
 
 
 def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
@@ -109,7 +143,7 @@ def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
     lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("effnet-label: ")]
     assert not lines, lines          # Ray's own logs stay off stderr
     rows = rows_of(tmp_path / "out")
-    assert all(r["path"].startswith("file:///") for r in rows)
+    assert len(rows) == len(paths) and all(r["path"].startswith("file:///") for r in rows)
     check_rows([{**r, "path": r["path"].removeprefix("file://")} for r in rows], paths, broken,
                infer_answers(model, paths))
     assert json.loads((tmp_path / "ray.json").read_text())["results"] == \

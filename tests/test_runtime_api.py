@@ -73,8 +73,12 @@ def test_options_threshold_allow_deny(lite0_files, photos):
         [c.label for c in only.categories] == ["goldfish", labels[3]]
     denied = Classifier.from_file(path, ClassifierOptions(category_denylist=["espresso"])).classify(photos["coffee"])
     assert "espresso" not in [c.label for c in denied.categories]
-    high = Classifier.from_file(path, ClassifierOptions(score_threshold=0.999)).classify(photos["coffee"])
-    assert all(c.score >= 0.999 for c in high.categories)
+    # a threshold between the first and second scores keeps exactly the first
+    s1, s2 = top.categories[0].score, top.categories[1].score
+    high = Classifier.from_file(path, ClassifierOptions(score_threshold=(s1 + s2) / 2)).classify(photos["coffee"])
+    assert [(c.label, c.score) for c in high.categories] == [(labels[0], s1)]
+    above = Classifier.from_file(path, ClassifierOptions(score_threshold=min(1.0, s1 + 1e-3))).classify(photos["coffee"])
+    assert above.categories == []
     with pytest.raises(ValueError, match="unknown category 'unicorn'"):
         Classifier.from_file(path, ClassifierOptions(category_allowlist=["unicorn"]))
 
@@ -211,5 +215,47 @@ def test_backend_choice(lite0_files):
 def test_closed_classifier_says_so(lite0_files, photos):
     with Classifier.from_file(lite0_files["int8.tflite"]) as clf:
         clf.classify(photos["coffee"])
-    with pytest.raises(ModelError, match="closed"):
+    with pytest.raises(ModelError, match="this Classifier is closed"):
         clf.classify(photos["coffee"])
+
+
+def test_preprocessing_overrides_follow_the_reference_transform(lite0_files):
+    """crop_pct, interpolation, mean and std given in ClassifierOptions replace the file's
+    own settings: the model input equals an independent reference transform (Pillow resize
+    of the shorter side to size/crop_pct, centre crop, then (x/255 - mean)/std)."""
+    from PIL import Image
+    photo = lite0_files["photos"] / "chelsea.jpg"
+    mean, std = (0.1, 0.2, 0.3), (0.9, 0.8, 0.7)
+    for crop_pct, interpolation, resample in ((1.0, "bilinear", Image.BILINEAR), (0.75, "bicubic", Image.BICUBIC)):
+        options = ClassifierOptions(exact=True, crop_pct=crop_pct, interpolation=interpolation, mean=mean, std=std)
+        clf = Classifier.from_file(lite0_files["fp32.tflite"], options)
+        assert (clf.io.config.crop_pct, clf.io.config.interpolation) == (crop_pct, interpolation)
+        with Image.open(photo) as im:
+            im = im.convert("RGB")
+            w, h = im.size
+            short = int(224 / crop_pct)
+            size = (short, int(short * h / w)) if w <= h else (int(short * w / h), short)
+            im = im.resize(size, resample)
+            left, top = int(round((size[0] - 224) / 2.0)), int(round((size[1] - 224) / 2.0))
+            crop = np.asarray(im.crop((left, top, left + 224, top + 224)), np.float32)
+        expected = (crop / 255.0 - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+        got = clf.preprocess(str(photo))
+        assert got.shape == (1, 224, 224, 3)
+        assert np.abs(got[0] - expected).max() < 1e-5
+        default = Classifier.from_file(lite0_files["fp32.tflite"], ClassifierOptions(exact=True)).preprocess(str(photo))
+        assert np.abs(default - got).max() > 0.1          # the overrides did change something
+    with pytest.raises(ValueError, match="interpolation must be one of"):
+        Classifier.from_file(lite0_files["fp32.tflite"], ClassifierOptions(interpolation="cubic-ish"))
+
+
+def test_max_pixels_option_bounds_what_is_decoded(lite0_files):
+    """A photo over ClassifierOptions.max_pixels is an ImageError from its header, before it
+    is decoded; the same photo under the limit is classified."""
+    from effnet_lite import ImageError
+    photo = lite0_files["photos"] / "coffee.jpg"           # 600x400 = 0.24 megapixels
+    small = Classifier.from_file(lite0_files["int8.tflite"], ClassifierOptions(max_pixels=200_000))
+    with pytest.raises(ImageError, match=r"coffee.jpg: image is 600x400 \(0.24 megapixels\), over the "
+                                         r"0.2-megapixel safety limit"):
+        small.classify(str(photo))
+    enough = Classifier.from_file(lite0_files["int8.tflite"], ClassifierOptions(max_pixels=240_000))
+    assert enough.classify(str(photo)).categories[0].label == "espresso"

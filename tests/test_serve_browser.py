@@ -7,7 +7,6 @@ import base64
 import io
 import json
 import shutil
-import time
 
 import numpy as np
 import pytest
@@ -22,6 +21,7 @@ if not (shutil.which("chromium") and shutil.which("chromedriver")):
 from PIL import Image  # noqa: E402
 from selenium import webdriver  # noqa: E402
 from selenium.webdriver.chrome.service import Service  # noqa: E402
+from selenium.common.exceptions import TimeoutException  # noqa: E402
 from selenium.webdriver.support.ui import WebDriverWait  # noqa: E402
 
 from conftest import DEV_DIR  # noqa: E402
@@ -148,12 +148,18 @@ def test_live_camera_frames(server, lite0_files, tmp_path):
         WebDriverWait(driver, 30).until(lambda d: d.find_element("id", "live").is_enabled())
         assert driver.find_element("id", "video").is_displayed()
         driver.find_element("id", "live").click()
-        seen, t0 = set(), time.monotonic()
-        while time.monotonic() - t0 < 8 and not (seen >= expected and time.monotonic() - t0 > 4):
-            label = text(driver, "top-label")
+        seen = set()
+
+        def both_photos_named(d) -> bool:     # sampled every 50 ms until it holds (or 90 s)
+            label = text(d, "top-label")
             if label:
                 seen.add(label)
-            time.sleep(0.05)
+            return seen >= expected and int(d.find_element("id", "fps").get_attribute("data-frames") or 0) >= 10
+        try:
+            WebDriverWait(driver, 90, poll_frequency=0.05).until(both_photos_named)
+        except TimeoutException:
+            pytest.fail(f"within 90 s of live frames the page named {sorted(seen)}, not both of "
+                        f"{sorted(expected)}", pytrace=False)
         fps = driver.find_element("id", "fps")
         frames, rate = int(fps.get_attribute("data-frames")), float(fps.get_attribute("data-fps") or 0)
         driver.find_element("id", "live").click()       # stop

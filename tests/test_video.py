@@ -89,16 +89,36 @@ def test_bad_video_sources(lite0_files, tmp_path, args, says):
 
 def test_live_sources_hand_out_only_the_newest_frame():
     """A camera faster than the classifier: stale frames are dropped, order is kept, and
-    the last frame still arrives."""
-    import time
+    the last frame still arrives. Lock-step, not timed: the classifier takes frame k only
+    once the camera has produced three more."""
+    import threading
     from effnet_lite.apps.video import _newest_only
+    produced = threading.Semaphore(0)
 
     def camera():
-        for i in range(200):
-            time.sleep(0.001)
+        for i in range(60):
             yield i
+            produced.release()        # frame i is in the reader's hands
     got = []
     for i in _newest_only(camera()):
         got.append(i)
-        time.sleep(0.02)              # a slow classifier
-    assert got == sorted(set(got)) and got[-1] == 199 and len(got) < 100
+        for _ in range(3):            # a slow classifier: three frames arrive meanwhile
+            if i < 57:
+                assert produced.acquire(timeout=30), "the camera thread stalled"
+    assert got == sorted(set(got)) and got[-1] == 59 and len(got) < 40, got
+
+
+@pytest.mark.parametrize("failure", [RuntimeError("a bug in a decoder"), MemoryError()])
+def test_any_failure_of_the_reader_ends_the_run(failure):
+    """Not only VideoError: whatever the reader thread meets reaches the consumer (which
+    would otherwise wait forever on the queue)."""
+    from effnet_lite.apps.video import _newest_only
+
+    def camera():
+        yield 0
+        raise failure
+    got = []
+    with pytest.raises(type(failure)):
+        for i in _newest_only(camera()):
+            got.append(i)
+    assert got in ([0], [])

@@ -56,3 +56,16 @@ def readline_within(stream, seconds: float, what: str) -> str:
     if not ready:
         pytest.fail(f"no {what} within {seconds:g} s", pytrace=False)
     return stream.readline()
+
+
+def wait_for(condition, seconds: float, what: str, every: float = 0.05) -> None:
+    """Poll `condition()` until it holds, or fail clearly after `seconds` (no fixed sleeps
+    that decide an order on a loaded machine)."""
+    import time
+
+    import pytest
+    deadline = time.monotonic() + seconds
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what}: not within {seconds:g} s", pytrace=False)
+        time.sleep(every)

@@ -10,6 +10,7 @@ import asyncio
 import math
 import sys
 import time
+import traceback
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +42,7 @@ class Settings:
     max_upload: int             # bytes
     timeout: float              # seconds, per request
     top_k: int = 5              # when the request does not say
+    verbose: bool = False       # tracebacks of internal errors in the log
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -153,8 +155,25 @@ def create_app(settings: Settings, pool: Pool, log=None):
         Mount("/static", StaticFiles(directory=STATIC), name="static"),
     ]
 
+    async def internal_error(request: Request, exc: Exception) -> Response:
+        log_internal_error(f"on {request.method} {request.url.path}", exc, settings.verbose)
+        return error(500, "internal error (see the server's log)")
+
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
     return AccessLog(app, metrics, log or sys.stderr)
+
+
+def log_internal_error(where: str, exc: BaseException, verbose: bool) -> None:
+    """One line on stderr (the traceback too with -v). Starlette re-raises what its handler
+    answered, and uvicorn logs it again: the mark lets that second report be dropped."""
+    print(f"effnet-serve: internal error {where}: {type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}",
+          file=sys.stderr, flush=True)
+    if verbose:
+        traceback.print_exception(exc, file=sys.stderr)
+    try:
+        exc.effnet_logged = True
+    except AttributeError:      # (an exception type with __slots__)
+        pass
 
 
 def query_options(request: Request, default_k: int, classes: int) -> tuple[int, float]:
@@ -199,12 +218,6 @@ async def http_error(request: Request, exc: HTTPException) -> Response:
         405: f"{request.method} is not allowed on {request.url.path}",
     }.get(exc.status_code, exc.detail)
     return error(exc.status_code, message, exc.headers)
-
-
-async def internal_error(request: Request, exc: Exception) -> Response:
-    print(f"effnet-serve: internal error on {request.method} {request.url.path}: "
-          f"{type(exc).__name__}: {exc}", file=sys.stderr, flush=True)
-    return error(500, "internal error (see the server's log)")
 
 
 class AccessLog:

@@ -61,6 +61,7 @@ def parse_args(argv=None):
     p.add_argument("--exact", action="store_true", help="bit-identical reference preprocessing (slower)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (and --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of internal errors in the log")
     p.add_argument("--version", action="version", version=f"effnet-serve {__version__}")
     args = p.parse_args(argv)
     if not 1 <= args.workers <= 64:
@@ -107,14 +108,30 @@ def model_summary(clf: Classifier, model: str, workers: int, threads: int) -> di
 
 
 class _OneLine(logging.Handler):
-    """uvicorn's own warnings and errors as one stderr line each (no tracebacks)."""
+    """uvicorn's own warnings and errors as one stderr line each (tracebacks only with -v)."""
+
+    def __init__(self, verbose: bool = False):
+        super().__init__(logging.WARNING)
+        self.verbose = verbose
 
     def emit(self, record):
-        if record.getMessage().startswith("Exception in ASGI application"):
-            return      # Starlette re-raises what app.internal_error has already logged
+        exc = record.exc_info[1] if record.exc_info else None
+        if record.getMessage().startswith("Exception in ASGI application") and exc is not None:
+            # an exception outside the routes (e.g. in the access log); those inside them
+            # were logged, once, by the app's handler
+            if not getattr(exc, "effnet_logged", False):
+                from .app import log_internal_error     # (loaded by now: it serves the routes)
+                log_internal_error("outside the routes", exc, self.verbose)
+            return
         lines = record.getMessage().strip().splitlines() or [""]
-        detail = f": {type(record.exc_info[1]).__name__}: {record.exc_info[1]}" if record.exc_info else ""
+        detail = f": {type(exc).__name__}: {exc}" if exc is not None else ""
         print(f"effnet-serve: {lines[0]}{detail}", file=sys.stderr, flush=True)
+
+
+def quiet_uvicorn_logs(verbose: bool) -> None:
+    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
+        logger = logging.getLogger(name)
+        logger.handlers, logger.propagate, logger.level = [_OneLine(verbose)], False, logging.WARNING
 
 
 def served_at(banner: str) -> tuple[str, str, int] | None:
@@ -157,14 +174,12 @@ def main(argv=None) -> int:
     clf.close()         # each worker opens its own; this one checked the file and described it
     settings = Settings(model=str(args.model), options=asdict(options), summary=summary, workers=args.workers,
                         max_queue=args.max_queue, max_upload=int(args.max_upload_mb * 1e6),
-                        timeout=args.timeout, top_k=args.top_k)
+                        timeout=args.timeout, top_k=args.top_k, verbose=args.verbose)
     try:
         sock = listen(args.host, args.port)
     except OSError as e:
         return fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
-    for name in ("uvicorn", "uvicorn.error", "uvicorn.access"):
-        logger = logging.getLogger(name)
-        logger.handlers, logger.propagate, logger.level = [_OneLine(logging.WARNING)], False, logging.WARNING
+    quiet_uvicorn_logs(args.verbose)
     return run_loop(serve(args, settings, sock))
 
 

@@ -56,6 +56,8 @@ class _PoolCollector:
                                 p.queued())
         yield GaugeMetricFamily("effnet_classify_held", "Classify requests holding a place: reading "
                                 "the upload, queued or running", p.held)
+        yield GaugeMetricFamily("effnet_classify_running", "Classify requests a worker is running",
+                                p.running())
         yield GaugeMetricFamily("effnet_classify_capacity", "Places (workers + queue) before 503", p.size + p.max_queue)
         yield GaugeMetricFamily("effnet_workers_ready", "Worker processes able to take a request",
                                 sum(w.ready for w in p.workers.values()))

@@ -179,6 +179,10 @@ class Pool:
         """Requests not yet being classified: waiting for a place, or in a worker's socket."""
         return self.waiting + sum(max(0, len(w.pending) - 1) for w in self.workers.values() if w.ready)
 
+    def running(self) -> int:
+        """Requests a worker is classifying now."""
+        return sum(1 for w in self.workers.values() if w.ready and w.pending and w.pending[0][0])
+
     @contextmanager
     def admission(self):
         """Hold one of the size + max_queue places, or raise Busy: this bounds the uploads held
