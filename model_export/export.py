@@ -106,12 +106,17 @@ class Exporter:
             ranges, means = data_free_ranges(pixel_graph)
             info = {"method": "data-free (BatchNorm statistics)", "images": 0}
         else:
-            self.samples = load_calibration_images(calib_dir, count, self.config, warn=self.log)
-            collector = collect(pixel_graph, self.samples)
-            ranges, means = collector.ranges(estimator), collector.channel_means()
-            info = {"method": estimator, "images": int(len(self.samples)),
-                    "source": Path(calib_dir).name}
+            return self.calibrate_on(load_calibration_images(calib_dir, count, self.config, warn=self.log),
+                                     Path(calib_dir).name, estimator)
         return self.use_ranges(ranges, info, means)
+
+    def calibrate_on(self, pixels: np.ndarray, source: str, estimator: str = "mse") -> QuantizedGraph:
+        """Calibrate on crops already made ((N, H, W, 3) uint8, as the runtime preprocesses);
+        they are also the verification photos of the files written next."""
+        self.samples = pixels
+        collector = collect(with_pixel_input(self.graph), pixels)
+        info = {"method": estimator, "images": int(len(pixels)), "source": source}
+        return self.use_ranges(collector.ranges(estimator), info, collector.channel_means())
 
     def use_ranges(self, ranges: dict, info: dict, channel_means: dict | None) -> QuantizedGraph:
         """Quantize with activation ranges (tensor → (lo, hi) on the pixel-input graph) and,

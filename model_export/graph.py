@@ -39,6 +39,7 @@ class Graph:
     shapes: dict                     # tensor name → NCHW shape
     pixel_input: bool = False        # input is (pixel - 128) / 127.5, see with_pixel_input
     bn_stats: dict = field(default_factory=dict)  # tensor → (mean, std) per channel, pre-ReLU
+    stage_outputs: list = field(default_factory=list)   # the tensor each block stage ends in
 
     @property
     def input_shape(self):
@@ -69,6 +70,7 @@ def build_graph(folded: EfficientNetLite, bn_source: EfficientNetLite | None = N
         return dst
 
     src_mods = dict(bn_source.named_modules()) if bn_source is not None else {}
+    stage_outputs: list[str] = []
     x = conv(folded.conv_stem, src_mods.get("bn1"), INPUT, True)
     for name, block in folded.blocks.named_children():
         for bname, b in block.named_children():
@@ -86,16 +88,26 @@ def build_graph(folded: EfficientNetLite, bn_source: EfficientNetLite | None = N
                 ops.append(Op("add", [inp, y], out))
                 y = out
             x = y
+        stage_outputs.append(x)
     x = conv(folded.conv_head, src_mods.get("bn2"), x, True)
     ops.append(Op("mean", [x], "pooled"))
     fc = folded.classifier
     ops.append(Op("fc", ["pooled"], OUTPUT, fc.weight.detach().numpy().astype(np.float32).copy(),
                   fc.bias.detach().numpy().astype(np.float32).copy()))
     size = folded.input_size
-    graph = Graph(folded.variant.name, size, ops, {}, bn_stats=stats)
+    graph = Graph(folded.variant.name, size, ops, {}, bn_stats=stats, stage_outputs=stage_outputs)
     with torch.no_grad():
         run(graph, torch.zeros(1, 3, size, size), lambda n, t: graph.shapes.__setitem__(n, tuple(t.shape)))
     return graph
+
+
+def truncated(graph: Graph, tensor: str) -> Graph:
+    """The graph up to `tensor` (e.g. "pooled": the features, no classifier), which becomes
+    its output: what a trainer runs once per photo while it fits the layers after it."""
+    end = next(i for i, op in enumerate(graph.ops) if op.output == tensor)
+    ops = graph.ops[:end + 1]
+    ops[-1] = replace(ops[-1], output=OUTPUT)
+    return replace(graph, ops=ops, shapes={**graph.shapes, OUTPUT: graph.shapes[tensor]})
 
 
 def with_pixel_input(graph: Graph) -> Graph:

@@ -25,7 +25,8 @@ def first_line(error: BaseException) -> str:
 
 # How each optional part of the distribution is installed (torch first: the CPU wheel, or a
 # bare requirement would pull CUDA)
-INSTALL = {"export": "pip install torch==2.13.0 && pip install 'effnet-lite-edge[export]'"}
+INSTALL = {extra: f"pip install torch==2.13.0 && pip install 'effnet-lite-edge[{extra}]'"
+           for extra in ("export", "train")}
 
 
 def needs_extra(prog: str, what: str, extra: str) -> str:

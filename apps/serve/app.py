@@ -178,6 +178,8 @@ def log_internal_error(where: str, exc: BaseException, verbose: bool) -> None:
 
 def query_options(request: Request, default_k: int, classes: int) -> tuple[int, float]:
     q = request.query_params
+    if "top_k" not in q:            # the default: as many as the model has, up to --top-k
+        default_k = min(default_k, classes)
     top_k, threshold = q.get("top_k", str(default_k)), q.get("threshold", "0")
     try:
         k = int(top_k)

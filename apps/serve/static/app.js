@@ -181,4 +181,11 @@ fetch("/v1/model").then((r) => r.json()).then((m) => {
   const what = [m.variant, m.precision].filter(Boolean).join(" ") || m.model;
   $("model").textContent = `${what} · ${m.input_size} px · ${m.labels} classes · ${m.backend}, ` +
     `${m.workers} worker(s) × ${m.threads} thread(s) · ${m.model}`;
+  // a model of few classes: offer no more than it has (the server refuses more)
+  const select = $("top-k"), want = Math.min(5, m.labels);
+  for (const option of [...select.options]) {
+    if (Number(option.value) > m.labels) option.remove();
+  }
+  if (![...select.options].some((o) => Number(o.value) === want)) select.add(new Option(String(want), String(want)));
+  select.value = String(want);
 }).catch(() => { $("model").textContent = "(the model's description is unavailable)"; });
