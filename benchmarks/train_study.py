@@ -1,6 +1,6 @@
 """effnet-train against a plain linear probe, on one seeded split, in one run.
 
-    python -m effnet_lite.benchmarks.train_study DATA [--variant lite0] [--fine-tune] [--json OUT]
+    python -m effnet_lite.benchmarks.train_study DATA [--variant lite0] [--fine-tune] [--seeds 0,1,2,3] [--json OUT]
 
 DATA as effnet-train takes it (class folders or a CSV of path,label). The split (stratified,
 --seed) is made once; each candidate trains on the same training photos and is judged on the
@@ -13,7 +13,8 @@ same validation photos:
 - the same with --head-init imagenet (new classes start from the ImageNet classes their
   photos resemble: does the 1000-class head's knowledge help?);
 - with --fine-tune, effnet-train --fine-tune.
-Figures hold for this machine's CPU class (printed).
+With several --seeds each seed is its own split and run; the table gives the mean accuracy,
+each seed's, and the median wall time. Figures hold for this machine's CPU class (printed).
 """
 from __future__ import annotations
 
@@ -78,45 +79,59 @@ def effnet_train(name: str, train_csv: Path, val_csv: Path, out: Path, variant: 
             "seconds": seconds, "phases": report["seconds"]}
 
 
-def main(argv=None) -> int:
-    p = argparse.ArgumentParser(prog="train_study", description=__doc__,
-                                formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", type=Path)
-    p.add_argument("--variant", default="lite0")
-    p.add_argument("--val-split", type=float, default=0.2)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--fine-tune", action="store_true", help="also run effnet-train --fine-tune")
-    p.add_argument("--json", type=Path)
-    args = p.parse_args(argv)
-    photos = data_mod.load(args.data)
-    t, v = data_mod.stratified_split(photos, args.val_split, args.seed)
+def one_split(args, photos, seed: int) -> list[dict]:
+    t, v = data_mod.stratified_split(photos, args.val_split, seed)
     train, val = photos.subset(t), photos.subset(v)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_csv(work / "train.csv", train)
         write_csv(work / "val.csv", val)
-        rows.append(linear_probe(args.variant, train, val, work, args.seed))
-        rows.append(effnet_train("effnet-train (default)", work / "train.csv", work / "val.csv", work / "default",
-                                 args.variant, ["--seed", str(args.seed)]))
-        rows.append(effnet_train("effnet-train --head-init imagenet", work / "train.csv", work / "val.csv",
-                                 work / "prior", args.variant, ["--seed", str(args.seed), "--head-init", "imagenet"]))
+        rows.append(linear_probe(args.variant, train, val, work, seed))
+        candidates = [("effnet-train (default)", []), ("effnet-train --head-init imagenet", ["--head-init", "imagenet"])]
         if args.fine_tune:
-            rows.append(effnet_train("effnet-train --fine-tune", work / "train.csv", work / "val.csv",
-                                     work / "ft", args.variant, ["--seed", str(args.seed), "--fine-tune"]))
-    probe = rows[0]["fp32"]
+            candidates.append(("effnet-train --fine-tune", ["--fine-tune"]))
+        for i, (name, extra) in enumerate(candidates):
+            rows.append(effnet_train(name, work / "train.csv", work / "val.csv", work / f"run{i}", args.variant,
+                                     ["--seed", str(seed), *extra]))
+    for r in rows:
+        r.update(seed=seed, train=len(train.paths), val=len(val.paths))
+    return rows
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="train_study", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("data", type=Path)
+    p.add_argument("--variant", default="lite0")
+    p.add_argument("--val-split", type=float, default=0.2)
+    p.add_argument("--seeds", default="0", help="comma-separated: one split and run per seed (0)")
+    p.add_argument("--fine-tune", action="store_true", help="also run effnet-train --fine-tune")
+    p.add_argument("--json", type=Path)
+    args = p.parse_args(argv)
+    photos = data_mod.load(args.data)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    rows = [r for seed in seeds for r in one_split(args, photos, seed)]
     m = machine_info()
     print(f"\n{m['cpu']}, {m['cores']} cores, int8 class {m['cpu_int8_class']}")
-    print(f"{args.data}: {len(photos.classes)} classes; {len(train.paths)} training, {len(val.paths)} "
-          f"validation photos (seed {args.seed})")
-    print(f"{'candidate':<46} {'fp32':>6} {'int8':>6} {'vs probe':>9} {'wall s':>7}")
-    for r in rows:
-        int8 = "-" if r["int8"] is None else f"{100 * r['int8']:.1f}%"
-        print(f"{r['candidate']:<46} {100 * r['fp32']:5.1f}% {int8:>6} {100 * (r['fp32'] - probe):+8.1f}p "
-              f"{r['seconds']:7.1f}")
+    print(f"{args.data}: {len(photos.classes)} classes; {rows[0]['train']} training, {rows[0]['val']} validation "
+          f"photos per split; seeds {seeds}")
+    print(f"{'candidate':<46} {'fp32':>6} {'int8':>6} {'vs probe':>9} {'wall s':>7}  fp32 per seed")
+    names = list(dict.fromkeys(r["candidate"] for r in rows))
+    probe = float(np.mean([r["fp32"] for r in rows if r["candidate"] == names[0]]))
+    summary = []
+    for name in names:
+        mine = [r for r in rows if r["candidate"] == name]
+        fp32 = float(np.mean([r["fp32"] for r in mine]))
+        int8 = None if mine[0]["int8"] is None else float(np.mean([r["int8"] for r in mine]))
+        wall = float(np.median([r["seconds"] for r in mine]))
+        summary.append({"candidate": name, "fp32": fp32, "int8": int8, "seconds": wall})
+        shown = "-" if int8 is None else f"{100 * int8:.1f}%"
+        print(f"{name:<46} {100 * fp32:5.1f}% {shown:>6} {100 * (fp32 - probe):+8.1f}p {wall:7.1f}  "
+              + " ".join(f"{100 * r['fp32']:.1f}" for r in mine))
     if args.json:
-        args.json.write_text(json.dumps({"data": str(args.data), "classes": photos.classes,
-                                         "train": len(train.paths), "val": len(val.paths), "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"data": str(args.data), "classes": photos.classes, "seeds": seeds,
+                                         "machine": m, "summary": summary, "rows": rows}, indent=1))
     return 0
 
 

@@ -72,6 +72,7 @@ def test_effnet_infer_works_with_the_tflite_extra(tflite_venv, lite0_files, tmp_
 @pytest.mark.parametrize("command, args, extra", [
     ("effnet-export", ["lite0", "-o", "{tmp}/x.tflite"], "export"),
     ("effnet-quant-report", ["--data", "{photos}"], "export"),
+    ("effnet-train", ["{photos}", "--output", "{tmp}/trained"], "train"),
     ("effnet-bench", ["{model}", "--quick", "--no-rss"], "bench"),            # the default photo
     ("effnet-bench", ["{model}", "--torch", "lite0", "--photo", "{photo}"], "export"),
     ("effnet-serve", ["--model", "{model}"], "serve"),

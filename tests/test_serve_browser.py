@@ -168,3 +168,36 @@ def test_live_camera_frames(server, lite0_files, tmp_path):
     print(f"\nlive camera: {frames} frames classified, {rate:.1f} frames/s, labels seen {sorted(seen)}")
     assert frames >= 10 and rate > 1
     assert seen == expected, (seen, expected)
+
+
+def test_page_with_a_two_class_model(lite0_files, tmp_path):
+    """A model of 2 classes (the pretrained backbone with two of ImageNet's rows as its head,
+    as effnet-train's files have few classes): the page offers top-k up to 2, asks for 2,
+    and names the photo."""
+    from safetensors.torch import save_file
+    from effnet_lite.model_export.export import Exporter
+    from effnet_lite.model_export.weights import load_model
+    state = load_model("lite0").state_dict()
+    rows = [967, 281]                     # espresso, tabby cat
+    state["classifier.weight"], state["classifier.bias"] = state["classifier.weight"][rows], state["classifier.bias"][rows]
+    save_file({k: v.contiguous() for k, v in state.items()}, str(tmp_path / "two.safetensors"))
+    exporter = Exporter("lite0", weights=tmp_path / "two.safetensors", labels=["espresso", "tabby cat"], log=lambda m: None)
+    exporter.calibrate(lite0_files["photos"], 8)
+    model = tmp_path / "two_int8.tflite"
+    exporter.export(model, "int8", "tflite", verify=False)
+    with Server(model, "--workers", "1") as s:
+        driver = browser()
+        try:
+            driver.get(s.url)
+            WebDriverWait(driver, 30).until(lambda d: "2 classes" in text(d, "model"))
+            select = driver.find_element("id", "top-k")
+            options = [o.get_attribute("value") for o in select.find_elements("css selector", "option")]
+            assert options == ["1", "2"] and select.get_attribute("value") == "2", options
+            driver.find_element("id", "file").send_keys(str(lite0_files["photos"] / "coffee.jpg"))
+            WebDriverWait(driver, 30).until(lambda d: text(d, "top-label"))
+            assert text(driver, "top-label") == "espresso"
+            assert len(driver.find_elements("css selector", "#results li")) == 2
+            assert not driver.find_element("id", "error").is_displayed()
+        finally:
+            driver.quit()
+    assert s.code == 0 and '"POST /v1/classify?top_k=2' in s.stderr

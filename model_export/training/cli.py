@@ -40,7 +40,9 @@ from .report import evaluation, pictures, text
 
 RUN_FILE = "run.json"          # what this folder's run was asked to do
 WORK = ".effnet-train"         # cached features and the state to resume from
-CALIB_MAX = 200
+# calibration photos, every class in turn. Measured on the dev photos' 7 groups: 50 or 100 made
+# an int8 file that agrees with fp32 on 200/200 photos, all 160 on 199/200 at 1.6x the time
+CALIB_MAX = 100
 # the files each --export choice adds: (name suffix, precision, format, io, softmax)
 EXPORTS = {
     "tflite": ("int8.tflite", "int8", "tflite", "int8", False),
@@ -351,7 +353,7 @@ def train(args, log) -> int:
     # 3. the files to deploy, calibrated on the training photos and verified by the exporter
     t = time.perf_counter()
     exporter = Exporter(variant.name, weights=ckpt_path, labels=classes, log=log)
-    crops = _centre_crops(train_set.paths[:CALIB_MAX * 2], exporter.config, CALIB_MAX)
+    crops = _centre_crops(_every_class_in_turn(train_set, args.seed), exporter.config, CALIB_MAX)
     exporter.calibrate_on(crops, "training photos")
     files = {}
     for key in args.export:
@@ -400,6 +402,15 @@ def _pool(tail: Tail, activations: np.ndarray) -> np.ndarray:
             x = torch.nn.functional.relu6(tail.bn2(tail.conv_head(tail.blocks(x))))
             out.append(x.mean((2, 3)).numpy())
     return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
+
+
+def _every_class_in_turn(photos, seed: int) -> list:
+    """Training photos ordered so that any prefix holds every class alike (seeded)."""
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(photos.labels)
+    members = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in range(len(photos.classes))]
+    order = [m[i] for i in range(max(map(len, members))) for m in members if i < len(m)]
+    return [photos.paths[i] for i in order]
 
 
 def _centre_crops(paths, config, limit) -> np.ndarray:
