@@ -19,6 +19,7 @@ each seed's, and the median wall time. Figures hold for this machine's CPU class
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import sys
 import tempfile
@@ -38,8 +39,10 @@ from .machine import machine_info
 
 
 def write_csv(path: Path, photos: data_mod.Photos) -> None:
-    lines = ["path,label"] + [f'"{p}",{photos.classes[y]}' for p, y in zip(photos.paths, photos.labels)]
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label"])
+        w.writerows([str(p), photos.classes[y]] for p, y in zip(photos.paths, photos.labels))
 
 
 def linear_probe(variant: str, train, val, work: Path, seed: int) -> dict:

@@ -17,7 +17,7 @@ from effnet_lite import Classifier, ModelError
 from effnet_lite.labels import imagenet_labels
 from effnet_lite.metadata import METADATA_NAME
 from effnet_lite.tflite_metadata import STANDARD_NAME, packed_files, read_metadata
-from tests_helpers import require_module, run_module, unavailable
+from tests_helpers import cached_venv, require_module, run_module
 
 mds = require_module("mediapipe.tasks.metadata.metadata_schema_py_generated", "the schema cross-check needs mediapipe (test extra)")
 from ai_edge_litert import schema_py_generated as tfl  # noqa: E402
@@ -229,20 +229,7 @@ populator.populate()
 
 def tflite_support_python() -> Path:
     """A cached venv with tflite-support (it pins protobuf<4, so not in ours)."""
-    import shutil
-    import subprocess
-    import tempfile
-    import venv
-    env_dir = Path(tempfile.gettempdir()) / "effnet-tflite-support-py311"
-    python = env_dir / "bin" / "python"
-    if not python.exists():
-        venv.create(env_dir, with_pip=True)
-        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
-                               "tflite-support==0.4.4"], capture_output=True, text=True, timeout=600)
-        if done.returncode != 0:
-            shutil.rmtree(env_dir, ignore_errors=True)
-            unavailable(f"cannot install tflite-support here: {done.stderr.strip()[-300:]}")
-    return python
+    return cached_venv("effnet-tflite-support-py311", ["tflite-support==0.4.4"], "tflite-support")
 
 
 def test_relabelled_by_googles_metadata_writer(files, photos, tmp_path):

@@ -5,14 +5,12 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
-import venv
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests_helpers import unavailable
+from tests_helpers import cached_venv
 
 from conftest import ROOT, photo_folder
 from effnet_lite import Classifier
@@ -34,18 +32,7 @@ print(json.dumps(out))
 
 def tflite_runtime_python() -> Path:
     """A cached venv with tflite-runtime, numpy<2 and Pillow (skip if it cannot be built)."""
-    env_dir = Path(tempfile.gettempdir()) / "effnet-tflite-runtime-py311"
-    python = env_dir / "bin" / "python"
-    if not python.exists():
-        venv.create(env_dir, with_pip=True)
-        proc = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "tflite-runtime>=2.14",
-                               "numpy<2", "pillow"], capture_output=True, text=True, timeout=600)
-        if proc.returncode != 0:
-            import shutil
-            shutil.rmtree(env_dir, ignore_errors=True)
-            unavailable(f"cannot install tflite-runtime here (no wheel or no registry): "
-                        f"{proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else proc.returncode}")
-    return python
+    return cached_venv("effnet-tflite-runtime-py311", ["tflite-runtime>=2.14", "numpy<2", "pillow"], "tflite-runtime")
 
 
 def test_files_run_in_tflite_runtime_with_numpy1(tmp_path):

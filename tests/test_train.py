@@ -4,12 +4,13 @@ One seeded default run (exported in every format) is judged independently: effne
 the validation photos must count what the report claims, MediaPipe must name the classes.
 A second, small 2-class run feeds effnet-serve (no top_k), effnet-label and --init with a new
 class. A killed run resumed must end exactly as the uninterrupted one; Ctrl-C keeps the best
-model; each kind of bad input is one line. All of it runs on one xdist worker (the group),
-so that the runs are made once.
+model; each kind of bad input is one line. The two runs are made once per test run and
+shared by the xdist workers (`shared`).
 """
 from __future__ import annotations
 
 import csv
+import fcntl
 import json
 import os
 import re
@@ -17,6 +18,8 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +29,6 @@ from PIL import Image
 from conftest import DEV_DIR
 from tests_helpers import require_module, run_module, unavailable, wait_for
 
-pytestmark = pytest.mark.xdist_group("train")
 ANIMALS = ("bird", "dog", "invertebrate", "other_mammal", "reptile_amphibian")
 TRAIN = "effnet_lite.model_export.training.cli"
 
@@ -58,35 +60,67 @@ def train(*args, timeout=900):
 
 
 DEFAULT_ARGS = ("--seed", "3", "--export", "all")
+TWO_ARGS = ("--views", "2", "--epochs", "80", "--val-split", "0.1")
 
 
-@pytest.fixture(scope="module")
-def animals(tmp_path_factory) -> Path:
-    return class_folders(tmp_path_factory.mktemp("data") / "animals", ANIMALS)
+def shared(name: str, build):
+    """A folder `build(folder)` fills once per test run, whichever xdist worker asks first
+    (the others wait on its lock and reuse it); never reused by another run."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"solo-{os.getppid()}-{os.getpid()}"
+    root = Path(tempfile.gettempdir()) / "effnet-train-tests"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():          # earlier runs' folders (a day old): not kept forever
+        if old.name != run and time.time() - old.stat().st_mtime > 86400:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = root / run / name
+    folder.parent.mkdir(exist_ok=True)
+    with open(root / run / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "DONE").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / "DONE").write_text("")
+    return folder
 
 
-@pytest.fixture(scope="module")
-def trained(animals, tmp_path_factory):
-    """(output folder, report, stdout, stderr) of `effnet-train animals/ --export all`."""
-    out = tmp_path_factory.mktemp("runs") / "animals"
-    code, stdout, stderr = train(animals, "--output", out, *DEFAULT_ARGS)
+def run_into(folder: Path, data: Path, *args) -> None:
+    code, stdout, stderr = train(data, "--output", folder / "out", *args)
+    (folder / "stdout.txt").write_text(stdout)
+    (folder / "stderr.txt").write_text(stderr)
     assert code == 0, stderr[-3000:]
-    return out, json.loads((out / "report.json").read_text()), stdout, stderr
 
 
 @pytest.fixture(scope="module")
-def two_class(tmp_path_factory):
-    """A small 2-class run (bird, dog) whose data also holds what users get wrong: an empty
-    class folder, a truncated JPEG and a text file named .jpg; and a validation split so
-    small that a class has one photo."""
-    data = class_folders(tmp_path_factory.mktemp("data2") / "birds_dogs", ("bird", "dog"), per_class=10)
+def animals() -> Path:
+    return shared("animals-data", lambda f: class_folders(f / "animals", ANIMALS)) / "animals"
+
+
+@pytest.fixture(scope="module")
+def trained(animals):
+    """(output folder, report, stdout, stderr) of `effnet-train animals/ --export all`."""
+    folder = shared("animals-run", lambda f: run_into(f, animals, *DEFAULT_ARGS))
+    out = folder / "out"
+    return out, json.loads((out / "report.json").read_text()), (folder / "stdout.txt").read_text(), \
+        (folder / "stderr.txt").read_text()
+
+
+def two_class_data(folder: Path) -> None:
+    data = class_folders(folder / "birds_dogs", ("bird", "dog"), per_class=10)
     (data / "empty").mkdir()
     (data / "bird" / "zz_cut.jpg").write_bytes((DEV_DIR / sorted(os.listdir(data / "bird"))[0]).read_bytes()[:900])
     (data / "dog" / "zz_notes.jpg").write_text("not a photo\n")
-    out = tmp_path_factory.mktemp("runs2") / "two"
-    code, stdout, stderr = train(data, "--output", out, "--views", "2", "--epochs", "80", "--val-split", "0.1")
-    assert code == 0, stderr[-3000:]
-    return data, out, stdout, stderr
+    run_into(folder, data, *TWO_ARGS)
+
+
+@pytest.fixture(scope="module")
+def two_class():
+    """A small 2-class run (bird, dog) whose data also holds what users get wrong: an empty
+    class folder, a truncated JPEG and a text file named .jpg; and a validation split so
+    small that a class has one photo."""
+    folder = shared("two-class", two_class_data)
+    return folder / "birds_dogs", folder / "out", (folder / "stdout.txt").read_text(), \
+        (folder / "stderr.txt").read_text()
 
 
 def val_rows(out: Path, which: str = "val") -> list[tuple[str, str]]:
@@ -125,7 +159,7 @@ def test_report_figures_are_what_effnet_infer_counts(trained):
     assert (out / "labels.txt").read_text().splitlines() == sorted(ANIMALS)
 
 
-def test_checkpoint_is_timm_format_without_pickles(trained):
+def test_checkpoint_is_timm_format_without_pickles(trained, tmp_path):
     from safetensors import safe_open
     from effnet_lite.model_export.training.checkpoint import load_checkpoint
     out, report, _, _ = trained
@@ -135,7 +169,7 @@ def test_checkpoint_is_timm_format_without_pickles(trained):
     with safe_open(str(out / "model.safetensors"), "pt") as f:       # plain tensors, nothing to unpickle
         assert json.loads(f.metadata()["labels"]) == labels
     code, _, err = run_module("effnet_lite.model_export.cli", "lite0", "--weights", out / "model.safetensors",
-                              "--labels", out / "labels.txt", "--precision", "fp32", "-o", out.parent / "again.tflite")
+                              "--labels", out / "labels.txt", "--precision", "fp32", "-o", tmp_path / "again.tflite")
     assert code == 0, err         # what effnet-export takes from anyone
 
 
@@ -160,44 +194,44 @@ def test_mediapipe_names_the_classes(trained):
         theirs.close()
 
 
-def test_killed_run_resumes_to_the_same_result(animals, trained, tmp_path):
-    """SIGKILL while the features are computed, then --resume: the cached part is kept,
-    and the result equals the uninterrupted run's (same seed): checkpoint and figures."""
+def test_killed_run_resumes_to_the_same_result(two_class, tmp_path):
+    """SIGKILL while the features are computed, then --resume: the cached part is reused as
+    it is, and the result equals the uninterrupted run's (same seed): checkpoint and figures."""
     from safetensors.torch import load_file
+    data, done, _, _ = two_class
     out = tmp_path / "killed"
-    args = ("--seed", "3")          # the fixture's run, without its extra files
-    proc = subprocess.Popen([sys.executable, "-m", TRAIN, str(animals), "--output", str(out), *args],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, start_new_session=True)
+    proc = subprocess.Popen([sys.executable, "-m", TRAIN, str(data), "--output", str(out), *TWO_ARGS],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     try:
-        wait_for(lambda: len(list((out / ".effnet-train").glob("train-*.npz"))) >= 2 or proc.poll() is not None,
-                 300, "two cached feature chunks")
+        wait_for(lambda: any((out / ".effnet-train").glob("train-*.npz")) or proc.poll() is not None, 300,
+                 "a cached feature chunk")
+        os.killpg(proc.pid, signal.SIGSTOP)     # frozen at once, then a crash: no clean-up
         assert proc.poll() is None, "the run ended before it could be killed"
         os.killpg(proc.pid, signal.SIGKILL)
     finally:
         proc.wait()
-    chunks = sorted(p.name for p in (out / ".effnet-train").glob("train-*.npz"))
-    assert 2 <= len(chunks) < 4 and not (out / "report.json").exists()
-    code, _, err = train(animals, "--output", out, *args)
+    assert not (out / "report.json").exists() and not (out / "model.safetensors").exists()
+    cached = {p.name: p.stat().st_mtime_ns for p in (out / ".effnet-train").glob("train-*.npz")}
+    code, _, err = train(data, "--output", out, *TWO_ARGS)
     assert code == 2 and "holds a training run already: --resume continues it" in err
-    code, _, err = train(animals, "--output", out, *args, "--resume")
+    code, _, err = train(data, "--output", out, *TWO_ARGS, "--resume")
     assert code == 0, err[-2000:]
-    mine, theirs = load_file(str(out / "model.safetensors")), load_file(str(trained[0] / "model.safetensors"))
-    assert all((mine[k] == theirs[k]).all() for k in theirs)
-    report = json.loads((out / "report.json").read_text())
-    assert set(report["files"]) == {"tflite"}
-    for key in ("fp32-pytorch", "tflite"):
-        assert report["evaluations"][key] == trained[1]["evaluations"][key], key
-    assert report["history"]["val_acc"] == trained[1]["history"]["val_acc"]
+    assert all((out / ".effnet-train" / n).stat().st_mtime_ns == t for n, t in cached.items())   # reused
+    mine, theirs = load_file(str(out / "model.safetensors")), load_file(str(done / "model.safetensors"))
+    assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in theirs)
+    report, before = (json.loads((d / "report.json").read_text()) for d in (out, done))
+    assert report["evaluations"] == before["evaluations"] and report["history"] == before["history"]
 
 
-def test_ctrl_c_keeps_the_best_model_and_resume_finishes(animals, tmp_path):
+def test_ctrl_c_keeps_the_best_model_and_resume_finishes(two_class, tmp_path):
     """Ctrl-C during --fine-tune: exit 130, the best model so far saved; --resume then
     finishes the run."""
     from effnet_lite.model_export.training.checkpoint import load_checkpoint
+    data = two_class[0]
     out = tmp_path / "ft"
-    args = [sys.executable, "-m", TRAIN, str(animals), "--output", str(out), "--views", "2", "--epochs", "40",
-            "--fine-tune"]
-    proc = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [str(data), "--output", str(out), *TWO_ARGS, "--fine-tune"]
+    proc = subprocess.Popen([sys.executable, "-m", TRAIN, *args], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                            text=True)
     state = out / ".effnet-train" / "state.json"
 
     def fine_tuning() -> bool:
@@ -219,8 +253,9 @@ def test_ctrl_c_keeps_the_best_model_and_resume_finishes(animals, tmp_path):
     lines = [line for line in err.splitlines() if "interrupted" in line]
     assert len(lines) == 2 and "the best model so far" in lines[0] and "--resume" in lines[1], err
     sd, labels, _ = load_checkpoint(out / "model.safetensors")
-    assert labels == sorted(ANIMALS) and sd["classifier.weight"].shape == (5, 1280)
-    code, _, err = run_module(TRAIN, *map(str, args[3:]), "--resume")
+    assert labels == ["bird", "dog"] and sd["classifier.weight"].shape == (2, 1280)
+    assert not (out / "report.json").exists()
+    code, _, err = train(*args, "--resume")
     assert code == 0, err[-2000:]
     report = json.loads((out / "report.json").read_text())
     assert "fine-tune" in report["history"]["phase"]
@@ -279,7 +314,8 @@ def test_init_adds_a_class_and_keeps_the_old_ones(two_class, tmp_path):
     assert np.mean(same) >= 0.9, same
 
 
-def test_bad_input_is_one_line_exit_2(two_class, tmp_path):
+def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
+    from effnet_lite.model_export.training.cli import main
     data, out, _, _ = two_class
     single = tmp_path / "single"
     (single / "cat").mkdir(parents=True)
@@ -305,9 +341,14 @@ def test_bad_input_is_one_line_exit_2(two_class, tmp_path):
         ((tmp_path / "nothing", "--output", tmp_path / "o6"), "not a folder of class sub-folders or a .csv file"),
     ]
     for args, says in cases:
-        code, stdout, err = train(*args)
+        code = main([str(a) for a in args])
+        out_text, err = capsys.readouterr()
         *before, last = err.splitlines() or [""]
         assert code == 2 and last.startswith("effnet-train: error: ") and says in last, (args, err)
         assert all(line.startswith("effnet-train: warning: ") for line in before), err      # (the empty folder)
+        assert not out_text
+    for made in ("o1", "o2", "o3", "o4", "o5", "o6"):
+        assert not (tmp_path / made).exists()           # refused before anything was written
+    assert (foreign / "notes.txt").read_text() == "mine\n"
     code, _, err = train(data, "--output", tmp_path / "o7", "--views", "0")
     assert code == 2 and "--views must be between 1 and 64" in err

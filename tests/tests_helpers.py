@@ -69,3 +69,22 @@ def wait_for(condition, seconds: float, what: str, every: float = 0.05) -> None:
         if time.monotonic() > deadline:
             pytest.fail(f"{what}: not within {seconds:g} s", pytrace=False)
         time.sleep(every)
+
+
+def cached_venv(name: str, packages: list[str], what: str):
+    """The python of a virtual environment in the temp folder holding `packages` (built once,
+    from the package registry, as a user's pip install gets them), or `unavailable`."""
+    import shutil
+    import subprocess
+    import tempfile
+    import venv
+    env_dir = Path(tempfile.gettempdir()) / name
+    python = env_dir / "bin" / "python"
+    if not python.exists():
+        venv.create(env_dir, with_pip=True)
+        done = subprocess.run([str(python), "-m", "pip", "install", "--quiet", "--disable-pip-version-check",
+                               *packages], capture_output=True, text=True, timeout=600)
+        if done.returncode != 0:
+            shutil.rmtree(env_dir, ignore_errors=True)
+            unavailable(f"cannot install {what} here (no wheel or no registry): {done.stderr.strip()[-300:]}")
+    return python

@@ -12,6 +12,7 @@ this project's runtime, as it will run when deployed.
 from __future__ import annotations
 
 import argparse
+import csv
 import json
 import math
 import os
@@ -194,14 +195,13 @@ def _same_classes(other: data_mod.Photos, classes: list[str], where: Path) -> da
 
 
 def write_split(out: Path, parts: dict) -> None:
-    lines = ["path,label,set"]
-    for name, photos in parts.items():
-        if photos is None:
-            continue
-        for p, y in zip(photos.paths, photos.labels):
-            quoted = '"' + str(p).replace('"', '""') + '"'
-            lines.append(f"{quoted},{photos.classes[y]},{name}")
-    (out / "split.csv").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    """split.csv: path,label,set of every photo (the split can be reproduced or reused)."""
+    with open(out / "split.csv", "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "set"])
+        for name, photos in parts.items():
+            for p, y in zip(photos.paths, photos.labels) if photos is not None else ():
+                w.writerow([str(p), photos.classes[y], name])
 
 
 def base_model(args, log):
@@ -314,9 +314,8 @@ def train(args, log) -> int:
     ckpt_path = out / CHECKPOINT
     best: dict = {}
 
-    def keep(module, history):     # the best so far, in memory: an interruption saves it
-        best.update(state={k: v.clone() for k, v in module.state_dict().items()}, module=module,
-                    info={"val_top1": history.best_acc, "epoch": history.best_epoch})
+    def keep(module, state, history):     # the best so far, in memory: an interruption saves it
+        best.update(state=state, module=module, info={"val_top1": history.best_acc, "epoch": history.best_epoch})
     head = new_head(classes, pooled["train"][0], pooled["train"][1], imagenet, init, args.head_init)
     model.classifier = head
     if tail:

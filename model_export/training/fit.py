@@ -58,6 +58,25 @@ class History:
         return better
 
 
+def _resume(state_dir, resume: bool, phase: str, module: nn.Module, opt) -> tuple[dict | None, dict]:
+    """(saved info, best state) of `phase` from the state on disk, with `module` and `opt`
+    restored; (None, the module's state now) when there is nothing of that phase to resume."""
+    saved = load_state(state_dir) if resume else None
+    if not (saved and saved[1].get("phase") == phase):
+        return None, copy.deepcopy(module.state_dict())
+    tensors, info = saved
+    module.load_state_dict({k[len("now."):]: v for k, v in tensors.items() if k.startswith("now.")})
+    restore_optimizer(opt, tensors, info["optimizer"])
+    return info, {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
+
+
+def _save(state_dir, phase: str, module: nn.Module, best: dict, opt, info: dict) -> None:
+    tensors, scalars = optimizer_tensors(opt)
+    save_state(state_dir, {**{f"now.{k}": v for k, v in module.state_dict().items()},
+                           **{f"best.{k}": v for k, v in best.items()}, **tensors},
+               {"phase": phase, "optimizer": scalars, **info})
+
+
 def _weights(s: Settings):
     return torch.tensor(s.class_weights, dtype=torch.float32) if s.class_weights else None
 
@@ -74,20 +93,15 @@ def balanced_weights(counts: list[int]) -> list[float]:
 
 def fit_head(head: nn.Linear, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, s: Settings,
              state_dir, resume: bool, history: History | None = None, keep=None) -> History:
-    """Train `head` in place; on return it holds the best state. `keep(head, history)` is
-    called with each new best (so that an interruption can save it)."""
+    """Train `head` in place; on return it holds the best state. `keep(head, state, history)`
+    is called with each new best state (so that an interruption can save it)."""
     torch.manual_seed(s.seed)
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
     XV, YV = torch.from_numpy(xv), torch.from_numpy(yv)
     opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
     history, start = history or History(), 0
-    best = copy.deepcopy(head.state_dict())
-    saved = load_state(state_dir) if resume else None
-    if saved and saved[1].get("phase") == "head":
-        tensors, info = saved
-        head.load_state_dict({k[len("head."):]: v for k, v in tensors.items() if k.startswith("head.")})
-        best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-        restore_optimizer(opt, tensors, info["optimizer"])
+    info, best = _resume(state_dir, resume, "head", head, opt)
+    if info:
         history, start = History(**info["history"]), info["epoch"] + 1
     with Progress(s.epochs - start, "training the head") as bar:
         for epoch in range(start, s.epochs):
@@ -104,16 +118,12 @@ def fit_head(head: nn.Linear, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: 
             if history.record("head", epoch, loss.item(), val_loss, val_acc):
                 best = copy.deepcopy(head.state_dict())
                 if keep:
-                    keep(head, history)
+                    keep(head, best, history)
             bar.update()
             last = epoch == s.epochs - 1
             stop = epoch - history.epoch[history.best_epoch] >= s.patience
             if epoch % 25 == 24 or last or stop:
-                tensors, scalars = optimizer_tensors(opt)
-                save_state(state_dir, {**{f"head.{k}": v for k, v in head.state_dict().items()},
-                                       **{f"best.{k}": v for k, v in best.items()}, **tensors},
-                           {"phase": "head", "epoch": epoch, "optimizer": scalars,
-                            "history": history.__dict__})
+                _save(state_dir, "head", head, best, opt, {"epoch": epoch, "history": history.__dict__})
             if stop:
                 history.stopped_early = True
                 break
@@ -148,14 +158,12 @@ def fine_tune(tail: Tail, a: np.ndarray, y: np.ndarray, av: np.ndarray, yv: np.n
     torch.manual_seed(s.seed)
     A, Y, AV, YV = map(torch.from_numpy, (a, y, av, yv))
     opt = torch.optim.AdamW(tail.parameters(), lr=s.ft_lr, weight_decay=s.weight_decay)
-    best, start, since_best = copy.deepcopy(tail.state_dict()), 0, 0
-    saved = load_state(state_dir) if resume else None
-    if saved and saved[1].get("phase") == "fine-tune":
-        tensors, info = saved
-        tail.load_state_dict({k[len("tail."):]: v for k, v in tensors.items() if k.startswith("tail.")})
-        best = {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-        restore_optimizer(opt, tensors, info["optimizer"])
+    start, since_best = 0, 0
+    info, best = _resume(state_dir, resume, "fine-tune", tail, opt)
+    if info:
         history, start, since_best = History(**info["history"]), info["epoch"] + 1, info["since_best"]
+    if keep:        # the whole tail's best so far (at the start: the head phase's result)
+        keep(tail, best, history)
     batches = -(-len(A) // s.ft_batch)
     head_epochs = sum(p == "head" for p in history.phase)
     for epoch in range(start, s.ft_epochs):
@@ -179,14 +187,11 @@ def fine_tune(tail: Tail, a: np.ndarray, y: np.ndarray, av: np.ndarray, yv: np.n
         if history.record("fine-tune", head_epochs + epoch, total / len(A), val_loss, val_acc):
             best, since_best = copy.deepcopy(tail.state_dict()), 0
             if keep:
-                keep(tail, history)
+                keep(tail, best, history)
         else:
             since_best += 1
-        tensors, scalars = optimizer_tensors(opt)
-        save_state(state_dir, {**{f"tail.{k}": v for k, v in tail.state_dict().items()},
-                               **{f"best.{k}": v for k, v in best.items()}, **tensors},
-                   {"phase": "fine-tune", "epoch": epoch, "since_best": since_best, "optimizer": scalars,
-                    "history": history.__dict__})
+        _save(state_dir, "fine-tune", tail, best, opt,
+              {"epoch": epoch, "since_best": since_best, "history": history.__dict__})
         if since_best >= s.ft_patience:
             history.stopped_early = True
             break
