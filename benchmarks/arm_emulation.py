@@ -96,6 +96,9 @@ def build_wheel(out: Path) -> Path:
     DEFAULT_CACHE.mkdir(parents=True, exist_ok=True)
     with open(DEFAULT_CACHE / ".wheel.lock", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
+        # setuptools reuses build/ and packs whatever an older build left there (once: the
+        # four old top-level packages): start from an empty one
+        shutil.rmtree(ROOT / "build", ignore_errors=True)
         done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
                                "--no-build-isolation", "-w", str(out), str(ROOT)], capture_output=True, text=True)
     if done.returncode:

@@ -4,7 +4,7 @@ DATA is a folder with one sub-folder per class (the class is the sub-folder's na
 of path,label. The backbone (ImageNet weights) stays frozen by default: the new head learns
 from cached features of several augmented views of each photo, so the backbone runs once
 per view, not once per epoch. --fine-tune then trains the last stage too (BatchNorm
-statistics frozen). DIR receives the checkpoint (model.safetensors, timm's names), labels.txt,
+statistics frozen). --output receives the checkpoint (model.safetensors, timm's names), labels.txt,
 the int8 .tflite file (--export adds the MediaPipe file, ONNX and fp32), report.json with
 pictures, and the split; every exported file is judged on the validation photos through
 this project's runtime, as it will run when deployed.
@@ -93,7 +93,8 @@ def parse_args(argv=None):
     p.add_argument("--epochs", type=int, default=300, help="at most this many head epochs (300)")
     p.add_argument("--fine-tune", action="store_true",
                    help="then train the last block stage and the head convolution too (BatchNorm frozen)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, metavar="E", help="(0.1)")
+    p.add_argument("--label-smoothing", type=float, default=0.1, metavar="E",
+                   help="share of each target spread over the other classes: less overconfidence (0.1)")
     p.add_argument("--class-weights", choices=("none", "balanced"), default="none",
                    help="balanced: weigh each class by 1/its share of the photos (imbalanced data)")
     p.add_argument("--head-init", choices=("zeros", "imagenet"), default="zeros",
