@@ -12,10 +12,8 @@ this project's runtime, as it will run when deployed.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import math
-import os
 import signal
 import sys
 import time
@@ -24,10 +22,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from effnet_lite import Classifier, ClassifierOptions, __version__
-from effnet_lite.errors import ImageError, ModelError
-from effnet_lite.preprocess import PreprocessConfig, preprocess
-from effnet_lite.quiet import Captured
+from effnet_lite import __version__
+from effnet_lite.errors import ModelError
+from effnet_lite.preprocess import PreprocessConfig
 from effnet_lite.variants import VARIANTS, UnknownVariantError, get_variant
 
 from ..calibration import CalibrationError
@@ -36,11 +33,11 @@ from ..weights import WeightsError, load_model
 from . import data as data_mod
 from .checkpoint import CHECKPOINT, load_checkpoint, load_state, save_checkpoint, save_state
 from .features import Backbone, cached_features
-from .fit import History, Settings, Tail, balanced_weights, fine_tune, fit_head
-from .report import evaluation, pictures, text
+from .fit import History, Settings, Tail, balanced_weights, fine_tune, fit_head, new_head
+from .judge import centre_crops, evaluate_file, evaluate_torch, every_class_in_turn, pool
+from .report import pictures, text
+from .run_folder import WORK, TrainError, prepare_output, write_split
 
-RUN_FILE = "run.json"          # what this folder's run was asked to do
-WORK = ".effnet-train"         # cached features and the state to resume from
 # calibration photos, every class in turn. Measured on the dev photos' 7 groups: 50 or 100 made
 # an int8 file that agrees with fp32 on 200/200 photos, all 160 on 199/200 at 1.6x the time
 CALIB_MAX = 100
@@ -68,10 +65,6 @@ examples:
 Lite0-2 start from ImageNet weights that come with the project; Lite3/4 need --weights with a
 timm checkpoint. The report's threshold table helps choose effnet-infer --threshold.
 """
-
-
-class TrainError(RuntimeError):
-    """One line for the user; exit 2."""
 
 
 def parse_args(argv=None):
@@ -135,37 +128,8 @@ def run_config(args) -> dict:
             "head_init": args.head_init, "seed": args.seed}
 
 
-def prepare_output(out: Path, config: dict, resume: bool) -> None:
-    """A new or empty folder, or (with --resume) the folder of the same run."""
-    record = out / RUN_FILE
-    if out.exists() and not out.is_dir():
-        raise TrainError(f"{out}: exists and is not a folder")
-    if record.is_file():
-        try:
-            before = json.loads(record.read_text(encoding="utf-8"))["config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise TrainError(f"{record}: unreadable; give another --output") from None
-        if not resume:
-            raise TrainError(f"{out} holds a training run already: --resume continues it, or give another --output")
-        changed = [k for k in config if before.get(k) != config[k]]
-        if changed:
-            raise TrainError(f"{out} holds a different run ({changed[0]}: {before.get(changed[0])!r}, now "
-                             f"{config[changed[0]]!r}): --resume needs the same settings, or give another --output")
-        return
-    if out.is_dir() and any(out.iterdir()):
-        raise TrainError(f"{out} is not empty and holds no effnet-train run: give an empty or new folder")
-    if resume:
-        raise TrainError(f"{out}: no run to resume there")
-    out.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"config": config, "version": __version__}, indent=1) + "\n", encoding="utf-8")
-
-
-class Log:
-    def __init__(self, quiet: bool):
-        self.quiet = quiet
-
-    def __call__(self, message: str) -> None:
-        print(f"effnet-train: {message}", file=sys.stderr, flush=True)
+def log(message: str) -> None:
+    print(f"effnet-train: {message}", file=sys.stderr, flush=True)
 
 
 def load_data(args, log) -> tuple[data_mod.Photos, data_mod.Photos, data_mod.Photos | None]:
@@ -195,17 +159,7 @@ def _same_classes(other: data_mod.Photos, classes: list[str], where: Path) -> da
     return data_mod.Photos(other.paths, [index[other.classes[i]] for i in other.labels], classes, other.warnings)
 
 
-def write_split(out: Path, parts: dict) -> None:
-    """split.csv: path,label,set of every photo (the split can be reproduced or reused)."""
-    with open(out / "split.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(["path", "label", "set"])
-        for name, photos in parts.items():
-            for p, y in zip(photos.paths, photos.labels) if photos is not None else ():
-                w.writerow([str(p), photos.classes[y], name])
-
-
-def base_model(args, log):
+def base_model(args):
     """(model, its ImageNet classifier or None, classes and head of --init or None)."""
     init = None
     if args.init:
@@ -225,34 +179,8 @@ def base_model(args, log):
     return model, imagenet, init
 
 
-def new_head(classes, features, labels, imagenet, init, head_init) -> torch.nn.Linear:
-    """The classifier for `classes`: rows of --init's classes where the names match; for the
-    others, with --head-init imagenet, the ImageNet classes their photos resemble (the
-    1000-class head's rows weighted by the mean ImageNet probabilities of the class's
-    training views), else zeros."""
-    head = torch.nn.Linear(features.shape[1], len(classes))
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    known = {}
-    if init is not None:
-        names, w, b = init
-        known = {n: i for i, n in enumerate(names)}
-    with torch.no_grad():
-        if imagenet is not None and head_init == "imagenet":
-            w_in, b_in = imagenet
-            probs = torch.softmax(torch.from_numpy(features) @ w_in.T + b_in, 1)
-            for c in range(len(classes)):
-                mean = probs[torch.from_numpy(labels == c)].mean(0)
-                head.weight[c], head.bias[c] = mean @ w_in, mean @ b_in
-        for c, name in enumerate(classes):
-            if name in known:
-                head.weight[c], head.bias[c] = init[1][known[name]], init[2][known[name]]
-    return head
-
-
 def main(argv=None) -> int:
     args = parse_args(argv)
-    log = Log(args.quiet)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:
@@ -280,7 +208,7 @@ def train(args, log) -> int:
     write_split(out, {"train": train_set, "val": val_set, "test": test_set})
     classes = train_set.classes
     (out / "labels.txt").write_text("\n".join(classes) + "\n", encoding="utf-8")
-    model, imagenet, init = base_model(args, log)
+    model, imagenet, init = base_model(args)
     variant = model.variant
     config_pp = PreprocessConfig.for_variant(variant, model.input_size)
     seconds["data"] = time.perf_counter() - t0
@@ -310,7 +238,7 @@ def train(args, log) -> int:
     settings = Settings(epochs=args.epochs, label_smoothing=args.label_smoothing, seed=args.seed,
                         class_weights=balanced_weights(counts) if args.class_weights == "balanced" else None)
     tail = Tail(model, cut + 1) if args.fine_tune else None
-    pooled = {k: (_pool(tail, v[0]) if tail else v[0], v[1], v[2]) for k, v in feats.items()}
+    pooled = {k: (pool(tail, v[0]) if tail else v[0], v[1], v[2]) for k, v in feats.items()}
     saved = load_state(work) if args.resume else None
     ckpt_path = out / CHECKPOINT
     best: dict = {}
@@ -353,7 +281,7 @@ def train(args, log) -> int:
     # 3. the files to deploy, calibrated on the training photos and verified by the exporter
     t = time.perf_counter()
     exporter = Exporter(variant.name, weights=ckpt_path, labels=classes, log=log)
-    crops = _centre_crops(_every_class_in_turn(train_set, args.seed), exporter.config, CALIB_MAX)
+    crops = centre_crops(every_class_in_turn(train_set, args.seed), exporter.config, CALIB_MAX)
     exporter.calibrate_on(crops, "training photos")
     files = {}
     for key in args.export:
@@ -365,11 +293,11 @@ def train(args, log) -> int:
 
     # 4. judged on the validation photos: the PyTorch model, then every file through the runtime
     t = time.perf_counter()
-    evaluations = {"fp32-pytorch": _evaluate_torch(model, val_set, config_pp, "fp32 PyTorch (checkpoint)")}
+    evaluations = {"fp32-pytorch": evaluate_torch(model, val_set, config_pp, "fp32 PyTorch (checkpoint)")}
     for key, path in files.items():
-        evaluations[key] = _evaluate_file(path, val_set, f"{path.name} (effnet runtime)")
+        evaluations[key] = evaluate_file(path, val_set, f"{path.name} (effnet runtime)")
     if test_set is not None:
-        evaluations["test:" + "tflite"] = _evaluate_file(files["tflite"], test_set, f"TEST {files['tflite'].name}")
+        evaluations["test:" + "tflite"] = evaluate_file(files["tflite"], test_set, f"TEST {files['tflite'].name}")
     seconds["evaluation"] = time.perf_counter() - t
     report = {"variant": variant.name, "classes": classes, "deployed": "tflite",
               "photos": {"train": len(set(feats["train"][2].tolist())), "val": evaluations["tflite"]["photos"],
@@ -390,72 +318,6 @@ def train(args, log) -> int:
 
 def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-def _pool(tail: Tail, activations: np.ndarray) -> np.ndarray:
-    """Pooled features of the frozen tail (before fine-tuning) for the head phase."""
-    out = []
-    with torch.no_grad():
-        tail.eval()
-        for i in range(0, len(activations), 64):
-            x = torch.from_numpy(activations[i:i + 64])
-            x = torch.nn.functional.relu6(tail.bn2(tail.conv_head(tail.blocks(x))))
-            out.append(x.mean((2, 3)).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
-
-
-def _every_class_in_turn(photos, seed: int) -> list:
-    """Training photos ordered so that any prefix holds every class alike (seeded)."""
-    rng = np.random.default_rng(seed)
-    labels = np.asarray(photos.labels)
-    members = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in range(len(photos.classes))]
-    order = [m[i] for i in range(max(map(len, members))) for m in members if i < len(m)]
-    return [photos.paths[i] for i in order]
-
-
-def _centre_crops(paths, config, limit) -> np.ndarray:
-    crops = []
-    for p in paths:
-        if len(crops) >= limit:
-            break
-        try:
-            crops.append(preprocess(p, config, exact=True))
-        except ImageError:
-            continue
-    return np.stack(crops)
-
-
-def _evaluate_torch(model, photos, config, name) -> dict:
-    probs, ys, paths = [], [], []
-    mean, std = torch.tensor(model.variant.mean).view(1, 3, 1, 1), torch.tensor(model.variant.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        for p, y in zip(photos.paths, photos.labels):
-            try:
-                crop = preprocess(p, config, exact=True)
-            except ImageError:
-                continue
-            x = (torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255 - mean) / std
-            probs.append(torch.softmax(model(x), 1)[0].numpy())
-            ys.append(y)
-            paths.append(p)
-    return evaluation(name, np.asarray(ys), np.stack(probs), photos.classes, paths)
-
-
-def _evaluate_file(path: Path, photos, name) -> dict:
-    with Captured():
-        clf = Classifier.from_file(path, ClassifierOptions(num_threads=os.cpu_count()))
-    probs, ys, paths = [], [], []
-    for p, y in zip(photos.paths, photos.labels):
-        try:
-            with Captured():
-                probs.append(clf.scores(clf.preprocess(p)))
-        except ImageError:
-            continue
-        ys.append(y)
-        paths.append(p)
-    clf.close()
-    return evaluation(name, np.asarray(ys), np.stack(probs), photos.classes, paths)
-
 
 if __name__ == "__main__":
     signal.signal(signal.SIGINT, signal.default_int_handler)

@@ -197,3 +197,28 @@ def fine_tune(tail: Tail, a: np.ndarray, y: np.ndarray, av: np.ndarray, yv: np.n
             break
     tail.load_state_dict(best)
     return history
+
+
+def new_head(classes, features, labels, imagenet, init, head_init) -> torch.nn.Linear:
+    """The classifier for `classes`: rows of --init's classes where the names match; for the
+    others, with --head-init imagenet, the ImageNet classes their photos resemble (the
+    1000-class head's rows weighted by the mean ImageNet probabilities of the class's
+    training views), else zeros."""
+    head = torch.nn.Linear(features.shape[1], len(classes))
+    torch.nn.init.zeros_(head.weight)
+    torch.nn.init.zeros_(head.bias)
+    known = {}
+    if init is not None:
+        names, w, b = init
+        known = {n: i for i, n in enumerate(names)}
+    with torch.no_grad():
+        if imagenet is not None and head_init == "imagenet":
+            w_in, b_in = imagenet
+            probs = torch.softmax(torch.from_numpy(features) @ w_in.T + b_in, 1)
+            for c in range(len(classes)):
+                mean = probs[torch.from_numpy(labels == c)].mean(0)
+                head.weight[c], head.bias[c] = mean @ w_in, mean @ b_in
+        for c, name in enumerate(classes):
+            if name in known:
+                head.weight[c], head.bias[c] = init[1][known[name]], init[2][known[name]]
+    return head
