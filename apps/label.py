@@ -241,4 +241,6 @@ def main(argv=None) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # run the package's module, not this __main__ copy: label_ray raises that module's LabelError
+    from effnet_lite.apps.label import main as package_main
+    sys.exit(package_main())

@@ -10,7 +10,10 @@ from __future__ import annotations
 
 import logging
 import os
+import socket
+import sys
 import tempfile
+from collections import Counter
 from dataclasses import asdict
 from pathlib import Path
 
@@ -73,15 +76,17 @@ class _Scorer:
             f.write(model_bytes)
         self.clf = Classifier.from_file(self.file, ClassifierOptions(**options))
         self.probabilities = probabilities
+        self.node = ray.get_runtime_context().get_node_id()     # where the work ran, for the report
 
     def __call__(self, batch: dict) -> dict:
-        out = {"path": [], "indices": [], "labels": [], "scores": [], "error": []}
+        out = {"path": [], "indices": [], "labels": [], "scores": [], "error": [], "node": []}
         if self.probabilities:
-            out = {"path": [], "probs": [], "error": []}
+            out = {"path": [], "probs": [], "error": [], "node": []}
         for path, crop, error in zip(batch["path"], batch["crop"], batch["error"]):
             probs = None if error else self.clf.scores(self.clf.io.to_input(crop))
             out["path"].append(path)
             out["error"].append(error or None)
+            out["node"].append(self.node)
             if self.probabilities:
                 out["probs"].append(probs if probs is not None else np.zeros(len(self.clf.labels), np.float32))
                 continue
@@ -92,38 +97,107 @@ class _Scorer:
         return out
 
 
-def _rows(model: str, options: ClassifierOptions, paths: list[str], actors: int, address: str | None,
-          probabilities: bool):
-    """Ray's output rows, in input order."""
+def local_address_towards(host: str, port: int) -> str:
+    """The address this machine reaches `host` from (no packet is sent): the node address a
+    driver must present. Ray would otherwise take the one towards the internet, which is not
+    a node's address on a cluster of loopback or private-network nodes."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_DGRAM) as probe:
+        probe.connect((host, port))
+        return probe.getsockname()[0]
+
+
+def connect(address: str | None) -> None:
+    """ray.init() here, or on the cluster at `address` (host:port of its head, or ray://);
+    a refused token or an unreachable head is one LabelError line."""
+    from .label import LabelError
     # Ray's own logging stays off our stderr (its C++ core reads this before starting)
     os.environ.setdefault("RAY_BACKEND_LOG_LEVEL", "fatal")
     os.environ.setdefault("RAY_DATA_LOG_LEVEL", "CRITICAL")
     import ray
-    with Captured():      # the C++ core announces its log level on stderr
-        ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
-                 log_to_driver=False, logging_level=logging.ERROR)
+    from ray.exceptions import AuthenticationError
+    where = {}          # a cluster's head: present this machine's address towards it
+    if address and "://" not in address and address != "auto":
+        host, _, port = address.rpartition(":")
+        try:
+            where["_node_ip_address"] = local_address_towards(host.strip("[]"), int(port))
+        except (OSError, ValueError) as e:
+            raise LabelError(f"Ray address {address!r}: not host:port of a reachable head "
+                             f"({getattr(e, 'strerror', None) or e})") from None
+    try:
+        with Captured():      # the C++ core announces its log level on stderr
+            if where:
+                _check_token(address)
+            ray.init(address=address, ignore_reinit_error=True, include_dashboard=False,
+                     log_to_driver=False, logging_level=logging.ERROR, **where)
+    except (AuthenticationError, ConnectionError, RuntimeError, ValueError) as e:
+        if _refused_token(e):
+            mode = os.environ.get("RAY_AUTH_MODE") or "unset"
+            raise LabelError(f"the Ray cluster at {address} refused this driver's token (RAY_AUTH_MODE is {mode}): "
+                             "set RAY_AUTH_MODE=token and give the head's token in RAY_AUTH_TOKEN_PATH, "
+                             "RAY_AUTH_TOKEN or ~/.ray/auth_token") from None
+        raise LabelError(f"cannot use the Ray cluster at {address}: {' '.join(str(e).split())[:300]}") from None
+
+
+def _check_token(address: str) -> None:
+    """One call to the head's GCS: a wrong or missing token fails at once, where ray.init
+    would retry for 20 s and then report only that it could not connect."""
+    try:
+        from ray._raylet import GcsClient        # (what ray.init itself connects with)
+    except ImportError:
+        return
+    try:
+        GcsClient(address=address)
+    except Exception as e:                        # anything else: ray.init retries and says
+        if _refused_token(e):
+            raise
+
+
+def _refused_token(error: BaseException | None) -> bool:
+    from ray.exceptions import AuthenticationError
+    while error is not None:
+        if isinstance(error, AuthenticationError) or "InvalidAuthToken" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
+
+
+def _rows(model: str, options: ClassifierOptions, paths: list[str], actors: int, address: str | None,
+          probabilities: bool, program: str):
+    """Ray's output rows, in input order; at the end, one line on stderr of where they ran."""
+    import ray
+    connect(address)
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
     with Classifier.from_file(model, options) as clf:
         config = clf.io.config
     model_ref = ray.put(Path(model).read_bytes())
-    ds = ray.data.from_items([{"path": p} for p in paths])
+    # a block per batch, at least one per actor (up to 200, Ray Data's default): a small job
+    # still reaches every actor; no more actors than blocks
+    blocks = max(1, min(200, len(paths), max(actors, -(-len(paths) // BATCH))))
+    actors = min(actors, blocks)
+    ds = ray.data.from_items([{"path": p} for p in paths], override_num_blocks=blocks)
     ds = ds.map_batches(_preprocess, batch_size=BATCH, fn_kwargs={"config": config, "exact": options.exact})
     ds = ds.map_batches(_Scorer, batch_size=BATCH, concurrency=actors,
                         fn_constructor_args=([model_ref], Path(model).suffix, asdict(options), probabilities))
+    nodes: Counter = Counter()
     try:
-        yield from ds.iter_rows()
+        for row in ds.iter_rows():
+            nodes[row["node"]] += 1
+            yield row
     except ray.exceptions.RayError as e:     # a worker's failure, as one line
         from .label import LabelError
         raise LabelError(f"Ray: {' '.join(str(e).split())[:300]}") from None
+    print(f"{program}: Ray scored {sum(nodes.values())} images on {len(nodes)} node(s): " +
+          ", ".join(f"{node[:12]} {n}" for node, n in nodes.most_common()), file=sys.stderr)
 
 
 def label_ray(model: str, options: ClassifierOptions, paths: list[str], actors: int, address: str | None):
     """effnet-label's rows, in input order, labelled by Ray."""
     if not paths:
         return
-    for row in _rows(model, options, paths, actors, address, probabilities=False):
+    for row in _rows(model, options, paths, actors, address, probabilities=False, program="effnet-label"):
         yield {"path": row["path"], "indices": list(map(int, row["indices"])), "labels": list(row["labels"]),
                "scores": list(map(float, row["scores"])), "error": row["error"]}
 
@@ -131,5 +205,6 @@ def label_ray(model: str, options: ClassifierOptions, paths: list[str], actors: 
 def probabilities_ray(model: str, options: ClassifierOptions, paths: list[str], actors: int,
                       address: str | None):
     """effnet-eval's outcomes, in input order: each image's probabilities, or its ImageError."""
-    for row in _rows(model, options, [str(p) for p in paths], actors, address, probabilities=True):
+    for row in _rows(model, options, [str(p) for p in paths], actors, address, probabilities=True,
+                     program="effnet-eval"):
         yield ImageError(f"{row['path']}: {row['error']}") if row["error"] else np.asarray(row["probs"])

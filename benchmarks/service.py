@@ -6,8 +6,10 @@ Classifier (1 thread), versus `effnet-serve --workers W --threads 1` loaded by 2
 http.client processes posting the same JPEG bytes. Clients share the machine with the server,
 as they would on a board serving itself; their cost is part of the figure. Then one client,
 one request at a time: the p50 that HTTP adds to an in-process classify of the same image.
+Last, what effnet-serve's guards cost: the same load on the server as it is, with a token and
+a rate limit too, and without its guards (patched out in the benchmark's own process).
 Rounds interleave the settings; medians are reported with the targets (service >= 80 % of
-in-process throughput; HTTP adds <= 1.5 ms at p50).
+in-process throughput; HTTP adds <= 1.5 ms at p50; guarded >= 0.9x unguarded).
 """
 from __future__ import annotations
 
@@ -18,6 +20,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -63,11 +66,13 @@ def connect(host: str, port: int) -> http.client.HTTPConnection:
     return conn
 
 
-def _post_loop(host: str, port: int, images: list[bytes], count: int) -> tuple[float, float, list[float]]:
+def _post_loop(host: str, port: int, images: list[bytes], count: int,
+               headers: dict | None = None) -> tuple[float, float, list[float]]:
     conn, times = connect(host, port), []
+    headers = {"Content-Type": "image/jpeg", **(headers or {})}
 
     def post(image):
-        conn.request("POST", "/v1/classify", image, {"Content-Type": "image/jpeg"})
+        conn.request("POST", "/v1/classify", image, headers)
         response = conn.getresponse()
         body = response.read()
         if response.status != 200:
@@ -94,10 +99,28 @@ def in_process(pool, images: list[bytes], workers: int, count: int):
     return _rate(pool.starmap(_classify_loop, [(images, count)] * workers))
 
 
+# The server without its guards, as it was before them: uvicorn's own protocol (no header
+# deadline or connection cap) and no token/rate-limit middleware. Patched in the benchmark's
+# own process only; effnet-serve has no switch to turn them off.
+UNGUARDED = ("import sys; import effnet_lite.apps.serve.cli as cli, effnet_lite.apps.serve.app as app; "
+             "cli.guarded = lambda protocol, connections: protocol; app.Guard = lambda inner, *a, **k: inner; "
+             "sys.exit(cli.main(sys.argv[1:]))")
+# (name, extra effnet-serve arguments, unguarded); the token and the rate limit are checked on
+# every request, the limit set far above what the clients reach (they share one address)
+GUARD_SETTINGS = (("unguarded", (), True), ("guarded", (), False),
+                  ("guarded + token + rate limit", ("--rate-limit", "100000/s"), False))
+BENCH_TOKEN = "effnet-bench-service-token-0123456789"
+GUARD_TARGET = 0.90
+
+
 class Service:
-    def __init__(self, model: Path, workers: int):
-        cmd = [sys.executable, "-m", "effnet_lite.apps.serve.cli", "--model", str(model), "--port", "0",
-               "--workers", str(workers), "--threads", "1", "--max-queue", "64"]
+    def __init__(self, model: Path, workers: int, extra: tuple = (), unguarded: bool = False,
+                 token_file: Path | None = None):
+        args = ["--model", str(model), "--port", "0", "--workers", str(workers), "--threads", "1",
+                "--max-queue", "64", *extra, *(["--token-file", str(token_file)] if token_file else [])]
+        cmd = [sys.executable, "-c", UNGUARDED, *args] if unguarded else \
+            [sys.executable, "-m", "effnet_lite.apps.serve.cli", *args]
+        self.headers = {"Authorization": f"Bearer {BENCH_TOKEN}"} if token_file else {}
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
         address = served_at(self.proc.stdout.readline())
         if address is None:
@@ -111,7 +134,7 @@ class Service:
 
 
 def over_http(pool, service: Service, images: list[bytes], clients: int, count: int):
-    return _rate(pool.starmap(_post_loop, [(service.host, service.port, images, count)] * clients))
+    return _rate(pool.starmap(_post_loop, [(service.host, service.port, images, count, service.headers)] * clients))
 
 
 def percentile(times: list[float], q: float) -> float:
@@ -125,8 +148,22 @@ def measure(model: Path, folder: Path, workers: list[int], count: int, rounds: i
     spawn = multiprocessing.get_context("spawn")
     grid = {w: {"in_process": [], "service": [], "p50": [], "p99": []} for w in workers}
     sequential = {"in_process": [], "service": []}
-    with Progress(rounds * (2 * len(workers) + 2), "service benchmark") as bar:
+    guards = {name: [] for name, _, _ in GUARD_SETTINGS}
+    top = max(workers)
+    token_dir = tempfile.TemporaryDirectory(prefix="effnet-bench-")
+    token_file = Path(token_dir.name) / "token"
+    token_file.write_text(BENCH_TOKEN)
+    token_file.chmod(0o600)
+    with token_dir, Progress(rounds * (2 * len(workers) + 2 + len(GUARD_SETTINGS)), "service benchmark") as bar:
         for _ in range(rounds):
+            for name, extra, unguarded in GUARD_SETTINGS:   # what the guards cost, W = the most workers
+                service = Service(model, top, extra, unguarded, token_file if "token" in name else None)
+                try:
+                    with spawn.Pool(2 * top) as pool:
+                        guards[name].append(over_http(pool, service, images, 2 * top, count // 2)[0])
+                finally:
+                    service.close()
+                bar.update()
             for w in workers:       # interleaved: every setting sees the same machine state
                 with spawn.Pool(w, _load, (str(model),)) as pool:
                     grid[w]["in_process"].append(in_process(pool, images, w, count)[0])
@@ -156,8 +193,11 @@ def measure(model: Path, folder: Path, workers: list[int], count: int, rounds: i
              "service_per_s": med(g["service"]), "ratio": med(s / i for s, i in zip(g["service"], g["in_process"])),
              "p50_ms": med(g["p50"]), "p99_ms": med(g["p99"])} for w, g in grid.items()]
     added = [s - i for s, i in zip(sequential["service"], sequential["in_process"])]
+    base = guards["unguarded"]
+    guard_rows = [{"setting": name, "workers": top, "clients": 2 * top, "service_per_s": med(rates),
+                   "vs_unguarded": med(r / b for r, b in zip(rates, base))} for name, rates in guards.items()]
     return {"model": model.name, "folder": str(folder), "images": len(images), "requests_per_run": count,
-            "rounds": rounds, "rows": rows,
+            "rounds": rounds, "rows": rows, "guards": guard_rows,
             "sequential": {"in_process_p50_ms": med(sequential["in_process"]),
                            "service_p50_ms": med(sequential["service"]), "added_p50_ms": med(added)}}
 
@@ -178,6 +218,13 @@ def print_report(r: dict) -> None:
           f"{worst:.2f} at worst (target >= {THROUGHPUT_TARGET:.2f})")
     print(f"  [{'ok' if s['added_p50_ms'] <= ADDED_P50_TARGET_MS else 'MISSED'}] HTTP adds "
           f"{s['added_p50_ms']:.2f} ms at p50 (target <= {ADDED_P50_TARGET_MS} ms)")
+    print("what the guards cost (header deadline, connection cap; then the token and rate limit too):")
+    for row in r["guards"]:
+        print(f"  {row['setting']:<30} {row['workers']} worker(s), {row['clients']} clients: "
+              f"{row['service_per_s']:7.1f} req/s, {row['vs_unguarded']:.2f}x unguarded")
+    worst = min(row["vs_unguarded"] for row in r["guards"])
+    print(f"  [{'ok' if worst >= GUARD_TARGET else 'MISSED'}] guarded / unguarded requests/s: {worst:.2f} at worst "
+          f"(target >= {GUARD_TARGET:.2f})")
 
 
 def main_from_args(args) -> int:

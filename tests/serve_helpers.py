@@ -5,6 +5,8 @@ from __future__ import annotations
 import http.client
 import json
 import os
+import resource
+import selectors
 import signal
 import socket
 import subprocess
@@ -19,16 +21,21 @@ class Server:
     """`with Server(model, "--workers", "2") as s:` runs effnet-serve until the block ends,
     then stops it with SIGTERM; `s.code` and `s.stderr` hold how it ended."""
 
-    def __init__(self, model, *args, start_timeout: float = 60):
+    def __init__(self, model, *args, start_timeout: float = 60, open_files: int | None = None, env=None):
         self.argv = [sys.executable, "-m", "effnet_lite.apps.serve.cli", "--model", str(model), "--port", "0", *map(str, args)]
         self.start_timeout = start_timeout
+        self.open_files = open_files        # soft and hard RLIMIT_NOFILE, as `ulimit -n N` sets them
+        self.env = env
         self.code = None
         self.stderr = ""
         self._err: list[str] = []
 
     def __enter__(self):
+        limit = self.open_files
         self.proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
-                                     start_new_session=True)
+                                     start_new_session=True, env=self.env,
+                                     preexec_fn=(lambda: resource.setrlimit(resource.RLIMIT_NOFILE, (limit, limit)))
+                                     if limit else None)
         threading.Thread(target=lambda: self._err.extend(self.proc.stderr), daemon=True).start()
         line = _readline(self.proc.stdout, self.start_timeout)
         address = served_at(line)
@@ -62,8 +69,11 @@ class Server:
         """Resident bytes of the server and its workers together."""
         return sum(resident_bytes(pid) or 0 for pid in [self.proc.pid, *self.workers()])
 
-    def connection(self, timeout: float = 60) -> http.client.HTTPConnection:
-        return http.client.HTTPConnection(self.host, self.port, timeout=timeout)
+    def connection(self, timeout: float = 60, source: str | None = None) -> http.client.HTTPConnection:
+        """`source`: the client's own address (any of 127.0.0.0/8 is this machine, so a test can
+        be two clients)."""
+        return http.client.HTTPConnection(self.host, self.port, timeout=timeout,
+                                          source_address=(source, 0) if source else None)
 
     def request(self, method: str, path: str, body=None, headers=None, conn=None):
         """(status, headers, parsed JSON or text) over `conn` (kept alive) or a new connection."""
@@ -130,3 +140,83 @@ def status_of(reply: bytes) -> int:
 
 def json_body(reply: bytes) -> dict:
     return json.loads(reply.split(b"\r\n\r\n", 1)[1])
+
+
+class SlowClients:
+    """`n` connections that each send half a request line, then one more header byte every
+    `every` seconds, for ever (a "slowloris"), run by one thread. `closed[i]` is how long
+    connection i stayed open once the server closed it, `replies[i]` what it was sent."""
+
+    HEAD = b"GET /healthz HTTP/1.1\r\nHost: x\r\nX-Slow: "
+
+    def __init__(self, host: str, port: int, n: int, every: float = 1.0, source: str | None = None):
+        self.host, self.port, self.n, self.every, self.source = host, port, n, every, source
+        self.opened: list[float] = []
+        self.closed: dict[int, float] = {}
+        self.replies: dict[int, bytes] = {}
+        self.refused_at_connect = 0
+        self._stop = threading.Event()
+
+    def __enter__(self):
+        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+        if soft < self.n + 256:
+            resource.setrlimit(resource.RLIMIT_NOFILE, (min(hard, self.n + 1024), hard))
+        self.selector = selectors.DefaultSelector()
+        self.socks = []
+        for i in range(self.n):
+            sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+            if self.source:
+                sock.bind((self.source, 0))
+            sock.settimeout(10)
+            try:
+                sock.connect((self.host, self.port))
+                sock.sendall(self.HEAD[:8])             # half the request line
+            except OSError:
+                self.refused_at_connect += 1
+                sock.close()
+                continue
+            sock.setblocking(False)
+            self.opened.append(time.monotonic())
+            self.socks.append(sock)
+            self.selector.register(sock, selectors.EVENT_READ, len(self.socks) - 1)
+        self.thread = threading.Thread(target=self._run, daemon=True)
+        self.thread.start()
+        return self
+
+    def _run(self):
+        sent = {i: 8 for i in range(len(self.socks))}
+        next_byte = time.monotonic() + self.every
+        while not self._stop.is_set() and len(self.closed) < len(self.socks):
+            for key, _ in self.selector.select(timeout=max(0.0, min(0.2, next_byte - time.monotonic()))):
+                i = key.data
+                try:
+                    data = key.fileobj.recv(65536)
+                except (BlockingIOError, InterruptedError):
+                    continue
+                except OSError:
+                    data = b""
+                if data:
+                    self.replies[i] = self.replies.get(i, b"") + data
+                    continue
+                self.closed[i] = time.monotonic() - self.opened[i]
+                self.selector.unregister(key.fileobj)
+            if time.monotonic() >= next_byte:
+                next_byte += self.every
+                for i, sock in enumerate(self.socks):
+                    if i not in self.closed:
+                        byte = self.HEAD[sent[i]:sent[i] + 1] or b"a"
+                        try:
+                            sock.send(byte)
+                            sent[i] += 1
+                        except OSError:
+                            pass
+
+    def open_count(self) -> int:
+        return len(self.socks) - len(self.closed)
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self.thread.join(10)
+        for sock in self.socks:
+            sock.close()
+        self.selector.close()

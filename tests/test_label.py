@@ -140,7 +140,8 @@ def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
               f"'--workers', '2', '--json', {str(tmp_path / 'ray.json')!r}]))\n")
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
     assert "label 1" in done.stdout and "eval 0" in done.stdout, done.stdout + done.stderr[-2000:]
-    lines = [line for line in done.stderr.strip().splitlines() if not line.startswith("effnet-label: ")]
+    lines = [line for line in done.stderr.strip().splitlines()
+             if not line.startswith(("effnet-label: ", "effnet-eval: Ray scored"))]
     assert not lines, lines          # Ray's own logs stay off stderr
     rows = rows_of(tmp_path / "out")
     assert len(rows) == len(paths) and all(r["path"].startswith("file:///") for r in rows)

@@ -420,8 +420,14 @@ def test_bench_service_mode(lite0_files, tmp_path, capsys):
     assert 0 < row["p50_ms"] <= row["p99_ms"]
     seq = report["sequential"]
     assert seq["added_p50_ms"] == pytest.approx(seq["service_p50_ms"] - seq["in_process_p50_ms"])
+    guards = {row["setting"]: row for row in report["guards"]}
+    assert set(guards) == {"unguarded", "guarded", "guarded + token + rate limit"}
+    assert guards["unguarded"]["vs_unguarded"] == 1 and all(r["service_per_s"] > 0 for r in guards.values())
+    assert guards["guarded"]["vs_unguarded"] == pytest.approx(
+        guards["guarded"]["service_per_s"] / guards["unguarded"]["service_per_s"], rel=1e-9)
     printed = capsys.readouterr().out
     assert "service throughput / in-process" in printed and "HTTP adds" in printed
+    assert "guarded / unguarded requests/s" in printed
 
 
 def test_a_changed_model_file_is_not_loaded_by_a_replacement(tmp_path, lite0_files, photos):

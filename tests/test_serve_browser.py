@@ -201,3 +201,44 @@ def test_page_with_a_two_class_model(lite0_files, tmp_path):
         finally:
             driver.quit()
     assert s.code == 0 and '"POST /v1/classify?top_k=2' in s.stderr
+
+
+def test_page_asks_for_the_token_once(lite0_files, tmp_path):
+    """With a token (given by $EFFNET_SERVE_TOKEN_FILE, as a service unit would), the page asks
+    for it, says so when it is wrong, classifies the refused photo once it is right, and keeps
+    it for the tab: a reload does not ask again."""
+    import os
+    from effnet_lite.apps.serve.guard import TOKEN_ENV
+    token = "page-token-0123456789abcdef"
+    (tmp_path / "token").write_text(token)
+    (tmp_path / "token").chmod(0o600)
+    photo = lite0_files["photos"] / "coffee.jpg"
+    code, out, err = run_module("effnet_lite.apps.infer", photo, "--model", lite0_files["int8.tflite"], "--json")
+    label = json.loads(out)["categories"][0]["label"]
+    env = {**os.environ, TOKEN_ENV: str(tmp_path / "token")}
+    with Server(lite0_files["int8.tflite"], "--workers", "1", env=env) as s:
+        assert s.request("GET", "/v1/model")[0] == 401
+        driver = browser()
+        try:
+            driver.get(s.url)
+            form = driver.find_element("id", "token-form")
+            WebDriverWait(driver, 30).until(lambda d: form.is_displayed())
+            assert "needs the token" in text(driver, "model")
+
+            def give(value):
+                field = driver.find_element("id", "token")
+                field.clear()
+                field.send_keys(value)
+                driver.find_element("id", "token-use").click()
+            give("wrong-" + token)
+            WebDriverWait(driver, 30).until(lambda d: form.is_displayed() and "not right" in text(d, "token-message"))
+            driver.find_element("id", "file").send_keys(str(photo))      # refused: the form stays
+            give(token)
+            WebDriverWait(driver, 30).until(lambda d: text(d, "top-label") == label)
+            assert not form.is_displayed() and "lite0 int8" in text(driver, "model")
+            driver.refresh()
+            WebDriverWait(driver, 30).until(lambda d: "lite0 int8" in text(d, "model"))
+            assert not driver.find_element("id", "token-form").is_displayed()
+        finally:
+            driver.quit()
+    assert s.code == 0 and s.stderr.count('"POST /v1/classify') >= 1 and " 401 " in s.stderr

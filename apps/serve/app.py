@@ -23,6 +23,8 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .connections import Connections
+from .guard import Guard, RateLimit, Token
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .pool import Busy, Pool, WorkerLost
 
@@ -43,6 +45,10 @@ class Settings:
     timeout: float              # seconds, per request
     top_k: int = 5              # when the request does not say
     verbose: bool = False       # tracebacks of internal errors in the log
+    token: Token | None = None              # required on /v1/* when set
+    rate: RateLimit | None = None           # per client, on /v1/*
+    protect_metrics: bool = False           # /metrics needs the token too
+    connections: Connections | None = None  # the server's connection limits, for /metrics
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
@@ -69,7 +75,7 @@ def create_pool(settings: Settings) -> Pool:
 def create_app(settings: Settings, pool: Pool, log=None):
     """The ASGI application; `pool` must be started (and later closed) by the caller, on the
     event loop the server runs on. Access lines go to `log` (default stderr)."""
-    metrics = ServiceMetrics(pool)
+    metrics = ServiceMetrics(pool, settings.connections)
     classes = settings.summary["labels"]
 
     async def index(request: Request) -> Response:
@@ -160,7 +166,8 @@ def create_app(settings: Settings, pool: Pool, log=None):
         return error(500, "internal error (see the server's log)")
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
-    return AccessLog(app, metrics, log or sys.stderr)
+    guarded = Guard(app, settings.token, settings.rate, settings.protect_metrics)
+    return AccessLog(guarded, metrics, log or sys.stderr)
 
 
 def log_internal_error(where: str, exc: BaseException, verbose: bool) -> None:

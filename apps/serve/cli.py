@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import ipaddress
 import logging
 import os
 import signal
@@ -23,12 +24,20 @@ from effnet_lite.backends import BACKENDS
 from effnet_lite.errors import needs_extra
 from effnet_lite.quiet import Captured
 
+from .connections import (DEFAULT_MAX_CONNECTIONS, Connections, Limits, connections_allowed, default_protocol,
+                          guarded, raise_fd_limit)
+from .guard import TOKEN_ENV, GuardError, RateLimit, Token, load_token, parse_rate
+
 EXAMPLES = """\
 examples:
   effnet-serve --model lite0_int8.tflite                      (http://127.0.0.1:8000/)
   effnet-serve --model lite0_int8.tflite --host 0.0.0.0       (reachable on the LAN)
   curl -H 'Content-Type: image/jpeg' --data-binary @photo.jpg 'http://127.0.0.1:8000/v1/classify?top_k=3'
   curl -F image=@photo.jpg http://127.0.0.1:8000/v1/classify
+
+With --token-file, /v1/* needs 'Authorization: Bearer <token>' (curl -H @header-file or
+-H "Authorization: Bearer $(cat token)"); /healthz, the page and /metrics stay open. A --host
+other than loopback needs --token-file, or --no-auth to say that anyone may use it.
 
 API: POST /v1/classify (?top_k=5&threshold=0), GET /v1/model, GET /healthz, GET /metrics
 (Prometheus). Errors are JSON: {"error": "...", "status": N}; 503 (with Retry-After) when
@@ -56,6 +65,22 @@ def parse_args(argv=None):
     p.add_argument("--timeout", type=float, default=30, metavar="S",
                    help="seconds a request may take, upload and queue included: 408 while "
                         "uploading, 504 after (30)")
+    p.add_argument("--header-timeout", type=float, default=10, metavar="S",
+                   help="seconds a connection has for its request line and headers; then 408 and closed (10)")
+    p.add_argument("--keep-alive-timeout", type=float, default=5, metavar="S",
+                   help="seconds an idle kept-alive connection stays open (5)")
+    p.add_argument("--max-connections", type=int, metavar="N",
+                   help=f"open connections at most; one more closes the slowest still sending its headers "
+                        f"(default: {DEFAULT_MAX_CONNECTIONS}, or less if the descriptor limit needs it)")
+    p.add_argument("--token-file", metavar="FILE", default=os.environ.get(TOKEN_ENV),
+                   help=f"require 'Authorization: Bearer <token>' on /v1/*, the token read from FILE "
+                        f"(default: ${TOKEN_ENV})")
+    p.add_argument("--no-auth", action="store_true",
+                   help="serve anyone who can reach a non-loopback --host, without a token")
+    p.add_argument("--protect-metrics", action="store_true", help="/metrics needs the token too")
+    p.add_argument("--rate-limit", metavar="N/s",
+                   help="requests per second (or N/min) each client address may make on /v1/*; "
+                        "more get 429 + Retry-After (default: no limit)")
     p.add_argument("-k", "--top-k", type=int, default=5, help="classes per answer unless ?top_k= says (5)")
     p.add_argument("--backend", choices=list(BACKENDS), help="force a backend (default: by file type)")
     p.add_argument("--exact", action="store_true", help="bit-identical reference preprocessing (slower)")
@@ -78,6 +103,16 @@ def parse_args(argv=None):
         p.error("--timeout must be above 0 and at most 3600 seconds")
     if args.top_k < 1:
         p.error("--top-k must be at least 1")
+    for name in ("header_timeout", "keep_alive_timeout"):
+        if not 0 < getattr(args, name) <= 3600:
+            p.error(f"--{name.replace('_', '-')} must be above 0 and at most 3600 seconds")
+    if args.max_connections is not None and args.max_connections < 1:
+        p.error("--max-connections must be at least 1")
+    if args.no_auth and args.token_file:
+        p.error("--no-auth and --token-file contradict each other" +
+                (f" (${TOKEN_ENV} is set)" if os.environ.get(TOKEN_ENV) == args.token_file else ""))
+    if args.protect_metrics and not args.token_file:
+        p.error("--protect-metrics needs --token-file")
     if bool(args.tls_cert) != bool(args.tls_key):
         p.error("--tls-cert and --tls-key go together")
     return args
@@ -161,6 +196,11 @@ def main(argv=None) -> int:
     except ImportError as e:
         print(needs_extra("effnet-serve", f"effnet-serve ({e.name or e} is missing)", "serve"), file=sys.stderr)
         return 2
+    try:
+        guard = access_rules(args)
+        limits = connection_limits(args)
+    except GuardError as e:
+        return fail(str(e))
     options = ClassifierOptions(num_threads=args.threads, backend=args.backend, exact=args.exact)
     quiet = Captured()
     try:
@@ -169,18 +209,54 @@ def main(argv=None) -> int:
     except (ModelError, BackendUnavailableError) as e:
         return fail(str(e))
     summary = model_summary(clf, args.model, args.workers, args.threads)
+    summary["limits"] = {**asdict(limits), "request_timeout": args.timeout, "max_upload_mb": args.max_upload_mb,
+                         "max_queue": args.max_queue, "rate_limit_per_s": guard["rate"].rate if guard["rate"] else None,
+                         "auth": "token" if guard["token"] else "none"}
     if summary["int8_caveat"]:
         print(f"effnet-serve: warning: {summary['int8_caveat']}", file=sys.stderr)
     clf.close()         # each worker opens its own; this one checked the file and described it
     settings = Settings(model=str(args.model), options=asdict(options), summary=summary, workers=args.workers,
                         max_queue=args.max_queue, max_upload=int(args.max_upload_mb * 1e6),
-                        timeout=args.timeout, top_k=args.top_k, verbose=args.verbose)
+                        timeout=args.timeout, top_k=args.top_k, verbose=args.verbose,
+                        protect_metrics=args.protect_metrics, connections=Connections(limits), **guard)
     try:
         sock = listen(args.host, args.port)
     except OSError as e:
         return fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
     quiet_uvicorn_logs(args.verbose)
     return run_loop(serve(args, settings, sock))
+
+
+def access_rules(args) -> dict:
+    """The token and rate limit (Settings fields); a non-loopback --host needs one or --no-auth."""
+    token = Token(load_token(args.token_file)) if args.token_file else None
+    if token is None and not args.no_auth and not is_loopback(args.host):
+        raise GuardError(f"--host {args.host} lets other machines in: give --token-file FILE (see --help), "
+                         "or --no-auth to serve anyone who can reach it")
+    return {"token": token, "rate": RateLimit(parse_rate(args.rate_limit)) if args.rate_limit else None}
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(f[4][0].split("%")[0]).is_loopback for f in found)
+
+
+def connection_limits(args) -> Limits:
+    fd_limit = raise_fd_limit()
+    room = connections_allowed(fd_limit, args.workers)
+    if room < 1 or (args.max_connections or 0) > room:
+        raise GuardError(f"the descriptor limit ({fd_limit} open files) leaves room for {max(room, 0)} connections "
+                         f"with {args.workers} worker(s): raise it (ulimit -n, systemd LimitNOFILE=) or lower "
+                         "--max-connections")
+    return Limits(header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                  max_connections=args.max_connections or min(DEFAULT_MAX_CONNECTIONS, room), fd_limit=fd_limit)
 
 
 def run_loop(main_coroutine) -> int:
@@ -225,7 +301,8 @@ async def serve(args, settings, sock: socket.socket) -> int:
         sock.close()
         return fail(str(e))
     config = uvicorn.Config(create_app(settings, pool), log_config=None, access_log=False, lifespan="off",
-                            server_header=False, timeout_keep_alive=5,
+                            server_header=False, http=guarded(default_protocol(), settings.connections),
+                            timeout_keep_alive=settings.connections.limits.keep_alive_timeout,
                             timeout_graceful_shutdown=int(settings.timeout) + 5,
                             ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
     try:

@@ -17,7 +17,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServiceMetrics:
-    def __init__(self, pool):
+    def __init__(self, pool, connections=None):
         disable_created_metrics()       # *_created series: noise for a single long-lived process
         self.registry = CollectorRegistry()
         r = self.registry
@@ -32,6 +32,8 @@ class ServiceMetrics:
                                    "(in a worker)", buckets=LATENCY_BUCKETS, registry=r)
         ProcessCollector(registry=r)        # process_resident_memory_bytes etc., the server itself
         r.register(_PoolCollector(pool))
+        if connections is not None:
+            r.register(_ConnectionCollector(connections))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         route = "/static" if route.startswith("/static/") else route if route in ROUTES else "other"
@@ -47,7 +49,7 @@ class ServiceMetrics:
 
 
 class _PoolCollector:
-    def __init__(self, pool):
+    def __init__(self, pool, connections=None):
         self.pool = pool
 
     def collect(self):
@@ -69,3 +71,27 @@ class _PoolCollector:
             if size is not None:
                 rss.add_metric([str(w.slot)], size)
         yield rss
+
+
+class _ConnectionCollector:
+    def __init__(self, connections):
+        self.c = connections
+
+    def collect(self):
+        c = self.c
+        yield GaugeMetricFamily("effnet_connections_open", "Open client connections", len(c.open))
+        yield GaugeMetricFamily("effnet_connections_max", "Open connections allowed (--max-connections)",
+                                c.limits.max_connections)
+        yield GaugeMetricFamily("effnet_open_files_limit", "The process's descriptor limit (soft RLIMIT_NOFILE)",
+                                c.limits.fd_limit)
+        timed_out = CounterMetricFamily("effnet_connections_timed_out", "Connections closed by their deadline: "
+                                        "headers (--header-timeout) or idle (--keep-alive-timeout)", labels=["phase"])
+        evicted = CounterMetricFamily("effnet_connections_evicted", "Connections closed to make room for a new one "
+                                      "at --max-connections", labels=["phase"])
+        for phase in ("headers", "idle"):
+            timed_out.add_metric([phase], c.timed_out[phase])
+            evicted.add_metric([phase], c.evicted[phase])
+        yield timed_out
+        yield evicted
+        yield CounterMetricFamily("effnet_connections_refused", "New connections refused (503) at "
+                                  "--max-connections, every open one running a request", c.refused)

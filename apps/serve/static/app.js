@@ -3,7 +3,32 @@
 "use strict";
 
 const $ = (id) => document.getElementById(id);
-const state = { stream: null, live: false, frameTimes: [], frames: 0, previewUrl: null };
+const state = { stream: null, live: false, frameTimes: [], frames: 0, previewUrl: null, pending: null };
+
+// -- the token (when the server was started with --token-file) --------------------------------
+// Asked for once, kept in sessionStorage: it lasts as long as the tab, and no other site sees it.
+const TOKEN_KEY = "effnet-serve-token";
+
+function authHeaders() {
+  const token = sessionStorage.getItem(TOKEN_KEY);
+  return token ? { Authorization: `Bearer ${token}` } : {};
+}
+
+function askForToken(message) {
+  sessionStorage.removeItem(TOKEN_KEY);
+  $("token-message").textContent = message;
+  $("token-form").hidden = false;
+  $("token").focus();
+}
+
+$("token-form").addEventListener("submit", (e) => {
+  e.preventDefault();
+  sessionStorage.setItem(TOKEN_KEY, $("token").value.trim());
+  $("token").value = "";
+  $("token-form").hidden = true;
+  describeModel();
+  if (state.pending) classify(state.pending.blob, state.pending.name);      // the photo refused before
+});
 
 function topK() { return Number($("top-k").value); }
 
@@ -18,7 +43,7 @@ async function classify(blob, name) {
   try {
     response = await fetch(`/v1/classify?top_k=${topK()}&name=${encodeURIComponent(name)}`, {
       method: "POST",
-      headers: { "Content-Type": blob.type || "application/octet-stream" },
+      headers: { ...authHeaders(), "Content-Type": blob.type || "application/octet-stream" },
       body: blob,
     });
     body = await response.json();
@@ -26,10 +51,18 @@ async function classify(blob, name) {
     showError(`The server did not answer (${err.message}).`);
     return null;
   }
+  if (response.status === 401) {
+    if (state.live) toggleLive();
+    state.pending = { blob, name };
+    askForToken(body.error);
+    showError("");
+    return null;
+  }
   if (!response.ok) {
     showError(body.error || `HTTP ${response.status}`);
     return null;
   }
+  state.pending = null;
   showError("");
   render(body, performance.now() - started);
   return body;
@@ -177,7 +210,24 @@ $("snap").addEventListener("click", async () => {
 });
 
 // -- the model's description -----------------------------------------------------------------
-fetch("/v1/model").then((r) => r.json()).then((m) => {
+async function describeModel() {
+  let response, m;
+  try {
+    response = await fetch("/v1/model", { headers: authHeaders() });
+    m = await response.json();
+  } catch (err) {
+    $("model").textContent = "(the model's description is unavailable)";
+    return;
+  }
+  if (response.status === 401) {
+    $("model").textContent = "(the model's description needs the token)";
+    askForToken(m.error);
+    return;
+  }
+  if (!response.ok) {
+    $("model").textContent = `(the model's description is unavailable: ${m.error || response.status})`;
+    return;
+  }
   const what = [m.variant, m.precision].filter(Boolean).join(" ") || m.model;
   $("model").textContent = `${what} · ${m.input_size} px · ${m.labels} classes · ${m.backend}, ` +
     `${m.workers} worker(s) × ${m.threads} thread(s) · ${m.model}`;
@@ -188,4 +238,6 @@ fetch("/v1/model").then((r) => r.json()).then((m) => {
   }
   if (![...select.options].some((o) => Number(o.value) === want)) select.add(new Option(String(want), String(want)));
   select.value = String(want);
-}).catch(() => { $("model").textContent = "(the model's description is unavailable)"; });
+}
+
+describeModel();
