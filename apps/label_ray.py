@@ -121,9 +121,11 @@ def connect(address: str | None) -> None:
         host, _, port = address.rpartition(":")
         try:
             where["_node_ip_address"] = local_address_towards(host.strip("[]"), int(port))
+            # (Ray would wait 40 s per attempt, 20 attempts, for a head that is not there)
+            socket.create_connection((host.strip("[]"), int(port)), timeout=10).close()
         except (OSError, ValueError) as e:
-            raise LabelError(f"Ray address {address!r}: not host:port of a reachable head "
-                             f"({getattr(e, 'strerror', None) or e})") from None
+            raise LabelError(f"cannot reach a Ray head at {address} "
+                             f"({getattr(e, 'strerror', None) or e}): give its host:port") from None
     try:
         with Captured():      # the C++ core announces its log level on stderr
             if where:
@@ -170,7 +172,7 @@ def _rows(model: str, options: ClassifierOptions, paths: list[str], actors: int,
     context = ray.data.DataContext.get_current()
     context.execution_options.preserve_order = True
     context.enable_progress_bars = False
-    with Classifier.from_file(model, options) as clf:
+    with Captured(), Classifier.from_file(model, options) as clf:     # (LiteRT's banner)
         config = clf.io.config
     model_ref = ray.put(Path(model).read_bytes())
     # a block per batch, at least one per actor (up to 200, Ray Data's default): a small job

@@ -31,7 +31,8 @@ def file_scores(path, threads, exact=False, workers=1, engine="local", ray_addre
     """A function of the images that yields each one's probabilities (or its ImageError),
     in one process, in `workers` processes (apps.parallel), or on Ray (`workers` actors)."""
     options = ClassifierOptions(num_threads=threads or (1 if workers > 1 else None), exact=exact)
-    clf = Classifier.from_file(path, options)       # a bad file is an error before any work
+    with Captured():                                 # (LiteRT's banner)
+        clf = Classifier.from_file(path, options)   # a bad file is an error before any work
 
     def run(paths):
         if engine == "ray":

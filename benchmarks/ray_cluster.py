@@ -3,8 +3,8 @@ each started by `ray start` with token authentication, as the README's recipe do
 network namespace of their own that has nothing but 127.0.0.1. No Ray process can bind to, or
 advertise, another address (Ray turns `--node-ip-address 127.0.0.1` into the interface address
 otherwise), and the cluster's ports cannot meet another one's. Every command (the drivers
-too) runs in that namespace; stopping kills exactly the processes in it, in every outcome
-(`ray stop` would stop every Ray of the machine). Needs root or CAP_SYS_ADMIN (unshare)
+too) runs in that namespace; stopping kills exactly the processes in it, in every outcome:
+also when the test process itself is killed (`ray stop` would stop every Ray of the machine). Needs root or CAP_SYS_ADMIN (unshare)
 and util-linux's unshare/nsenter. Used by tests/test_ray_cluster.py and the Ray scaling
 benchmark.
 """
@@ -30,11 +30,20 @@ RECIPE = {
 # What a test cluster adds to them: CPUs per node, no dashboard or usage report, a short
 # session folder (Ray's socket paths must stay under 108 characters).
 _QUIET = ["--disable-usage-stats"]
-_BRING_UP_LO = ("import fcntl, socket, struct, sys\n"
-                "s = socket.socket(); req = struct.pack('16sh', b'lo', 0)\n"
-                "flags = struct.unpack('16sh', fcntl.ioctl(s, 0x8913, req))[1]\n"            # SIOCGIFFLAGS
-                "fcntl.ioctl(s, 0x8914, struct.pack('16sh', b'lo', flags | 1))\n"           # SIOCSIFFLAGS, IFF_UP
-                "print('ready', flush=True); sys.stdin.read()\n")
+# The namespace's holder: brings loopback up, then waits on stdin. When its parent goes, however
+# it goes (even SIGKILL), stdin ends and the holder kills every process of the namespace.
+_HOLDER = ("import fcntl, os, signal, socket, struct, sys\n"
+           "s = socket.socket(); req = struct.pack('16sh', b'lo', 0)\n"
+           "flags = struct.unpack('16sh', fcntl.ioctl(s, 0x8913, req))[1]\n"            # SIOCGIFFLAGS
+           "fcntl.ioctl(s, 0x8914, struct.pack('16sh', b'lo', flags | 1))\n"           # SIOCSIFFLAGS, IFF_UP
+           "print('ready', flush=True); sys.stdin.read()\n"
+           "mine = os.readlink('/proc/self/ns/net')\n"
+           "for pid in filter(str.isdigit, os.listdir('/proc')):\n"
+           "    try:\n"
+           "        if int(pid) != os.getpid() and os.readlink(f'/proc/{pid}/ns/net') == mine:\n"
+           "            os.kill(int(pid), signal.SIGKILL)\n"
+           "    except OSError:\n"
+           "        pass\n")
 
 
 class ClusterError(RuntimeError):
@@ -57,7 +66,7 @@ class LoopbackCluster:
         self.home = self.work / "home"
         self.home.mkdir()
         try:
-            self.holder = subprocess.Popen(["unshare", "--net", sys.executable, "-c", _BRING_UP_LO],
+            self.holder = subprocess.Popen(["unshare", "--net", sys.executable, "-c", _HOLDER],
                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                            stderr=subprocess.PIPE, text=True)
         except OSError as e:

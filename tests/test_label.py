@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -124,31 +126,38 @@ def test_a_rerun_with_other_settings_is_refused(lite0_files, collection, tmp_pat
 
 
 def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
-    """effnet-label and effnet-eval on Ray, in one process (one Ray session start)."""
+    """effnet-label on a Ray it starts itself (no --ray-address); effnet-eval on Ray, and a
+    real cluster, are in test_ray_cluster.py."""
     require_module("ray", "the Ray engine needs ray (cluster extra)")
-    from test_benchmarks import labelled_folders
     folder, paths, broken = collection
     model = lite0_files["int8.tflite"]
-    csv_dir, _, _ = labelled_folders(tmp_path, lite0_files["photos"])
-    code, _, _ = run_module("effnet_lite.benchmarks.evaluate", model, "--data", csv_dir, "--json", tmp_path / "local.json")
-    assert code == 0
     # the source as a location pyarrow reads (file://, as s3:// or gs:// would be on a cluster)
-    script = (f"import sys\nfrom effnet_lite.apps.label import main as label\nfrom effnet_lite.benchmarks.evaluate import main as evaluate\n"
-              f"print('label', label(['file://{folder}', '--model', {str(model)!r}, '--output', "
-              f"{str(tmp_path / 'out')!r}, '--engine', 'ray', '--workers', '2', '--format', 'parquet']))\n"
-              f"print('eval', evaluate([{str(model)!r}, '--data', {str(csv_dir)!r}, '--engine', 'ray', "
-              f"'--workers', '2', '--json', {str(tmp_path / 'ray.json')!r}]))\n")
-    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
-    assert "label 1" in done.stdout and "eval 0" in done.stdout, done.stdout + done.stderr[-2000:]
-    lines = [line for line in done.stderr.strip().splitlines()
-             if not line.startswith(("effnet-label: ", "effnet-eval: Ray scored"))]
+    code, _, err = run_module("effnet_lite.apps.label", f"file://{folder}", "--model", model, "--output",
+                              tmp_path / "out", "--engine", "ray", "--workers", "2", "--format", "parquet", timeout=600)
+    assert code == 1, err
+    lines = [line for line in err.strip().splitlines() if not line.startswith("effnet-label: ")]
     assert not lines, lines          # Ray's own logs stay off stderr
     rows = rows_of(tmp_path / "out")
     assert len(rows) == len(paths) and all(r["path"].startswith("file:///") for r in rows)
     check_rows([{**r, "path": r["path"].removeprefix("file://")} for r in rows], paths, broken,
                infer_answers(model, paths))
-    assert json.loads((tmp_path / "ray.json").read_text())["results"] == \
-        json.loads((tmp_path / "local.json").read_text())["results"]
+
+
+def test_ray_head_that_is_not_there(lite0_files, collection, tmp_path):
+    """A --ray-address nobody listens on: one line, exit 2, at once (Ray itself would wait
+    40 s per attempt, 20 attempts)."""
+    require_module("ray", "the Ray engine needs ray (cluster extra)")
+    with socket.socket() as closed:
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]          # bound, never listening: refused
+        started = time.monotonic()
+        code, _, err = run_module("effnet_lite.apps.label", collection[0], "--model", lite0_files["int8.tflite"],
+                                  "--output", tmp_path / "o", "--engine", "ray", "--ray-address", f"127.0.0.1:{port}",
+                                  timeout=120)
+    assert code == 2 and "Traceback" not in err, err
+    assert err.splitlines()[-1] == (f"effnet-label: error: cannot reach a Ray head at 127.0.0.1:{port} "
+                                    "(Connection refused): give its host:port"), err
+    assert time.monotonic() - started < 20
 
 
 @pytest.mark.parametrize("args, says", [(["absent_folder"], "no such folder or list file"),

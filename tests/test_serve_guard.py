@@ -294,3 +294,26 @@ def test_refusals_at_start(model, token_file, tmp_path):
         assert code == 2 and expected in lines[-1] and "Traceback" not in err, (args, err)
         assert len(lines) == 1 or lines[0].startswith("usage:"), err
         assert out == ""
+
+
+def test_no_auth_lets_a_non_loopback_host_start(model):
+    """--host 0.0.0.0 --no-auth starts (in a network namespace of its own, which has nothing
+    but loopback: the test exposes nothing)."""
+    import shutil
+    import subprocess
+    import sys
+    from tests_helpers import unavailable
+    if not shutil.which("unshare"):
+        unavailable("no unshare (util-linux)")
+    proc = subprocess.Popen(["unshare", "--net", sys.executable, "-m", "effnet_lite.apps.serve.cli", "--model",
+                             str(model), "--host", "0.0.0.0", "--no-auth", "--port", "0", "--workers", "1"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stdout.readline()
+        if not line and "unshare" in (err := proc.stderr.read()):
+            unavailable(f"unshare --net is not allowed here: {err.strip()[:200]}")
+        assert line.startswith("effnet-serve: http://0.0.0.0:"), (line, proc.stderr.read() if proc.poll() else "")
+    finally:
+        proc.terminate()
+        proc.wait(60)
+    assert proc.returncode == 0
