@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import multiprocessing
 import signal
+import threading
 from dataclasses import asdict
 from typing import Iterable, Iterator
 
@@ -84,8 +85,23 @@ def parallel(model: str, options: ClassifierOptions, paths: list, workers: int,
         chunk = max(1, min(16, len(paths) // (workers * 8)))
         yield from pool.imap(_classify, paths, chunksize=chunk)
         pool.close()
-    except BaseException:
-        pool.terminate()
-        raise
-    finally:
         pool.join()
+    except BaseException:
+        stop_pool(pool)
+        raise
+
+
+def stop_pool(pool, grace: float = 3.0) -> None:
+    """Pool.terminate(), but bounded: it can wait for ever when its task thread is blocked
+    handing the workers their stop sentinels through a full pipe nobody reads any more (the
+    workers are terminated first). Past `grace` the workers are killed and the pool's
+    threads (daemons) are left to the exiting process."""
+    stopper = threading.Thread(target=pool.terminate, daemon=True)
+    stopper.start()
+    stopper.join(grace)
+    if not stopper.is_alive():
+        pool.join()
+        return
+    for process in list(getattr(pool, "_pool", [])):
+        if process.exitcode is None:
+            process.kill()

@@ -288,6 +288,13 @@ async def serve(args, settings, sock: socket.socket) -> int:
     from .pool import StartError
 
     class Server(uvicorn.Server):
+        banner = ""
+
+        async def startup(self, sockets=None):
+            await super().startup(sockets)
+            if self.started:        # listening, and uvicorn's stop-signal handlers are in place
+                print(self.banner, flush=True)
+
         def handle_exit(self, sig, frame):
             if not self.should_exit:
                 print(f"effnet-serve: stopping; finishing {len(self.server_state.tasks)} request(s) "
@@ -314,9 +321,11 @@ async def serve(args, settings, sock: socket.socket) -> int:
     host, port = sock.getsockname()[:2]
     s = settings.summary
     what = " ".join(str(x) for x in (s["variant"], s["precision"]) if x) or s["model"]
-    print(f"effnet-serve: {'https' if args.tls_cert else 'http'}://{f'[{host}]' if ':' in host else host}:{port}/"
-          f"  ({what} on {s['backend']}, {settings.workers} worker(s) x {args.threads} thread(s); "
-          "Ctrl-C stops)", flush=True)
+    # printed once the server is listening with its stop-signal handlers: a program that starts
+    # it and stops it as soon as it reads this line gets a clean stop (exit 0)
+    server.banner = (f"effnet-serve: {'https' if args.tls_cert else 'http'}://{f'[{host}]' if ':' in host else host}:"
+                     f"{port}/  ({what} on {s['backend']}, {settings.workers} worker(s) x {args.threads} thread(s); "
+                     "Ctrl-C stops)")
     # uvicorn re-raises the stop signal once it has shut down: let it land on a no-op, so the
     # workers are stopped here, after the last answer, and the exit status is 0.
     for sig in (signal.SIGINT, signal.SIGTERM):

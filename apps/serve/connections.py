@@ -25,7 +25,7 @@ from dataclasses import dataclass
 # and process sentinel).
 RESERVED_FDS = 64
 FDS_PER_WORKER = 4
-DEFAULT_MAX_CONNECTIONS = 1000      # a Pi-sized default: ~20 KB each in uvicorn
+DEFAULT_MAX_CONNECTIONS = 1000      # a Pi-sized default; --max-connections for more
 
 
 @dataclass(frozen=True)

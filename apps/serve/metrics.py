@@ -49,7 +49,7 @@ class ServiceMetrics:
 
 
 class _PoolCollector:
-    def __init__(self, pool, connections=None):
+    def __init__(self, pool):
         self.pool = pool
 
     def collect(self):
