@@ -57,9 +57,12 @@ def _group_alive(pgid: int) -> bool:
 
 def test_ctrl_c_stops_workers_promptly(lite0_files, tmp_path):
     photos = sorted(lite0_files["photos"].glob("*.jpg"))
+    # Ctrl-C as a terminal delivers it: SIGINT not ignored, whatever this process inherited
+    # (a shell without job control starts its background commands with SIGINT ignored).
     proc = subprocess.Popen([sys.executable, "-m", "effnet_lite.apps.infer", *(photos * 300), "--model",
                              str(lite0_files["int8.tflite"]), "-q", "--workers", "2"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         assert readline_within(proc.stdout, 120, "first result from the workers")   # up and answering
         os.killpg(proc.pid, signal.SIGINT)     # Ctrl-C reaches the whole process group
