@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import ipaddress
 import logging
 import os
 import signal
@@ -24,9 +23,8 @@ from effnet_lite.backends import BACKENDS
 from effnet_lite.errors import needs_extra
 from effnet_lite.quiet import Captured
 
-from .connections import (DEFAULT_MAX_CONNECTIONS, Connections, Limits, connections_allowed, default_protocol,
-                          guarded, raise_fd_limit)
-from .guard import TOKEN_ENV, GuardError, RateLimit, Token, load_token, parse_rate
+from .connections import DEFAULT_MAX_CONNECTIONS, Connections, connection_limits, default_protocol, guarded
+from .guard import TOKEN_ENV, GuardError, access_rules
 
 EXAMPLES = """\
 examples:
@@ -225,38 +223,6 @@ def main(argv=None) -> int:
         return fail(f"cannot listen on {args.host}:{args.port}: {e.strerror or e}")
     quiet_uvicorn_logs(args.verbose)
     return run_loop(serve(args, settings, sock))
-
-
-def access_rules(args) -> dict:
-    """The token and rate limit (Settings fields); a non-loopback --host needs one or --no-auth."""
-    token = Token(load_token(args.token_file)) if args.token_file else None
-    if token is None and not args.no_auth and not is_loopback(args.host):
-        raise GuardError(f"--host {args.host} lets other machines in: give --token-file FILE (see --help), "
-                         "or --no-auth to serve anyone who can reach it")
-    return {"token": token, "rate": RateLimit(parse_rate(args.rate_limit)) if args.rate_limit else None}
-
-
-def is_loopback(host: str) -> bool:
-    try:
-        return ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        pass
-    try:
-        found = socket.getaddrinfo(host, None)
-    except OSError:
-        return False
-    return bool(found) and all(ipaddress.ip_address(f[4][0].split("%")[0]).is_loopback for f in found)
-
-
-def connection_limits(args) -> Limits:
-    fd_limit = raise_fd_limit()
-    room = connections_allowed(fd_limit, args.workers)
-    if room < 1 or (args.max_connections or 0) > room:
-        raise GuardError(f"the descriptor limit ({fd_limit} open files) leaves room for {max(room, 0)} connections "
-                         f"with {args.workers} worker(s): raise it (ulimit -n, systemd LimitNOFILE=) or lower "
-                         "--max-connections")
-    return Limits(header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
-                  max_connections=args.max_connections or min(DEFAULT_MAX_CONNECTIONS, room), fd_limit=fd_limit)
 
 
 def run_loop(main_coroutine) -> int:

@@ -20,6 +20,8 @@ import json
 import resource
 from dataclasses import dataclass
 
+from .guard import GuardError
+
 # Descriptors the server needs besides its connections: the listening socket, stdio, the
 # event loop's own, the model file, /proc reads for /metrics, and a few per worker (its pipe
 # and process sentinel).
@@ -52,6 +54,19 @@ def raise_fd_limit() -> int:
 def connections_allowed(fd_limit: int, workers: int) -> int:
     """The most connections the descriptor limit leaves room for."""
     return fd_limit - RESERVED_FDS - FDS_PER_WORKER * workers
+
+
+def connection_limits(args) -> Limits:
+    """effnet-serve's limits from its arguments, after raising the descriptor limit; a
+    --max-connections the limit cannot hold is a GuardError (one line)."""
+    fd_limit = raise_fd_limit()
+    room = connections_allowed(fd_limit, args.workers)
+    if room < 1 or (args.max_connections or 0) > room:
+        raise GuardError(f"the descriptor limit ({fd_limit} open files) leaves room for {max(room, 0)} connections "
+                         f"with {args.workers} worker(s): raise it (ulimit -n, systemd LimitNOFILE=) or lower "
+                         "--max-connections")
+    return Limits(header_timeout=args.header_timeout, keep_alive_timeout=args.keep_alive_timeout,
+                  max_connections=args.max_connections or min(DEFAULT_MAX_CONNECTIONS, room), fd_limit=fd_limit)
 
 
 def _reply(status: int, reason: str, message: str, extra: str = "") -> bytes:

@@ -8,10 +8,12 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import ipaddress
 import json
 import math
 import os
 import re
+import socket
 import stat
 import time
 from collections import OrderedDict
@@ -24,7 +26,7 @@ REALM = 'Bearer realm="effnet-serve"'
 
 
 class GuardError(ValueError):
-    """A token file or --rate-limit that cannot be used (one line, naming it)."""
+    """A token file, --rate-limit, --host or connection limit that cannot be used (one line, naming it)."""
 
 
 def load_token(path: str) -> str:
@@ -140,3 +142,24 @@ class Guard:
         if len(given) > 1 or not self.token.matches(credentials.strip()):
             return _json(401, "the token is not right", [(b"www-authenticate", f'{REALM}, error="invalid_token"'.encode())])
         return None
+
+
+def access_rules(args) -> dict:
+    """The token and rate limit (Settings fields); a non-loopback --host needs one or --no-auth."""
+    token = Token(load_token(args.token_file)) if args.token_file else None
+    if token is None and not args.no_auth and not is_loopback(args.host):
+        raise GuardError(f"--host {args.host} lets other machines in: give --token-file FILE (see --help), "
+                         "or --no-auth to serve anyone who can reach it")
+    return {"token": token, "rate": RateLimit(parse_rate(args.rate_limit)) if args.rate_limit else None}
+
+
+def is_loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        pass
+    try:
+        found = socket.getaddrinfo(host, None)
+    except OSError:
+        return False
+    return bool(found) and all(ipaddress.ip_address(f[4][0].split("%")[0]).is_loopback for f in found)
