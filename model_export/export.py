@@ -121,6 +121,7 @@ class Exporter:
     def use_ranges(self, ranges: dict, info: dict, channel_means: dict | None) -> QuantizedGraph:
         """Quantize with activation ranges (tensor → (lo, hi) on the pixel-input graph) and,
         for bias correction, per-channel activation means."""
+        self.ranges_used = (ranges, info, channel_means)     # what a saved calibration needs
         info = {**info, "bias_correction": channel_means is not None}
         self.quantized = quantize_graph(with_pixel_input(self.graph), ranges, info, channel_means)
         return self.quantized

@@ -3,6 +3,12 @@ scikit-image's bundled photos (always available), preprocessed by the runtime.""
 from __future__ import annotations
 
 import csv
+import fcntl
+import json
+import os
+import shutil
+import tempfile
+import time
 from pathlib import Path
 
 import numpy as np
@@ -61,12 +67,49 @@ def calibration_folder(tmp_path_factory) -> tuple[Path, int]:
     return photo_folder(tmp_path_factory.mktemp("photos")), len(SKIMAGE_PHOTOS)
 
 
+def built_once(name: str, build) -> Path:
+    """A folder `build(folder)` fills once per test run, whichever xdist worker asks first
+    (the others wait on its lock and reuse it); never reused by another run. For what
+    several modules need, which would otherwise be rebuilt on each worker."""
+    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"solo-{os.getppid()}-{os.getpid()}"
+    root = Path(tempfile.gettempdir()) / "effnet-tests"
+    root.mkdir(exist_ok=True)
+    for old in root.iterdir():          # earlier runs' folders (a day old): not kept forever
+        if old.name != run and time.time() - old.stat().st_mtime > 86400:
+            shutil.rmtree(old, ignore_errors=True)
+    folder = root / run / name
+    folder.parent.mkdir(exist_ok=True)
+    with open(root / run / f"{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (folder / "DONE").is_file():
+            shutil.rmtree(folder, ignore_errors=True)
+            folder.mkdir()
+            build(folder)
+            (folder / "DONE").write_text("")
+    return folder
+
+
 def calibrated_lite0(tmp_path_factory):
-    """An Exporter of Lite0 calibrated on calibration_folder's photos."""
+    """An Exporter of Lite0 calibrated on calibration_folder's photos. The calibration
+    (ranges, channel means, the crops) runs once per session; each caller gets its own
+    Exporter quantized from it, as `Exporter.calibrate` would have left it."""
     from effnet_lite.model_export.export import Exporter
-    folder, count = calibration_folder(tmp_path_factory)
+
+    def build(out: Path) -> None:
+        exporter = Exporter("lite0", log=lambda m: None)
+        exporter.calibrate(*calibration_folder(tmp_path_factory))
+        ranges, info, means = exporter.ranges_used
+        np.savez(out / "arrays.npz", pixels=exporter.samples, **{f"mean:{k}": v for k, v in means.items()})
+        (out / "ranges.json").write_text(json.dumps({"ranges": ranges, "info": info}))
+
+    cached = built_once("lite0-calibration", build)
+    doc = json.loads((cached / "ranges.json").read_text())
+    with np.load(cached / "arrays.npz", allow_pickle=False) as arrays:
+        means = {k[5:]: arrays[k] for k in arrays.files if k.startswith("mean:")}
+        pixels = arrays["pixels"]
     exporter = Exporter("lite0", log=lambda m: None)
-    exporter.calibrate(folder, count)
+    exporter.samples = pixels
+    exporter.use_ranges({k: tuple(v) for k, v in doc["ranges"].items()}, doc["info"], means)
     return exporter
 
 
@@ -109,10 +152,13 @@ def lite0_dev_report(tmp_path_factory):
     from effnet_lite.model_export.report import report_variant
     from effnet_lite.dataset import labelled_images
     dev_rows()
-    keep = tmp_path_factory.mktemp("lite0_report")
-    row = report_variant("lite0", labelled_images(DEV_DIR), estimators=("mse",), with_ort=True,
-                         keep_dir=keep)
-    return row, keep
+
+    def build(keep: Path) -> None:
+        row = report_variant("lite0", labelled_images(DEV_DIR), estimators=("mse",), with_ort=True,
+                             keep_dir=keep)
+        (keep / "row.json").write_text(json.dumps(row))
+    keep = built_once("lite0-report", build)
+    return json.loads((keep / "row.json").read_text()), keep
 
 
 @pytest.fixture(scope="session")

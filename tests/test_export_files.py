@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import collections
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,7 +12,7 @@ import pytest
 from tests_helpers import require_module
 import torch
 
-from conftest import calibrated_lite0, nchw_batch, write_plain_int8_onnx
+from conftest import built_once, calibrated_lite0, nchw_batch, write_plain_int8_onnx
 from effnet_lite import Classifier, ClassifierOptions
 from effnet_lite.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
 from effnet_lite.tflite_metadata import read_metadata
@@ -23,21 +24,20 @@ from ai_edge_litert.interpreter import Interpreter  # noqa: E402
 
 @pytest.fixture(scope="module")
 def lite0(tmp_path_factory):
-    """Lite0 calibrated once; every file in this module is written from it."""
+    """Lite0 calibrated once; every file in this module is written from it (once per run,
+    whichever worker asks first: the module's tests are spread over the workers)."""
     exporter = calibrated_lite0(tmp_path_factory)
-    out = tmp_path_factory.mktemp("lite0")
-    files = {}
-    for name, precision, fmt, io in [("fp32.tflite", "fp32", "tflite", None),
-                                     ("fp32.onnx", "fp32", "onnx", None),
-                                     ("int8.tflite", "int8", "tflite", "int8"),
-                                     ("uint8.tflite", "int8", "tflite", "uint8"),
-                                     ("float_io.tflite", "int8", "tflite", "float32"),
-                                     ("u8s8.onnx", "int8", "onnx", "uint8"),
-                                     ("s8s8.onnx", "int8", "onnx", "int8")]:
-        result = exporter.export(out / name, precision, fmt, io)
-        assert result.cosine > 0.95, (name, result)
-        files[name] = out / name
-    exporter.files = files
+    outputs = [("fp32.tflite", "fp32", "tflite", None), ("fp32.onnx", "fp32", "onnx", None),
+               ("int8.tflite", "int8", "tflite", "int8"), ("uint8.tflite", "int8", "tflite", "uint8"),
+               ("float_io.tflite", "int8", "tflite", "float32"), ("u8s8.onnx", "int8", "onnx", "uint8"),
+               ("s8s8.onnx", "int8", "onnx", "int8")]
+
+    def build(out: Path) -> None:
+        for name, precision, fmt, io in outputs:
+            result = exporter.export(out / name, precision, fmt, io)
+            assert result.cosine > 0.95, (name, result)
+    out = built_once("export-files-lite0", build)
+    exporter.files = {name: out / name for name, *_ in outputs}
     return exporter
 
 

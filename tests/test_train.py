@@ -5,12 +5,11 @@ the validation photos must count what the report claims, MediaPipe must name the
 A second, small 2-class run feeds effnet-serve (no top_k), effnet-label and --init with a new
 class. A killed run resumed must end exactly as the uninterrupted one; Ctrl-C keeps the best
 model; each kind of bad input is one line. The two runs are made once per test run and
-shared by the xdist workers (`shared`).
+shared by the xdist workers (`conftest.built_once`).
 """
 from __future__ import annotations
 
 import csv
-import fcntl
 import json
 import os
 import re
@@ -18,15 +17,13 @@ import shutil
 import signal
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEV_DIR
+from conftest import DEV_DIR, built_once
 from tests_helpers import require_module, run_module, unavailable, wait_for
 
 ANIMALS = ("bird", "dog", "invertebrate", "other_mammal", "reptile_amphibian")
@@ -63,27 +60,6 @@ DEFAULT_ARGS = ("--seed", "3", "--export", "all")
 TWO_ARGS = ("--views", "2", "--epochs", "80", "--val-split", "0.1")
 
 
-def shared(name: str, build):
-    """A folder `build(folder)` fills once per test run, whichever xdist worker asks first
-    (the others wait on its lock and reuse it); never reused by another run."""
-    run = os.environ.get("PYTEST_XDIST_TESTRUNUID") or f"solo-{os.getppid()}-{os.getpid()}"
-    root = Path(tempfile.gettempdir()) / "effnet-train-tests"
-    root.mkdir(exist_ok=True)
-    for old in root.iterdir():          # earlier runs' folders (a day old): not kept forever
-        if old.name != run and time.time() - old.stat().st_mtime > 86400:
-            shutil.rmtree(old, ignore_errors=True)
-    folder = root / run / name
-    folder.parent.mkdir(exist_ok=True)
-    with open(root / run / f"{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (folder / "DONE").is_file():
-            shutil.rmtree(folder, ignore_errors=True)
-            folder.mkdir()
-            build(folder)
-            (folder / "DONE").write_text("")
-    return folder
-
-
 def run_into(folder: Path, data: Path, *args) -> None:
     code, stdout, stderr = train(data, "--output", folder / "out", *args)
     (folder / "stdout.txt").write_text(stdout)
@@ -93,13 +69,13 @@ def run_into(folder: Path, data: Path, *args) -> None:
 
 @pytest.fixture(scope="module")
 def animals() -> Path:
-    return shared("animals-data", lambda f: class_folders(f / "animals", ANIMALS)) / "animals"
+    return built_once("animals-data", lambda f: class_folders(f / "animals", ANIMALS)) / "animals"
 
 
 @pytest.fixture(scope="module")
 def trained(animals):
     """(output folder, report, stdout, stderr) of `effnet-train animals/ --export all`."""
-    folder = shared("animals-run", lambda f: run_into(f, animals, *DEFAULT_ARGS))
+    folder = built_once("animals-run", lambda f: run_into(f, animals, *DEFAULT_ARGS))
     out = folder / "out"
     return out, json.loads((out / "report.json").read_text()), (folder / "stdout.txt").read_text(), \
         (folder / "stderr.txt").read_text()
@@ -118,7 +94,7 @@ def two_class():
     """A small 2-class run (bird, dog) whose data also holds what users get wrong: an empty
     class folder, a truncated JPEG and a text file named .jpg; and a validation split so
     small that a class has one photo."""
-    folder = shared("two-class", two_class_data)
+    folder = built_once("two-class", two_class_data)
     return folder / "birds_dogs", folder / "out", (folder / "stdout.txt").read_text(), \
         (folder / "stderr.txt").read_text()
 
