@@ -198,6 +198,33 @@ def test_both_writers_serialize_the_same_parameters(lite0):
     assert checked == 59      # one per op output but the logits (float in ONNX)
 
 
+def test_mse_errors_equal_their_definition(lite0_files):
+    """The prefix-sum MSE search gives, for every candidate range, the error summed bin by
+    bin (clipped below, clipped above, rounding inside), on real activation histograms and
+    on random ones with ranges that cut bins exactly at their centres."""
+    from effnet_lite.model_export.calibration import collect, mse_errors
+    from effnet_lite.model_export.graph import with_pixel_input
+    exporter = lite0_files["exporter"]
+    collector = collect(with_pixel_input(exporter.graph), exporter.samples[:2])
+    rng = np.random.default_rng(0)
+    cases = [(collector.hist[n], min(collector.lo[n], 0.0), max(collector.hi[n], 0.0)) for n in sorted(collector.hist)[::6]]
+    cases += [(rng.integers(0, 50, 64).astype(float), -rng.uniform(0, 3), rng.uniform(0.1, 3)) for _ in range(20)]
+    for hist, lo, hi in cases:
+        edges = np.linspace(lo, hi, len(hist) + 1)
+        centers = (edges[:-1] + edges[1:]) / 2
+        fractions = np.linspace(0.2, 1.0, 9)
+        los = np.concatenate([lo * fractions, centers[centers < 0][:2]]) if lo < 0 else np.zeros(1)
+        his = np.concatenate([hi * fractions, centers[centers > 0][-2:]])
+        fast = mse_errors(hist, centers, los, his)
+        for i, l in enumerate(los):
+            for j, h in enumerate(his):
+                step = (h - l) / 255.0
+                inside = (centers >= l) & (centers <= h)
+                slow = (hist * (np.clip(l - centers, 0, None) ** 2 + np.clip(centers - h, 0, None) ** 2
+                                + inside * step ** 2 / 12)).sum()
+                assert fast[i, j] == pytest.approx(slow, rel=1e-9, abs=1e-9 * hist.sum()), (l, h)
+
+
 def test_range_estimators(lite0_files, tmp_path):
     """--estimator: minmax keeps the observed extremes of every activation, percentile and
     mse clip within them (somewhere strictly), the logits are never clipped; a percentile

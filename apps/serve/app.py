@@ -24,7 +24,7 @@ from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
 from .connections import Connections
-from .guard import Guard, RateLimit, Token
+from .guard import Guard, RateLimit, Token, error_body
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .pool import Busy, Pool, WorkerLost
 
@@ -52,7 +52,7 @@ class Settings:
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
-    return JSONResponse({"error": message, "status": status}, status, headers)
+    return JSONResponse(error_body(status, message), status, headers)
 
 
 class Refused(Exception):

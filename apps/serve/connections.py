@@ -20,7 +20,7 @@ import json
 import resource
 from dataclasses import dataclass
 
-from .guard import GuardError
+from .guard import GuardError, error_body
 
 # Descriptors the server needs besides its connections: the listening socket, stdio, the
 # event loop's own, the model file, /proc reads for /metrics, and a few per worker (its pipe
@@ -70,7 +70,7 @@ def connection_limits(args) -> Limits:
 
 
 def _reply(status: int, reason: str, message: str, extra: str = "") -> bytes:
-    body = json.dumps({"error": message, "status": status}).encode()
+    body = json.dumps(error_body(status, message)).encode()
     return (f"HTTP/1.1 {status} {reason}\r\ncontent-type: application/json\r\ncontent-length: {len(body)}\r\n"
             f"connection: close\r\n{extra}\r\n").encode() + body
 

@@ -98,8 +98,14 @@ class RateLimit:
         return wait
 
 
+def error_body(status: int, message: str) -> dict:
+    """Every error the service answers, as JSON (the app's, the middleware's and the
+    connection guard's)."""
+    return {"error": message, "status": status}
+
+
 def _json(status: int, message: str, headers: list[tuple[bytes, bytes]]):
-    body = json.dumps({"error": message, "status": status}).encode()
+    body = json.dumps(error_body(status, message)).encode()
     start = {"type": "http.response.start", "status": status,
              "headers": [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode()),
                          *headers]}
