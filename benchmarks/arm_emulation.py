@@ -31,6 +31,8 @@ import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from effnet_lite.model_export.cli_checks import positive_int
+
 from .arm_targets import RESOLUTIONS, TARGETS, Target
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -337,10 +339,10 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--files", type=Path, required=True, help="folder of .tflite/.onnx files made by effnet-export")
     p.add_argument("--photos", type=Path, required=True, help="folder of photos (the first --count are used)")
-    p.add_argument("--count", type=int, default=20)
-    p.add_argument("--float-count", type=int, help="photos for fp32 files (default: --count; "
+    p.add_argument("--count", type=positive_int, default=20, help="photos per file: the first N of --photos (20)")
+    p.add_argument("--float-count", type=positive_int, help="photos for fp32 files (default: --count; "
                    "emulated float math is ~6x slower than int8)")
-    p.add_argument("--cli-count", type=int, default=5, help="photos for the effnet-infer run (5)")
+    p.add_argument("--cli-count", type=positive_int, default=5, help="photos for the effnet-infer run (5)")
     p.add_argument("--targets", default=",".join(TARGETS), help=f"comma-separated: {', '.join(TARGETS)}")
     p.add_argument("--cache", type=Path, default=DEFAULT_CACHE, help=f"userland cache ({DEFAULT_CACHE})")
     p.add_argument("--json", type=Path, help="write the results here")
