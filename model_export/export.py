@@ -82,6 +82,7 @@ class Exporter:
         self.config = PreprocessConfig.for_variant(self.variant, self.model.input_size)
         self.samples: np.ndarray | None = None
         self.quantized: QuantizedGraph | None = None
+        self.ranges_used: tuple | None = None
         self._reference = None
         self._synthetic = None
 
