@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import argparse
 import fcntl
-import hashlib
 import json
 import os
 import re
@@ -27,19 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from effnet_lite.model_export.cli_checks import positive_int
 
+from .arm_packages import DEFAULT_CACHE, EmulationError, build_wheel, install_runtime, resolve
 from .arm_targets import RESOLUTIONS, TARGETS, Target
-
-ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CACHE = Path(tempfile.gettempdir()) / "effnet-arm"
-
-class EmulationError(RuntimeError):
-    pass
 
 
 def log(msg: str) -> None:
@@ -91,107 +84,6 @@ def build_rootfs(target: Target, cache: Path) -> Path:
     stamp.write_text(recipe)
     log(f"{target.name}: userland ready in {time.perf_counter() - start:.0f} s")
     return root
-
-
-def build_wheel(out: Path) -> Path:
-    """A wheel of this checkout (one build at a time: setuptools builds inside the tree)."""
-    out.mkdir(parents=True, exist_ok=True)
-    for old in out.glob("*.whl"):
-        old.unlink()
-    DEFAULT_CACHE.mkdir(parents=True, exist_ok=True)
-    with open(DEFAULT_CACHE / ".wheel.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        # setuptools reuses build/ and packs whatever an older build left there (once: the
-        # four old top-level packages): start from an empty one
-        shutil.rmtree(ROOT / "build", ignore_errors=True)
-        done = subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps",
-                               "--no-build-isolation", "-w", str(out), str(ROOT)], capture_output=True, text=True)
-    if done.returncode:
-        raise EmulationError(f"cannot build a wheel of {ROOT}: {done.stderr[-1500:]}")
-    return next(out.glob("effnet_lite_edge-*.whl"))
-
-
-def pip_for(python: str, tags: tuple, args: list[str]) -> list[str]:
-    """pip run here on x86, resolving for another Python and platform."""
-    platforms = [a for tag in tags for a in ("--platform", tag)]
-    return [sys.executable, "-m", "pip", *args, "--only-binary=:all:", "--python-version", python,
-            "--implementation", "cp", *platforms, "--disable-pip-version-check", "--quiet"]
-
-
-DEPENDENCIES_PERIOD = 7 * 86400     # then pip resolves the dependencies afresh (new releases)
-
-
-def _pip_target(target: Target, folder: Path, reqs: list[str]) -> Path:
-    """`pip install --target` for the board into `folder`, built beside it and renamed."""
-    tmp = folder.with_name(folder.name + ".tmp")
-    shutil.rmtree(tmp, ignore_errors=True)
-    done = subprocess.run(pip_for(target.python, target.tags, ["install", "--target", str(tmp), *reqs]),
-                          capture_output=True, text=True)
-    if done.returncode:
-        raise EmulationError(f"pip could not install for {target.name}: {done.stderr[-1500:]}")
-    tmp.rename(folder)
-    return folder
-
-
-def wheel_digest(wheel: Path) -> str:
-    """The wheel's content (member names and bytes), not its zip bytes: every build stamps
-    new times, and a test must not replace the folder another test is running from."""
-    h = hashlib.sha256()
-    with zipfile.ZipFile(wheel) as z:
-        for name in sorted(z.namelist()):
-            h.update(name.encode() + b"\0" + hashlib.sha256(z.read(name)).digest())
-    return h.hexdigest()[:16]
-
-
-def install_runtime(target: Target, wheel: Path, cache: Path) -> tuple[Path, Path]:
-    """The runtime as `pip install 'effnet-lite-edge[EXTRA]'` gives it, as two folders for
-    PYTHONPATH: the wheel itself (every new build) and the dependencies pip resolved for it
-    (cached by the wheel's requirements for a week: unpacking numpy and the backends for
-    each commit's wheel cost CI a minute). On armhf only the backend comes from PyPI
-    (numpy<2 and Pillow are Debian's, as on Pi OS)."""
-    with zipfile.ZipFile(wheel) as z:
-        meta = next(n for n in z.namelist() if n.endswith(".dist-info/METADATA"))
-        requires = sorted(line for line in z.read(meta).decode().splitlines() if line.startswith("Requires-Dist:"))
-    base = cache / target.name
-    if target.backend_only:
-        dep_reqs, extra_args = ["tflite-runtime>=2.14"], ["--no-deps"]
-    else:
-        dep_reqs, extra_args = [f"{wheel}[{target.extra}]"], []
-    key = hashlib.sha256(json.dumps([target.extra, target.backend_only, requires]).encode()).hexdigest()[:16]
-    deps = base / f"deps-{key}-{int(time.time() // DEPENDENCIES_PERIOD)}"
-    if not deps.is_dir():
-        for old in base.glob("deps-*"):     # two periods old: no running test still uses it
-            if time.time() - old.stat().st_mtime > 2 * DEPENDENCIES_PERIOD:
-                shutil.rmtree(old, ignore_errors=True)
-        _pip_target(target, deps, [*extra_args, *dep_reqs])
-        for ours in [*deps.glob("effnet_lite"), *deps.glob("effnet_lite_edge-*.dist-info")]:
-            shutil.rmtree(ours)     # the wheel's own folder below comes first on the path anyway
-    site = base / f"site-{wheel_digest(wheel)}"
-    if not site.is_dir():
-        for old in base.glob("site-*"):
-            shutil.rmtree(old, ignore_errors=True)
-        _pip_target(target, site, ["--no-deps", str(wheel)])
-    return site, deps
-
-
-def resolve(python: str, tags: tuple, extra: str, wheel: Path, dest: Path) -> list[str]:
-    """The wheels `pip install 'effnet-lite-edge[EXTRA]'` would install there (binary only;
-    downloaded once into `dest`)."""
-    dest.mkdir(parents=True, exist_ok=True)
-    for stale in dest.glob("effnet_lite_edge-*.whl"):   # pip would reuse an older build's metadata
-        stale.unlink()
-    if extra == "tflite-legacy":
-        reqs, deps = [str(wheel), "tflite-runtime>=2.14"], ["--no-deps"]
-    else:
-        reqs, deps = [f"{wheel}[{extra}]"], []
-    cmd = [a for a in pip_for(python, tags, ["download", "-d", str(dest), *deps, *reqs]) if a != "--quiet"]
-    done = subprocess.run(cmd, capture_output=True, text=True)
-    if done.returncode:
-        raise EmulationError(f"no binary install for Python {python} {tags[0]} [{extra}]: "
-                             f"{done.stderr.strip().splitlines()[-1:]}")
-    # pip names each wheel it saved or found already downloaded: name-version-tags.whl
-    wheels = re.findall(r"(?:Saved|File was already downloaded) \S*?([^/\s]+\.whl)", done.stdout)
-    return sorted({"==".join(w.split("-")[:2]) for w in wheels})
 
 
 @dataclass
@@ -251,7 +143,7 @@ def cli_model(doc: dict, files: list[Path]) -> Path:
 
 
 def check_target(target: Target, files: list[Path], photos: list[Path], ref: Path, wheel: Path,
-                 cache: Path, work: Path, cli_photos: list[Path]) -> dict:
+                 cache: Path, work: Path, model: Path, cli_photos: list[Path]) -> dict:
     """Everything the check asks of one target; a dict of what was measured."""
     emu = Emulator(target, build_rootfs(target, cache), install_runtime(target, wheel, cache))
     work.mkdir(parents=True, exist_ok=True)
@@ -268,9 +160,8 @@ def check_target(target: Target, files: list[Path], photos: list[Path], ref: Pat
     out["packages"] = result["platform"]["packages"]
     out["rows"] = result["rows"]
     out["compare_output"] = compare.stdout
-    # effnet-infer as a user runs it (compare has run every photo end to end already): a
-    # bad image first (exit 1, one line naming it), then photos that must still be answered
-    model = cli_model(json.loads((ref / "reference.json").read_text()), files)
+    # effnet-infer as a user runs it, with `model` (compare has run every photo end to end
+    # already): a bad image first (exit 1, one line naming it), then photos still answered
     bad = work / "not_a_photo.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 truncated JPEG")
     infer = emu.run("effnet_lite.apps.infer", bad, *cli_photos, "--model", model, "--json", "-k", "1")
@@ -299,11 +190,12 @@ def run_targets(targets: list[Target], files: list[Path], photos: list[Path], ca
         mine = [f for f in files if f.suffix in kinds]
         ref = work / f"ref-{target.name}"
         doc = x86_reference(mine, photos, ref, len(photos) if float_photos is None else float_photos)
+        model = cli_model(doc, mine)
         (cache / target.name).mkdir(parents=True, exist_ok=True)
         with open(cache / target.name / ".lock", "w") as lock:
             fcntl.flock(lock, fcntl.LOCK_EX)     # one builder per userland (parallel tests)
             try:
-                row = check_target(target, mine, photos, ref, wheel, cache, work / target.name,
+                row = check_target(target, mine, photos, ref, wheel, cache, work / target.name, model,
                                    photos[:cli_photos])
             except EmulationError as e:
                 if raise_errors:
@@ -311,7 +203,7 @@ def run_targets(targets: list[Target], files: list[Path], photos: list[Path], ca
                 log(f"{target.name}: {e}")
                 results.append({"target": target.name, "error": str(e)})
                 continue
-        row["infer"]["x86_top1"] = x86_top1(cli_model(doc, mine), photos[:cli_photos])
+        row["infer"]["x86_top1"] = x86_top1(model, photos[:cli_photos])
         results.append(row)
         log(f"{target.name}: done in {row['emulated_seconds']:.0f} s emulated")
     return results
@@ -352,6 +244,9 @@ def main(argv=None) -> int:
     unknown = [t for t in args.targets.split(",") if t not in TARGETS]
     if unknown:
         p.error(f"unknown target(s) {', '.join(unknown)}: choose from {', '.join(TARGETS)}")
+    for folder in (args.files, args.photos):
+        if not folder.is_dir():
+            p.error(f"{folder}: not a folder")
     files = sorted(f for f in args.files.glob("*") if f.suffix in (".tflite", ".onnx"))
     photos = sorted(f for f in args.photos.iterdir() if f.suffix.lower() in (".jpg", ".jpeg", ".png"))[:args.count]
     if not files or not photos:

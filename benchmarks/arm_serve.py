@@ -21,7 +21,8 @@ from pathlib import Path
 from effnet_lite.apps.procs import processes
 from effnet_lite.apps.serve.cli import served_at
 
-from .arm_emulation import Emulator, EmulationError, build_rootfs, install_runtime
+from .arm_emulation import Emulator, build_rootfs
+from .arm_packages import EmulationError, install_runtime
 from .arm_targets import Target
 
 HOOK = """import os

@@ -14,8 +14,8 @@ from pathlib import Path
 
 import pytest
 
-from effnet_lite.benchmarks.arm_emulation import (DEFAULT_CACHE, RESOLUTIONS, TARGETS, build_wheel,
-                                      missing_tools, resolve, run_targets, summary)
+from effnet_lite.benchmarks.arm_emulation import RESOLUTIONS, TARGETS, missing_tools, run_targets, summary
+from effnet_lite.benchmarks.arm_packages import DEFAULT_CACHE, build_wheel, resolve
 from conftest import DEV_DIR, built_once
 from tests_helpers import unavailable
 

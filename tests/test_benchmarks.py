@@ -286,3 +286,18 @@ def test_bench_recommends_the_fastest_equally_accurate_file(lite0_files, capsys)
     advice = next(line for line in out.splitlines() if line.startswith("recommendation"))
     assert f"({int8_class().name}): {pick} [" in advice, (advice, expected, speed)
     assert f"top-1 agreement with fp32 {expected[pick]:.1%} on {len(photos)} photos" in advice, advice
+
+
+def test_arm_emulation_refuses_bad_arguments_in_one_line(lite0_files, tmp_path):
+    """The ARM harness's bad arguments: exit 2 and one line naming the problem, before any
+    emulation (no root or qemu needed to see them)."""
+    from tests_helpers import run_module
+    models, photos = lite0_files["int8.tflite"].parent, lite0_files["photos"]
+    for args, expected in [(["--files", models, "--photos", tmp_path / "nowhere"], f"{tmp_path / 'nowhere'}: not a folder"),
+                           (["--files", tmp_path / "absent", "--photos", photos], f"{tmp_path / 'absent'}: not a folder"),
+                           (["--files", models, "--photos", photos, "--count", "0"], "--count: expected a positive integer"),
+                           (["--files", models, "--photos", photos, "--cli-count", "-1"], "--cli-count: expected a positive"),
+                           (["--files", models, "--photos", photos, "--targets", "pi9"], "unknown target(s) pi9")]:
+        code, out, err = run_module("effnet_lite.benchmarks.arm_emulation", *args)
+        last = err.strip().splitlines()[-1]
+        assert code == 2 and not out and expected in last and "Traceback" not in err, (args, err)

@@ -23,7 +23,7 @@ OLD_NAMES = ("runtime", "apps", "benchmarks", "model_export")
 
 @pytest.fixture(scope="module")
 def tflite_venv(tmp_path_factory):
-    from effnet_lite.benchmarks.arm_emulation import build_wheel
+    from effnet_lite.benchmarks.arm_packages import build_wheel
     wheel = build_wheel(tmp_path_factory.mktemp("wheel"))
     env_dir = tmp_path_factory.mktemp("venv")
     venv.create(env_dir, with_pip=True)
