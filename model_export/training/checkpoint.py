@@ -8,8 +8,8 @@ import os
 from pathlib import Path
 
 import torch
-from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import save_file
 
 from ..weights import WeightsError, read_state_dict
 
@@ -50,21 +50,36 @@ def load_checkpoint(path: Path) -> tuple[dict, list[str] | None, str | None]:
     return sd, labels, variant
 
 
+STATE = "state.safetensors"
+
+
 def save_state(folder: Path, tensors: dict, info: dict) -> None:
-    """The state to resume from: tensors (model parameters, optimizer moments) and JSON."""
-    _atomic(folder / "state.safetensors", lambda p: save_file(
-        {k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(p)))
-    _atomic(folder / "state.json", lambda p: p.write_text(json.dumps(info)))
+    """The state to resume from: tensors (model parameters, optimizer moments) with the JSON
+    info in the same file's metadata, written atomically: a kill leaves the old state or the
+    new one, never one's tensors with the other's info."""
+    folder.mkdir(parents=True, exist_ok=True)
+    _atomic(folder / STATE, lambda p: save_file(
+        {k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(p), metadata={"info": json.dumps(info)}))
 
 
-def load_state(folder: Path) -> tuple[dict, dict] | None:
-    if not (folder / "state.json").is_file() or not (folder / "state.safetensors").is_file():
+def load_state(folder: Path, log=None) -> tuple[dict, dict] | None:
+    """The saved state, or None when there is none; a damaged one (cut short, overwritten) is
+    one warning, and that phase starts again."""
+    path = folder / STATE
+    if not path.is_file():
         return None
     try:
-        return load_file(str(folder / "state.safetensors")), json.loads((folder / "state.json").read_text())
-    except (OSError, ValueError) as e:
-        raise WeightsError(f"{folder}: the saved training state is unreadable ({e}); start again "
-                           "without --resume") from None
+        with safe_open(str(path), "pt") as f:
+            info = json.loads((f.metadata() or {})["info"])
+            tensors = {k: f.get_tensor(k) for k in f.keys()}
+        if not isinstance(info, dict):
+            raise ValueError("info is not an object")
+    except (SafetensorError, OSError, ValueError, KeyError) as e:
+        if log:
+            log(f"warning: {path}: the saved training state is damaged ({str(e).splitlines()[0][:120]}); "
+                "that phase starts again")
+        return None
+    return tensors, info
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:

@@ -7,7 +7,6 @@ get wrong is found here, before any model is loaded, and reported in one line.
 from __future__ import annotations
 
 import csv
-import hashlib
 import unicodedata
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,8 +15,10 @@ import numpy as np
 
 from effnet_lite.dataset import IMAGE_SUFFIXES
 
+from .duplicates import Fingerprint, groups
+
 MAX_LABEL_CHARS = 200
-MIN_VAL_PER_CLASS = 2      # below this a class's recall on validation means little
+MIN_PER_CLASS = 2          # a class needs photos to learn from and photos to be judged on
 
 
 class DataError(ValueError):
@@ -30,9 +31,11 @@ class Photos:
     labels: list[int]                 # index into `classes`
     classes: list[str]
     warnings: list[str] = field(default_factory=list)
+    digests: list[str] | None = None   # SHA-256 of each file, once read (clean())
 
     def subset(self, index) -> "Photos":
-        return Photos([self.paths[i] for i in index], [self.labels[i] for i in index], self.classes)
+        return Photos([self.paths[i] for i in index], [self.labels[i] for i in index], self.classes,
+                      digests=None if self.digests is None else [self.digests[i] for i in index])
 
     def counts(self) -> list[int]:
         return np.bincount(np.asarray(self.labels, int), minlength=len(self.classes)).tolist()
@@ -57,8 +60,16 @@ def check_label(name: str, where: str) -> str:
     return text
 
 
-def _is_image(path: Path) -> bool:
-    return path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith(".")
+# folders that photo managers and operating systems put inside photo folders: thumbnails and
+# resource forks, not photos of the class (Synology's @eaDir, freedesktop's .thumbnails, macOS)
+NOT_PHOTOS = {"@eadir", "__macosx", "thumbs", ".thumbnails"}
+
+
+def _is_image(path: Path, root: Path | None = None) -> bool:
+    if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
+        return False
+    inside = path.relative_to(root).parts[:-1] if root else ()
+    return not any(part.startswith((".", "@")) or part.lower() in NOT_PHOTOS for part in inside)
 
 
 def from_folder(folder: Path) -> Photos:
@@ -77,7 +88,7 @@ def from_folder(folder: Path) -> Photos:
         except UnicodeError:
             raise DataError(f"{sub}: the folder name is not valid UTF-8: rename it") from None
         name = check_label(name, shown(sub))
-        files = sorted(p for p in sub.rglob("*") if p.is_file() and _is_image(p))
+        files = sorted(p for p in sub.rglob("*") if _is_image(p, sub) and p.is_file())
         if not files:
             warnings.append(f"{sub}: no images: class {name!r} is left out")
             continue
@@ -133,63 +144,54 @@ def load(source: Path) -> Photos:
     return photos
 
 
-def stratified_split(photos: Photos, fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, val) indices: `fraction` of each class to validation (at least one photo of
-    every class with two or more), seeded."""
-    rng = np.random.default_rng(seed)
-    train, val = [], []
-    labels = np.asarray(photos.labels)
-    for c in range(len(photos.classes)):
-        members = np.flatnonzero(labels == c)
-        rng.shuffle(members)
-        k = int(round(fraction * len(members)))
-        k = min(max(k, 1 if len(members) >= 2 else 0), len(members) - 1)
-        val += members[:k].tolist()
-        train += members[k:].tolist()
-    return sorted(train), sorted(val)
-
-
-def content_hashes(paths) -> list[str]:
-    out = []
-    for p in paths:
-        h = hashlib.sha256()
-        try:
-            with open(p, "rb") as f:
-                while chunk := f.read(1 << 20):
-                    h.update(chunk)
-        except OSError:
-            out.append(f"unreadable:{p}")
+def clean(photos: Photos, prints: dict[Path, Fingerprint], bad: list[tuple[Path, str]], log,
+          minimum: int = MIN_PER_CLASS) -> Photos:
+    """One entry per distinct photo, with its digest. Unreadable files are left out (a line
+    each); copies of one photo in one class are kept once (one line in all); a photo under two
+    classes is label noise: every copy is left out, a line each case. A class left with fewer
+    than MIN_PER_CLASS photos is an error that names it."""
+    for path, why in bad:
+        log(f"warning: skipped {why}")
+    readable = [i for i, p in enumerate(photos.paths) if p in prints]
+    group = groups([prints[photos.paths[i]] for i in readable])
+    members: dict[int, list[int]] = {}
+    for i, g in zip(readable, group):
+        members.setdefault(g, []).append(i)
+    kept, copies = [], []
+    for g, ids in members.items():
+        labels = sorted({photos.labels[i] for i in ids})
+        if len(labels) > 1:
+            names = " and ".join(repr(photos.classes[c]) for c in labels)
+            log(f"warning: one photo is labelled {names}: {' = '.join(shown(photos.paths[i]) for i in ids[:3])}"
+                f"{' = ...' if len(ids) > 3 else ''}; all {len(ids)} copies are left out")
             continue
-        out.append(h.hexdigest())
+        kept.append(ids[0])
+        copies += [(i, ids[0]) for i in ids[1:]]
+    if copies:
+        dup, first = copies[0]
+        log(f"warning: {len(copies)} copy(ies) of photos already in their class (the same file, or a "
+            f"re-encoded or resized copy) are used once (e.g. {shown(photos.paths[dup])} = "
+            f"{shown(photos.paths[first])})")
+    kept.sort()
+    out = photos.subset(kept)
+    out.digests = [prints[photos.paths[i]].digest for i in kept]
+    files = photos.counts()
+    for c, n in enumerate(out.counts()):
+        if n < minimum:
+            what = "no readable photo" if n == 0 else f"{n} usable photo"
+            raise DataError(f"class {photos.classes[c]!r} has {what} (of {files[c]} file(s)): it needs at "
+                            f"least {MIN_PER_CLASS}, to learn from and to be judged on")
     return out
 
 
-def check_disjoint(train: Photos, val: Photos, what: str = "validation") -> None:
-    """The same photo (by content) in training and validation inflates the figures: refuse."""
-    seen = dict(zip(content_hashes(train.paths), train.paths))
-    both = [(seen[h], p) for h, p in zip(content_hashes(val.paths), val.paths) if h in seen]
-    if both:
-        a, b = both[0]
-        same = "" if a == b else f" = {b}"
-        raise DataError(f"{len(both)} photo(s) are in both the training and the {what} data "
-                        f"(e.g. {a}{same}): remove them from one")
-
-
-def check_validation(train: Photos, val: Photos) -> list[str]:
-    """Warnings when validation is too small to measure much; an error when a class has
-    nothing to train on."""
-    problems, few = [], []
-    for c, (n_train, n_val) in enumerate(zip(train.counts(), val.counts())):
-        if n_train == 0:
-            raise DataError(f"class {train.classes[c]!r} has no training photos "
-                            f"({n_val} in validation): give it more photos")
-        if n_val < MIN_VAL_PER_CLASS:
-            few.append(f"{train.classes[c]!r}: {n_val}")
-    if few:
-        problems.append(f"{len(few)} class(es) have fewer than {MIN_VAL_PER_CLASS} validation photos "
-                        f"({', '.join(few[:3])}{', ...' if len(few) > 3 else ''}): their recall "
-                        "cannot be measured")
-    if len(val.paths) < 10:
-        problems.append(f"validation has only {len(val.paths)} photos: one more mistake moves "
-                        f"accuracy by {100 / max(len(val.paths), 1):.0f} points")
-    return problems
+def check_apart(train: Photos, other: Photos, prints: dict[Path, Fingerprint], what: str = "test") -> None:
+    """A photo (or a copy of it) in training and in `other` inflates `other`'s figures: refuse."""
+    both = list(train.paths) + list(other.paths)
+    group = groups([prints[p] for p in both])
+    mine = {g: p for p, g in zip(train.paths, group)}
+    shared = [(mine[g], p) for p, g in zip(other.paths, group[len(train.paths):]) if g in mine]
+    if shared:
+        a, b = shared[0]
+        same = "" if a == b else f" = {shown(b)}"
+        raise DataError(f"{len(shared)} photo(s) are in both the training and the {what} data "
+                        f"(e.g. {shown(a)}{same}): remove them from one")

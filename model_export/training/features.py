@@ -1,9 +1,14 @@
-"""What the frozen part of the backbone makes of each view, computed once and cached.
+"""What the frozen part of the backbone makes of each photo, computed once and cached.
 
 The frozen part runs as an fp32 TFLite file of our own graph, cut where training starts
 (the pooled features, or a stage's output for --fine-tune), through the runtime's backend:
-on 2 cores that is 3-4x faster than PyTorch, and within 1e-5 of it. The cache (`.npz`
-chunks of plain arrays, never pickles) lets a killed run resume without redoing it.
+on 2 cores that is 3-4x faster than PyTorch, and within 1e-5 of it.
+
+Each photo's rows (its centre crop as the runtime makes it, then `views` augmented views)
+are one `.npy` file named by the photo's SHA-256 (plain arrays, never pickles): a photo
+deleted or added between runs changes nothing for the others, a killed run loses at most
+one photo's work, and cross-validation folds share the same rows. The views are seeded by
+the run's seed and the photo's content, not by its place in a list.
 """
 from __future__ import annotations
 
@@ -22,8 +27,6 @@ from ..folding import fold_batchnorm
 from ..graph import build_graph, truncated
 from .augment import random_view, view_rng
 
-CHUNK = 16          # photos per cache file: a killed run loses at most this many photos' work
-
 
 class Backbone:
     """The model's layers up to `cut` ("pooled", or a stage index: its output), as a function
@@ -32,7 +35,8 @@ class Backbone:
     def __init__(self, model, cut, folder: Path, threads: int | None):
         graph = build_graph(fold_batchnorm(model), model)
         self.tensor = "pooled" if cut == "pooled" else graph.stage_outputs[int(cut)]
-        path = folder / f"backbone-{model.variant.name}-{self.tensor}.tflite"
+        self.name = f"{model.variant.name}-{self.tensor}"
+        path = folder / f"backbone-{self.name}.tflite"
         blob = tflite_writer.write_fp32(truncated(graph, self.tensor), {}, "effnet-train frozen layers")
         if not path.is_file() or path.read_bytes() != blob:
             tmp = path.with_suffix(".tmp")
@@ -49,48 +53,68 @@ class Backbone:
             out[0].transpose(2, 0, 1))          # NHWC → CHW, as PyTorch takes it
 
 
-def views_of(path: Path, index: int, config: PreprocessConfig, views: int, seed: int) -> list[np.ndarray]:
-    """`views` augmented crops of one photo (views == 0: its centre crop, as the runtime
-    makes it). ImageError if it cannot be read."""
-    if views == 0:
-        return [preprocess(path, config, exact=True)]
+def crops_of(path: Path, digest: str, config: PreprocessConfig, views: int, seed: int) -> list[np.ndarray]:
+    """The centre crop as the runtime makes it, then `views` augmented crops (ImageError if
+    the photo cannot be read)."""
+    centre = preprocess(path, config, exact=True)
+    if not views:
+        return [centre]
     img = load_image(path, config, draft=True)
-    return [random_view(img, config, view_rng(seed, index, v)) for v in range(views)]
+    key = int(digest[:15], 16)
+    return [centre] + [random_view(img, config, view_rng(seed, key, v)) for v in range(views)]
 
 
-def cached_features(backbone: Backbone, paths: list[Path], config: PreprocessConfig, views: int,
-                    seed: int, cache: Path, name: str, desc: str, log) -> tuple[np.ndarray, np.ndarray, list]:
-    """(features of every view, photo index of each row, unreadable (path, reason) pairs);
-    chunks already in `cache` are reused."""
-    cache.mkdir(parents=True, exist_ok=True)
-    rows, owners, bad = [], [], []
-    with Progress(len(paths), desc) as bar:
-        for start in range(0, len(paths), CHUNK):
-            chunk = cache / f"{name}-{start:05d}.npz"
-            part = list(range(start, min(start + CHUNK, len(paths))))
-            if chunk.is_file():
-                with np.load(chunk, allow_pickle=False) as z:
-                    feats, owner, failed = z["features"], z["owner"], z["failed"].tolist()
-            else:
-                feats, owner, failed = [], [], []
-                for i in part:
+class FeatureStore:
+    """Rows of the frozen layers per photo: row 0 the centre crop, rows 1.. the views."""
+
+    def __init__(self, backbone: Backbone, config: PreprocessConfig, views: int, seed: int, cache: Path,
+                 dtype=np.float32):
+        self.backbone, self.config, self.views, self.seed, self.dtype = backbone, config, views, seed, dtype
+        self.folder = cache / f"{backbone.name}-views{views}-seed{seed}"
+        self.folder.mkdir(parents=True, exist_ok=True)
+
+    def path(self, digest: str) -> Path:
+        return self.folder / f"{digest}.npy"
+
+    def _load(self, digest: str, mmap: bool = False) -> np.ndarray | None:
+        try:
+            rows = np.load(self.path(digest), mmap_mode="r" if mmap else None, allow_pickle=False)
+        except (OSError, ValueError, EOFError):
+            return None               # missing, or cut short by a kill: computed again
+        return rows if rows.ndim >= 2 and rows.shape[0] == 1 + self.views else None
+
+    def compute(self, items: list[tuple[Path, str]], desc: str, log) -> list[tuple[Path, str]]:
+        """Make the rows of every (path, digest) not cached yet; [(path, why)] of those that
+        could not be read."""
+        bad = []
+        with Progress(len(items), desc) as bar:
+            for path, digest in items:
+                if self._load(digest, mmap=True) is None:
                     try:
-                        crops = views_of(paths[i], i, config, views, seed)
+                        crops = crops_of(path, digest, self.config, self.views, self.seed)
                     except ImageError as e:
-                        failed.append(i)
+                        bad.append((path, str(e)))
                         log(f"warning: skipped {e}")
+                        bar.update()
                         continue
-                    feats += [backbone(c) for c in crops]
-                    owner += [i] * len(crops)
-                feats = np.stack(feats).astype(np.float32) if feats else np.zeros((0, 1), np.float32)
-                owner, tmp = np.asarray(owner, np.int64), cache / f".{chunk.name}.tmp.npz"
-                np.savez(tmp, features=feats, owner=owner, failed=np.asarray(failed, np.int64))
-                tmp.replace(chunk)
-            if len(owner):
-                rows.append(feats)
-                owners.append(owner)
-            bad += [(paths[i], "unreadable") for i in failed]
-            bar.update(len(part))
-    if not rows:
-        return np.zeros((0,), np.float32), np.zeros((0,), np.int64), bad
-    return np.concatenate(rows), np.concatenate(owners), bad
+                    rows = np.stack([self.backbone(c) for c in crops]).astype(self.dtype)
+                    tmp = self.folder / f".{digest}.tmp.npy"
+                    np.save(tmp, rows)
+                    tmp.replace(self.path(digest))
+                bar.update()
+        return bad
+
+    def rows(self, digest: str) -> np.ndarray:
+        """One photo's rows, memory-mapped (read from disk as they are used)."""
+        rows = self._load(digest, mmap=True)
+        if rows is None:
+            raise FileNotFoundError(f"{self.path(digest)}: the cached features are missing or damaged")
+        return rows
+
+    def stack(self, digests: list[str]) -> np.ndarray:
+        """(photos, 1 + views, ...) float32 in memory: for the pooled features (5 KB a row)."""
+        first = self.rows(digests[0]) if digests else np.zeros((1 + self.views, 0), np.float32)
+        out = np.empty((len(digests), *first.shape), np.float32)
+        for i, d in enumerate(digests):
+            out[i] = self.rows(d)
+        return out

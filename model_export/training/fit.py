@@ -1,12 +1,16 @@
-"""Fitting: the new head on cached features (full batch: small data, fast, deterministic),
-then with --fine-tune the last stages too, on cached activations of the frozen layers, with
-BatchNorm statistics frozen. Early stopping keeps the state with the best validation
-accuracy (ties: the lower validation loss)."""
+"""--fine-tune: the last block stage, the head convolution and the classifier learn on cached
+activations of the frozen layers, BatchNorm statistics frozen.
+
+Nothing is chosen on held-out photos: a fixed number of epochs, and the weights averaged over
+the last ones (stochastic weight averaging), which needs no early stopping. Batches are read
+row by row from the per-photo activation files, so memory stays at a batch, not the data set.
+The state (the weights, the optimizer, the running average) is saved after every epoch, and
+a resumed run ends bit for bit as the uninterrupted one.
+"""
 from __future__ import annotations
 
-import copy
-import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -19,116 +23,14 @@ from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_s
 
 
 @dataclass
-class Settings:
-    epochs: int = 300              # head: full-batch steps
-    lr: float = 1e-2               # (3e-3 measured 1-5 points worse on the dev photos' groups)
+class FineTuneOptions:
+    epochs: int = 6                # passes over every view of every photo
+    average_from: int = 3          # the weights are averaged over the epochs from this one (1-based)
+    lr: float = 2e-4
+    batch: int = 32
     weight_decay: float = 1e-4
-    label_smoothing: float = 0.1
-    patience: int = 60             # epochs without a better validation accuracy
+    label_smoothing: float = 0.0
     class_weights: list | None = None
-    seed: int = 0
-    ft_epochs: int = 12            # --fine-tune: passes over the views
-    ft_lr: float = 2e-4
-    ft_batch: int = 32
-    ft_patience: int = 4
-
-
-@dataclass
-class History:
-    epoch: list = field(default_factory=list)
-    phase: list = field(default_factory=list)
-    train_loss: list = field(default_factory=list)
-    val_loss: list = field(default_factory=list)
-    val_acc: list = field(default_factory=list)
-    best_epoch: int = -1
-    best_acc: float = -1.0
-    best_loss: float = math.inf
-    stopped_early: bool = False
-
-    def record(self, phase, epoch, train_loss, val_loss, val_acc) -> bool:
-        """Add an epoch; True when it is the best so far."""
-        self.epoch.append(epoch)
-        self.phase.append(phase)
-        self.train_loss.append(float(train_loss))
-        self.val_loss.append(float(val_loss))
-        self.val_acc.append(float(val_acc))
-        better = val_acc > self.best_acc or (val_acc == self.best_acc and val_loss < self.best_loss)
-        if better:
-            self.best_epoch, self.best_acc, self.best_loss = len(self.epoch) - 1, float(val_acc), float(val_loss)
-        return better
-
-
-def _resume(state_dir, resume: bool, phase: str, module: nn.Module, opt) -> tuple[dict | None, dict]:
-    """(saved info, best state) of `phase` from the state on disk, with `module` and `opt`
-    restored; (None, the module's state now) when there is nothing of that phase to resume."""
-    saved = load_state(state_dir) if resume else None
-    if not (saved and saved[1].get("phase") == phase):
-        return None, copy.deepcopy(module.state_dict())
-    tensors, info = saved
-    module.load_state_dict({k[len("now."):]: v for k, v in tensors.items() if k.startswith("now.")})
-    restore_optimizer(opt, tensors, info["optimizer"])
-    return info, {k[len("best."):]: v for k, v in tensors.items() if k.startswith("best.")}
-
-
-def _save(state_dir, phase: str, module: nn.Module, best: dict, opt, info: dict) -> None:
-    tensors, scalars = optimizer_tensors(opt)
-    save_state(state_dir, {**{f"now.{k}": v for k, v in module.state_dict().items()},
-                           **{f"best.{k}": v for k, v in best.items()}, **tensors},
-               {"phase": phase, "optimizer": scalars, **info})
-
-
-def _weights(s: Settings):
-    return torch.tensor(s.class_weights, dtype=torch.float32) if s.class_weights else None
-
-
-def _loss(logits, y, s: Settings, smoothing: bool = True):
-    return F.cross_entropy(logits, y, weight=_weights(s), label_smoothing=s.label_smoothing if smoothing else 0.0)
-
-
-def balanced_weights(counts: list[int]) -> list[float]:
-    """scikit-learn's 'balanced': n / (classes x count of the class)."""
-    n, k = sum(counts), len(counts)
-    return [n / (k * c) if c else 0.0 for c in counts]
-
-
-def fit_head(head: nn.Linear, x: np.ndarray, y: np.ndarray, xv: np.ndarray, yv: np.ndarray, s: Settings,
-             state_dir, resume: bool, history: History | None = None, keep=None) -> History:
-    """Train `head` in place; on return it holds the best state. `keep(head, state, history)`
-    is called with each new best state (so that an interruption can save it)."""
-    torch.manual_seed(s.seed)
-    X, Y = torch.from_numpy(x), torch.from_numpy(y)
-    XV, YV = torch.from_numpy(xv), torch.from_numpy(yv)
-    opt = torch.optim.AdamW(head.parameters(), lr=s.lr, weight_decay=s.weight_decay)
-    history, start = history or History(), 0
-    info, best = _resume(state_dir, resume, "head", head, opt)
-    if info:
-        history, start = History(**info["history"]), info["epoch"] + 1
-    with Progress(s.epochs - start, "training the head") as bar:
-        for epoch in range(start, s.epochs):
-            head.train()
-            opt.zero_grad()
-            loss = _loss(head(X), Y, s)
-            loss.backward()
-            opt.step()
-            head.eval()
-            with torch.no_grad():
-                out = head(XV)
-                val_loss = float(_loss(out, YV, s, smoothing=False))
-                val_acc = float((out.argmax(1) == YV).float().mean())
-            if history.record("head", epoch, loss.item(), val_loss, val_acc):
-                best = copy.deepcopy(head.state_dict())
-                if keep:
-                    keep(head, best, history)
-            bar.update()
-            last = epoch == s.epochs - 1
-            stop = epoch - history.epoch[history.best_epoch] >= s.patience
-            if epoch % 25 == 24 or last or stop:
-                _save(state_dir, "head", head, best, opt, {"epoch": epoch, "history": history.__dict__})
-            if stop:
-                history.stopped_early = True
-                break
-    head.load_state_dict(best)
-    return history
 
 
 class Tail(nn.Module):
@@ -140,9 +42,11 @@ class Tail(nn.Module):
         self.blocks = nn.Sequential(*list(model.blocks.children())[first_stage:])
         self.conv_head, self.bn2, self.classifier = model.conv_head, model.bn2, model.classifier
 
+    def pooled(self, a):
+        return F.relu6(self.bn2(self.conv_head(self.blocks(a)))).mean((2, 3))
+
     def forward(self, a):
-        x = F.relu6(self.bn2(self.conv_head(self.blocks(a))))
-        return self.classifier(x.mean((2, 3)))
+        return self.classifier(self.pooled(a))
 
     def train(self, mode: bool = True):
         super().train(mode)
@@ -152,73 +56,82 @@ class Tail(nn.Module):
         return self
 
 
-def fine_tune(tail: Tail, a: np.ndarray, y: np.ndarray, av: np.ndarray, yv: np.ndarray, s: Settings,
-              state_dir, resume: bool, history: History, keep=None) -> History:
-    """Train the tail on cached activations, minibatches in a seeded order."""
-    torch.manual_seed(s.seed)
-    A, Y, AV, YV = map(torch.from_numpy, (a, y, av, yv))
-    opt = torch.optim.AdamW(tail.parameters(), lr=s.ft_lr, weight_decay=s.weight_decay)
-    start, since_best = 0, 0
-    info, best = _resume(state_dir, resume, "fine-tune", tail, opt)
-    if info:
-        history, start, since_best = History(**info["history"]), info["epoch"] + 1, info["since_best"]
-    if keep:        # the whole tail's best so far (at the start: the head phase's result)
-        keep(tail, best, history)
-    batches = -(-len(A) // s.ft_batch)
-    head_epochs = sum(p == "head" for p in history.phase)
-    for epoch in range(start, s.ft_epochs):
-        order = torch.from_numpy(np.random.default_rng([s.seed, epoch]).permutation(len(A)))
-        tail.train()
-        total = 0.0
-        with Progress(batches, f"fine-tuning, epoch {epoch + 1}/{s.ft_epochs}") as bar:
-            for b in range(batches):
-                idx = order[b * s.ft_batch:(b + 1) * s.ft_batch]
-                opt.zero_grad()
-                loss = _loss(tail(A[idx]), Y[idx], s)
-                loss.backward()
-                opt.step()
-                total += loss.item() * len(idx)
-                bar.update()
-        tail.eval()
-        with torch.no_grad():
-            out = torch.cat([tail(AV[i:i + 64]) for i in range(0, len(AV), 64)])
-            val_loss = float(_loss(out, YV, s, smoothing=False))
-            val_acc = float((out.argmax(1) == YV).float().mean())
-        if history.record("fine-tune", head_epochs + epoch, total / len(A), val_loss, val_acc):
-            best, since_best = copy.deepcopy(tail.state_dict()), 0
-            if keep:
-                keep(tail, best, history)
-        else:
-            since_best += 1
-        _save(state_dir, "fine-tune", tail, best, opt,
-              {"epoch": epoch, "since_best": since_best, "history": history.__dict__})
-        if since_best >= s.ft_patience:
-            history.stopped_early = True
-            break
-    tail.load_state_dict(best)
-    return history
+class RowReader:
+    """Single rows of the per-photo .npy files, read with one seek each: a batch costs its own
+    bytes, never a whole file or a memory map that grows over an epoch."""
+
+    def __init__(self, paths: list[Path]):
+        self.paths, self.layout = paths, {}
+
+    def _layout(self, i: int):
+        if i not in self.layout:
+            with open(self.paths[i], "rb") as f:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, dtype = read(f)
+                self.layout[i] = (f.tell(), shape[1:], dtype)
+        return self.layout[i]
+
+    def row(self, i: int, r: int) -> np.ndarray:
+        offset, shape, dtype = self._layout(i)
+        size = int(np.prod(shape)) * dtype.itemsize
+        with open(self.paths[i], "rb") as f:
+            f.seek(offset + r * size)
+            return np.frombuffer(f.read(size), dtype).reshape(shape)
 
 
-def new_head(classes, features, labels, imagenet, init, head_init) -> torch.nn.Linear:
-    """The classifier for `classes`: rows of --init's classes where the names match; for the
-    others, with --head-init imagenet, the ImageNet classes their photos resemble (the
-    1000-class head's rows weighted by the mean ImageNet probabilities of the class's
-    training views), else zeros."""
-    head = torch.nn.Linear(features.shape[1], len(classes))
-    torch.nn.init.zeros_(head.weight)
-    torch.nn.init.zeros_(head.bias)
-    known = {}
-    if init is not None:
-        names, w, b = init
-        known = {n: i for i, n in enumerate(names)}
+def pooled_features(tail: Tail, reader: RowReader, photos: int, rows: int) -> np.ndarray:
+    """(photos, rows, features): the frozen tail's pooled output of every cached row."""
+    out = None
     with torch.no_grad():
-        if imagenet is not None and head_init == "imagenet":
-            w_in, b_in = imagenet
-            probs = torch.softmax(torch.from_numpy(features) @ w_in.T + b_in, 1)
-            for c in range(len(classes)):
-                mean = probs[torch.from_numpy(labels == c)].mean(0)
-                head.weight[c], head.bias[c] = mean @ w_in, mean @ b_in
-        for c, name in enumerate(classes):
-            if name in known:
-                head.weight[c], head.bias[c] = init[1][known[name]], init[2][known[name]]
-    return head
+        tail.eval()
+        for i in range(photos):
+            a = torch.from_numpy(np.stack([reader.row(i, r) for r in range(rows)]).astype(np.float32))
+            p = tail.pooled(a).numpy()
+            if out is None:
+                out = np.empty((photos, rows, p.shape[1]), np.float32)
+            out[i] = p
+    return out if out is not None else np.zeros((0, rows, 1), np.float32)
+
+
+def fine_tune(tail: Tail, reader: RowReader, labels: np.ndarray, rows: int, opts: FineTuneOptions, seed: int,
+              state_dir: Path | None, key: str, log=None) -> None:
+    """Train `tail` in place; on return it holds the averaged weights. `key` names the photos
+    and settings: a saved state is resumed only when it was made for the same."""
+    torch.manual_seed(seed)
+    opt = torch.optim.AdamW(tail.parameters(), lr=opts.lr, weight_decay=opts.weight_decay)
+    weight = torch.tensor(opts.class_weights, dtype=torch.float32) if opts.class_weights else None
+    pairs = np.stack(np.meshgrid(np.arange(len(labels)), np.arange(rows), indexing="ij"), -1).reshape(-1, 2)
+    start, average, averaged = 0, None, 0
+    saved = load_state(state_dir, log) if state_dir is not None else None
+    if saved and saved[1].get("key") == key:
+        tensors, info = saved
+        tail.load_state_dict({k[4:]: v for k, v in tensors.items() if k.startswith("now.")})
+        restore_optimizer(opt, tensors, info["optimizer"])
+        average = {k[4:]: v for k, v in tensors.items() if k.startswith("avg.")} or None
+        start, averaged = info["epoch"] + 1, info["averaged"]
+    batches = -(-len(pairs) // opts.batch)
+    for epoch in range(start, opts.epochs):
+        order = np.random.default_rng([seed, epoch]).permutation(len(pairs))
+        tail.train()
+        with Progress(batches, f"fine-tuning, epoch {epoch + 1}/{opts.epochs}") as bar:
+            for b in range(batches):
+                chosen = pairs[order[b * opts.batch:(b + 1) * opts.batch]]
+                a = torch.from_numpy(np.stack([reader.row(i, r) for i, r in chosen]).astype(np.float32))
+                y = torch.from_numpy(labels[chosen[:, 0]])
+                opt.zero_grad()
+                F.cross_entropy(tail(a), y, weight=weight, label_smoothing=opts.label_smoothing).backward()
+                opt.step()
+                bar.update()
+        if epoch + 1 >= opts.average_from:
+            now = {k: v.detach().clone() for k, v in tail.state_dict().items()}
+            average = now if average is None else {k: average[k] + (now[k] - average[k]) / (averaged + 1)
+                                                   if now[k].is_floating_point() else now[k] for k in now}
+            averaged += 1
+        if state_dir is not None:
+            tensors, scalars = optimizer_tensors(opt)
+            save_state(state_dir, {**{f"now.{k}": v for k, v in tail.state_dict().items()},
+                                   **{f"avg.{k}": v for k, v in (average or {}).items()}, **tensors},
+                       {"key": key, "epoch": epoch, "averaged": averaged, "optimizer": scalars})
+    if average is not None:
+        tail.load_state_dict(average)

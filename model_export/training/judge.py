@@ -1,33 +1,19 @@
 """How a trained model is judged and calibrated: on centre crops made exactly as the runtime
-makes them, by PyTorch and, for every exported file, by the runtime itself (decode, crop,
-kernels), as the user will run it."""
+makes them, and every exported file through the runtime itself (decode, crop, kernels), as
+the user will run it."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from effnet_lite import Classifier, ClassifierOptions
 from effnet_lite.errors import ImageError
 from effnet_lite.preprocess import preprocess
 from effnet_lite.quiet import Captured
 
-from .fit import Tail
 from .report import evaluation
-
-
-def pool(tail: Tail, activations: np.ndarray) -> np.ndarray:
-    """Pooled features of the frozen tail (before fine-tuning) for the head phase."""
-    out = []
-    with torch.no_grad():
-        tail.eval()
-        for i in range(0, len(activations), 64):
-            x = torch.from_numpy(activations[i:i + 64])
-            x = torch.nn.functional.relu6(tail.bn2(tail.conv_head(tail.blocks(x))))
-            out.append(x.mean((2, 3)).numpy())
-    return np.concatenate(out) if out else np.zeros((0, 1), np.float32)
 
 
 def every_class_in_turn(photos, seed: int) -> list:
@@ -51,33 +37,31 @@ def centre_crops(paths, config, limit) -> np.ndarray:
     return np.stack(crops)
 
 
-def evaluate_torch(model, photos, config, name) -> dict:
-    probs, ys, paths = [], [], []
-    mean, std = torch.tensor(model.variant.mean).view(1, 3, 1, 1), torch.tensor(model.variant.std).view(1, 3, 1, 1)
-    with torch.no_grad():
-        for p, y in zip(photos.paths, photos.labels):
+def _scores(path: Path, paths, threads: int | None):
+    """(index, scores) of each photo the file answers, through the runtime as deployed."""
+    with Captured():
+        clf = Classifier.from_file(path, ClassifierOptions(num_threads=threads or os.cpu_count()))
+    try:
+        for i, p in enumerate(paths):
             try:
-                crop = preprocess(p, config, exact=True)
+                with Captured():
+                    yield i, clf.scores(clf.preprocess(p))
             except ImageError:
                 continue
-            x = (torch.from_numpy(crop).permute(2, 0, 1)[None].float() / 255 - mean) / std
-            probs.append(torch.softmax(model(x), 1)[0].numpy())
-            ys.append(y)
-            paths.append(p)
-    return evaluation(name, np.asarray(ys), np.stack(probs), photos.classes, paths)
+    finally:
+        clf.close()
 
 
-def evaluate_file(path: Path, photos, name) -> dict:
-    with Captured():
-        clf = Classifier.from_file(path, ClassifierOptions(num_threads=os.cpu_count()))
-    probs, ys, paths = [], [], []
-    for p, y in zip(photos.paths, photos.labels):
-        try:
-            with Captured():
-                probs.append(clf.scores(clf.preprocess(p)))
-        except ImageError:
-            continue
-        ys.append(y)
-        paths.append(p)
-    clf.close()
-    return evaluation(name, np.asarray(ys), np.stack(probs), photos.classes, paths)
+def evaluate_file(path: Path, photos, name, threads: int | None = None) -> dict:
+    answered = list(_scores(path, photos.paths, threads))
+    if not answered:
+        raise ValueError(f"{path}: none of the {len(photos.paths)} photos could be read")
+    idx = [i for i, _ in answered]
+    return evaluation(name, np.asarray(photos.labels)[idx], np.stack([s for _, s in answered]), photos.classes,
+                      [photos.paths[i] for i in idx])
+
+
+def agreement(path: Path, paths, reference_top1: np.ndarray, threads: int | None = None) -> dict:
+    """How often the file's top-1 is the fp32 model's, on these photos (no labels needed)."""
+    same = [int(np.argmax(s)) == int(reference_top1[i]) for i, s in _scores(path, paths, threads)]
+    return {"photos": len(same), "agree": int(sum(same))}

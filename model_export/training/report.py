@@ -1,7 +1,7 @@
 """What a user needs before deploying a trained model: accuracy of every file it will ship,
-per-class precision and recall, the confusion matrix, the photos it got wrong, the training
-curves, where the time went, and how accuracy trades against coverage over a score
-threshold (for `--threshold`: "none of these")."""
+what accuracy to expect on new photos (from photos that chose nothing), per-class precision
+and recall, the confusion matrix, the photos it got wrong, where the time went, and how
+accuracy trades against coverage over a score threshold (for `--threshold`: "none of these")."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -49,27 +49,64 @@ def _pct(v) -> str:
     return "   -  " if v is None else f"{100 * v:5.1f}%"
 
 
+MATRIX_MAX = 30        # classes: above this, the most-confused pairs instead of the whole matrix
+
+
+def confused_pairs(classes: list[str], matrix: list[list[int]], most: int = 15) -> list[tuple[str, str, int]]:
+    m = np.asarray(matrix)
+    pairs = [(classes[i], classes[j], int(m[i, j])) for i in range(len(m)) for j in range(len(m)) if i != j and m[i, j]]
+    return sorted(pairs, key=lambda p: -p[2])[:most]
+
+
+def headline(report: dict) -> list[str]:
+    h, est = report["headline"], report["estimate"]
+    lo, hi = h["interval"]
+    p = report["photos"]
+    lines = [f"effnet-train: {report['variant']}, {len(report['classes'])} classes, {p['used']} photos "
+             f"(of {p['files']} files){', ' + str(p['test']) + ' test photos' if p['test'] else ''}", "",
+             f"expected top-1 on new photos: {100 * h['top1']:.1f} %   (95 % interval {100 * lo:.1f}-{100 * hi:.1f} %, "
+             f"{h['photos']} photos)", f"  from: {h['what']}"]
+    if h["source"] == "estimate":
+        lines.append(f"  each photo was answered by a model whose training and whose choice of settings never saw "
+                     f"it; the model you deploy was then trained on all {p['used']} photos")
+    else:
+        lo, hi = est["interval"]
+        lines.append(f"  ({est['name']}: {100 * est['top1']:.1f} %, 95 % interval {100 * lo:.1f}-{100 * hi:.1f} %)")
+    return lines
+
+
 def text(report: dict) -> str:
     """The report as a user reads it on stdout."""
-    ev, classes = report["evaluations"], report["classes"]
-    main = ev[report["deployed"]]
-    lines = [f"effnet-train: {report['variant']}, {len(classes)} classes, {report['photos']['train']} training "
-             f"and {report['photos']['val']} validation photos",
-             "", "validation top-1 (the first is what you deploy):"]
-    order = [report["deployed"]] + [k for k in ev if k != report["deployed"]]
-    width = max(len(ev[k]["name"]) for k in order)
-    for key in order:
-        e = ev[key]
-        lines.append(f"  {e['name']:<{width}}  {_pct(e['top1'])}  ({e['photos']} photos)")
-    lines += ["", f"per class ({main['name']}):", f"  {'class':<24} photos  precision  recall"]
+    classes = report["classes"]
+    lines = headline(report)
+    lines += ["", "the files (through this runtime):"]
+    width = max(len(Path(f).name) for f in report["files"].values())
+    for key, path in report["files"].items():
+        a = report["agreement"][key]
+        row = f"  {Path(path).name:<{width}}  same answer as the fp32 model on {a['agree']}/{a['photos']} training photos"
+        if report["test"]:
+            row += f", test top-1 {_pct(report['test'][key]['top1'])}"
+        lines.append(row)
+    c = report["chosen"]
+    best = next(r for r in c["table"] if r["strength"] == c["l2_strength"])
+    lines += ["", f"chosen by {c['by']}:",
+              f"  L2 strength {c['l2_strength']:g} (cross-validated log-loss {best['cv_log_loss']:.3f}, "
+              f"top-1 {100 * best['cv_top1']:.1f} %)"]
+    main = report["test"]["tflite"] if report["test"] else report["estimate"]
+    what = "test photos" if report["test"] else "the estimate's answers"
+    lines += ["", f"per class ({what}):", f"  {'class':<24} photos  precision  recall"]
     for row in main["per_class"]:
         lines.append(f"  {row['class'][:24]:<24} {row['photos']:>6}     {_pct(row['precision'])}  {_pct(row['recall'])}")
-    width = max(4, *(len(c[:12]) for c in classes))
-    lines += ["", "confusion matrix (rows: true class, columns: predicted):",
-              "  " + " " * width + " " + " ".join(f"{c[:width]:>{width}}" for c in classes)]
-    for name, row in zip(classes, main["confusion"]):
-        lines.append(f"  {name[:width]:>{width}} " + " ".join(f"{v:>{width}}" for v in row))
-    lines += ["", "score threshold -> share of photos answered, accuracy on those:"]
+    if len(classes) <= MATRIX_MAX:
+        width = max(4, *(len(c[:12]) for c in classes))
+        lines += ["", "confusion matrix (rows: true class, columns: predicted):",
+                  "  " + " " * width + " " + " ".join(f"{c[:width]:>{width}}" for c in classes)]
+        for name, row in zip(classes, main["confusion"]):
+            lines.append(f"  {name[:width]:>{width}} " + " ".join(f"{v:>{width}}" for v in row))
+    else:
+        lines += ["", "most confused (true class -> predicted, photos):"]
+        lines += [f"  {a} -> {b}: {n}" for a, b, n in confused_pairs(classes, main["confusion"])]
+    lines += ["", f"score threshold -> share of photos answered, accuracy on those ({what}):"]
     for row in main["coverage"]:
         lines.append(f"  --threshold {row['threshold']:<4}  answered {_pct(row['coverage'])}  accuracy {_pct(row['accuracy'])}")
     wrong = main["misclassified"]
@@ -80,44 +117,34 @@ def text(report: dict) -> str:
     return "\n".join(lines)
 
 
-def pictures(report: dict, history: dict, folder: Path) -> list[Path]:
-    """confusion.png, curves.png and coverage.png (matplotlib, from the train extra)."""
+def pictures(report: dict, folder: Path) -> list[Path]:
+    """confusion.png (or, above MATRIX_MAX classes, the most-confused pairs) and coverage.png,
+    from the headline's photos (matplotlib, from the train extra)."""
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
-    classes, main = report["classes"], report["evaluations"][report["deployed"]]
+    classes = report["classes"]
+    main = report["test"]["tflite"] if report["test"] else report["estimate"]
+    what = "test photos" if report["test"] else "cross-validated answers"
     out = []
-    m = np.asarray(main["confusion"])
-    fig, ax = plt.subplots(figsize=(2 + 0.6 * len(classes), 1.6 + 0.6 * len(classes)))
-    ax.imshow(m, cmap="Blues")
-    for (i, j), v in np.ndenumerate(m):
-        ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
-    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
-    ax.set_yticks(range(len(classes)), classes)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true class")
-    ax.set_title(f"validation confusion matrix: {main['name']}", fontsize=9)
+    if len(classes) <= MATRIX_MAX:
+        m = np.asarray(main["confusion"])
+        fig, ax = plt.subplots(figsize=(2 + 0.6 * len(classes), 1.6 + 0.6 * len(classes)))
+        ax.imshow(m, cmap="Blues")
+        for (i, j), v in np.ndenumerate(m):
+            ax.text(j, i, str(v), ha="center", va="center", color="white" if v > m.max() / 2 else "black")
+        ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+        ax.set_yticks(range(len(classes)), classes)
+        ax.set_xlabel("predicted")
+        ax.set_ylabel("true class")
+    else:
+        pairs = confused_pairs(classes, main["confusion"])
+        fig, ax = plt.subplots(figsize=(7, 1 + 0.35 * max(len(pairs), 1)))
+        ax.barh([f"{a} -> {b}" for a, b, _ in pairs][::-1], [n for *_, n in pairs][::-1])
+        ax.set_xlabel("photos (true class -> predicted)")
+    ax.set_title(f"confusion: {what}", fontsize=9)
     fig.tight_layout()
     out.append(folder / "confusion.png")
-    fig.savefig(out[-1], dpi=110)
-    plt.close(fig)
-    fig, (a1, a2) = plt.subplots(1, 2, figsize=(10, 3.6))
-    x = np.arange(len(history["train_loss"]))
-    a1.plot(x, history["train_loss"], label="training loss (label-smoothed)")
-    a1.plot(x, history["val_loss"], label="validation loss")
-    a2.plot(x, np.asarray(history["val_acc"]) * 100, color="tab:green")
-    if history["best_epoch"] >= 0:
-        a2.axvline(history["best_epoch"], color="grey", ls="--", lw=1, label="kept")
-        a2.legend()
-    changes = [i for i in range(1, len(history["phase"])) if history["phase"][i] != history["phase"][i - 1]]
-    for a in (a1, a2):
-        for i in changes:
-            a.axvline(i, color="tab:red", lw=0.8)
-        a.set_xlabel("epoch (head: full-batch steps; red line: fine-tuning starts)")
-    a1.legend()
-    a2.set_ylabel("validation top-1, %")
-    fig.tight_layout()
-    out.append(folder / "curves.png")
     fig.savefig(out[-1], dpi=110)
     plt.close(fig)
     cov = main["coverage"]
@@ -127,7 +154,7 @@ def pictures(report: dict, history: dict, folder: Path) -> list[Path]:
         ax.annotate(f"{r['threshold']:g}", (r["coverage"] * 100, (r["accuracy"] or 0) * 100), fontsize=7)
     ax.set_xlabel("photos answered, % (score >= threshold)")
     ax.set_ylabel("accuracy on those, %")
-    ax.set_title("--threshold: coverage against accuracy", fontsize=9)
+    ax.set_title(f"--threshold: coverage against accuracy ({what})", fontsize=9)
     fig.tight_layout()
     out.append(folder / "coverage.png")
     fig.savefig(out[-1], dpi=110)

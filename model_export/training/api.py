@@ -1,0 +1,405 @@
+"""effnet-train as a Python API, in the shape of Model Maker's:
+
+    from effnet_lite.model_export.training import Trainer, TrainOptions
+    result = Trainer.from_folder("photos/", TrainOptions(variant="lite0")).train("my_model/")
+    print(result.summary())                 # the report: what to expect, per class, thresholds
+    result.evaluate("more_photos/")         # the deployed file, through the runtime
+    result.export("my_model/lite0_int8.onnx", fmt="onnx")
+
+A run: the photos are read once (unreadable files, copies and label conflicts found), the
+frozen layers run once per view (cached by content), the accuracy users will get is estimated
+by nested cross-validation (or a held-out fifth, or --test), the head's penalty is chosen by
+cross-validation on all photos, the final model is trained on all of them, exported and
+verified, and every file is judged through the runtime.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from effnet_lite import __version__
+from effnet_lite.preprocess import PreprocessConfig
+from effnet_lite.variants import UnknownVariantError, get_variant
+
+from ..export import Exporter
+from ..weights import load_model
+from . import data as data_mod
+from . import head as head_mod
+from . import selection
+from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
+from .duplicates import fingerprints, remember
+from .features import Backbone, FeatureStore
+from .fit import FineTuneOptions, RowReader, Tail, fine_tune, pooled_features
+from .judge import agreement, centre_crops, evaluate_file, every_class_in_turn
+from .report import evaluation, pictures, text
+from .run_folder import WORK, TrainError, prepare_output, write_split
+
+# calibration photos, every class in turn. Measured on the dev photos' 7 groups: 50 or 100 made
+# an int8 file that agrees with fp32 on 200/200 photos, all 160 on 199/200 at 1.6x the time
+CALIB_MAX = 100
+AGREE_MAX = 300       # training photos on which each file's answers are compared with fp32's
+# the files each export choice adds: (name suffix, precision, format, io, softmax)
+EXPORTS = {
+    "tflite": ("int8.tflite", "int8", "tflite", "int8", False),
+    "mediapipe": ("uint8_softmax.tflite", "int8", "tflite", "uint8", True),
+    "onnx": ("int8.onnx", "int8", "onnx", "uint8", False),
+    "fp32": ("fp32.tflite", "fp32", "tflite", None, False),
+}
+
+
+@dataclass
+class TrainOptions:
+    variant: str = "lite0"
+    weights: Path | None = None           # ImageNet checkpoint (timm format; needed for lite3/4)
+    init: Path | None = None              # an earlier effnet-train model to continue from
+    views: int = 8                        # augmented views of each photo, besides its centre crop
+    fine_tune: bool = False
+    label_smoothing: float = 0.0
+    class_weights: str = "none"           # or "balanced"
+    seed: int = 0
+    threads: int | None = None
+    export: tuple = ("tflite",)
+
+    def check(self) -> None:
+        try:
+            get_variant(self.variant)
+        except UnknownVariantError as e:
+            raise TrainError(str(e)) from None
+        if not 1 <= self.views <= 64:
+            raise TrainError("views must be between 1 and 64")
+        if not 0 <= self.label_smoothing < 1:
+            raise TrainError("label smoothing must be in [0, 1)")
+        if self.class_weights not in ("none", "balanced"):
+            raise TrainError("class weights must be 'none' or 'balanced'")
+        if self.init and self.weights:
+            raise TrainError("--init and --weights both give the network to start from: give one "
+                             "(--init continues an effnet-train model, --weights starts from ImageNet)")
+        unknown = [x for x in self.export if x not in EXPORTS]
+        if unknown or "tflite" not in self.export:
+            raise TrainError(f"export: unknown {unknown[0]!r}" if unknown else "export must include tflite")
+
+
+def _log_to_stderr(message: str) -> None:
+    import sys
+    print(f"effnet-train: {message}", file=sys.stderr, flush=True)
+
+
+class Trainer:
+    def __init__(self, photos: data_mod.Photos, options: TrainOptions | None = None,
+                 test: data_mod.Photos | None = None, source=None, test_source=None, log=None):
+        self.photos, self.options, self.test = photos, options or TrainOptions(), test
+        self.source, self.test_source = source, test_source
+        self.log = log or _log_to_stderr
+        self.options.check()
+        for w in photos.warnings + (test.warnings if test else []):
+            self.log(f"warning: {w}")
+        if test is not None:
+            self.test = _same_classes(test, photos.classes, test_source)
+
+    @classmethod
+    def from_folder(cls, data, options: TrainOptions | None = None, test=None, log=None) -> "Trainer":
+        """DATA: a folder of class sub-folders, or a CSV of path,label; `test` likewise."""
+        data, test = Path(data), Path(test) if test else None
+        return cls(data_mod.load(data), options, data_mod.load(test) if test else None, data, test, log)
+
+    @classmethod
+    def from_pairs(cls, pairs, options: TrainOptions | None = None, test_pairs=None, log=None) -> "Trainer":
+        """From [(path, class name), ...]."""
+        def photos(items):
+            classes = sorted({data_mod.check_label(str(c), str(p)) for p, c in items})
+            index = {c: i for i, c in enumerate(classes)}
+            return data_mod.Photos([Path(p) for p, _ in items], [index[str(c).strip()] for _, c in items], classes)
+        return cls(photos(pairs), options, photos(test_pairs) if test_pairs else None, log=log)
+
+    def config(self) -> dict:
+        """What decides the result: a rerun with resume must ask for the same."""
+        o = self.options
+        where = lambda p: str(Path(p).resolve()) if p else None    # noqa: E731
+        return {"data": where(self.source), "variant": o.variant, "weights": where(o.weights),
+                "init": where(o.init), "test": where(self.test_source), "views": o.views,
+                "fine_tune": o.fine_tune, "label_smoothing": o.label_smoothing,
+                "class_weights": o.class_weights, "seed": o.seed}
+
+    def train(self, output, resume: bool = False) -> "TrainResult":
+        return _Run(self, Path(output), resume).run()
+
+
+def _same_classes(other: data_mod.Photos, classes: list[str], where) -> data_mod.Photos:
+    unknown = [c for c in other.classes if c not in classes]
+    if unknown:
+        raise TrainError(f"{where or 'test'}: class {unknown[0]!r} is not one of the training classes")
+    index = {c: i for i, c in enumerate(classes)}
+    return data_mod.Photos(other.paths, [index[other.classes[i]] for i in other.labels], classes, other.warnings)
+
+
+class _Run:
+    """One training run into `out`, phase by phase."""
+
+    def __init__(self, trainer: Trainer, out: Path, resume: bool):
+        self.t, self.o, self.out, self.resume, self.log = trainer, trainer.options, out, resume, trainer.log
+        self.work = out / WORK
+        self.seconds: dict = {}
+
+    def run(self) -> "TrainResult":
+        t0 = time.perf_counter()
+        if self.o.threads:
+            torch.set_num_threads(self.o.threads)
+        self.model, self.prior = self._base_model()
+        self.variant = self.model.variant
+        self.config_pp = PreprocessConfig.for_variant(self.variant, self.model.input_size)
+        self._photos()
+        self.seconds["data"] = time.perf_counter() - t0
+        self._timed("features", self._features)
+        self._timed("training", self._fit)
+        self._timed("export", self._export)
+        self._timed("judging", self._judge)
+        report = self._report()
+        (self.out / "report.json").write_text(json.dumps(report, indent=1, default=_finite) + "\n", encoding="utf-8")
+        try:
+            pictures(report, self.out)
+        except ImportError:
+            self.log("warning: no pictures (matplotlib is missing: pip install 'effnet-lite-edge[train]')")
+        self.log(f"done in {time.perf_counter() - t0:.0f} s: {self.files['tflite']} and the report in {self.out}")
+        return TrainResult(self.out, report, self.o.threads)
+
+    def _timed(self, name, phase):
+        t = time.perf_counter()
+        phase()
+        self.seconds[name] = time.perf_counter() - t
+
+    def _base_model(self):
+        o = self.o
+        if not o.init:
+            return load_model(o.variant, o.weights), None
+        sd, labels, variant = load_checkpoint(o.init)
+        if labels is None:
+            raise TrainError(f"{o.init}: no class names (not an effnet-train checkpoint, and no labels.txt beside it)")
+        if variant and variant != o.variant:
+            raise TrainError(f"{o.init} is a {variant} model; give --variant {variant}")
+        from ..weights import checkpoint_classes, create_model, load_state_dict
+        model = load_state_dict(create_model(o.variant, None, checkpoint_classes(sd)), sd, str(o.init))
+        w, b = model.classifier.weight.detach().numpy(), model.classifier.bias.detach().numpy()
+        known = {n: i for i, n in enumerate(labels)}
+        classes = self.t.photos.classes
+        weight = np.stack([w[known[c]] if c in known else np.zeros(w.shape[1], np.float32) for c in classes])
+        bias = np.asarray([b[known[c]] if c in known else 0.0 for c in classes], np.float32)
+        return model, head_mod.Linear(weight.astype(np.float32), bias)
+
+    def _photos(self):
+        """Every photo read once, before anything is written: unreadable files, copies and label
+        conflicts; then the output folder."""
+        cache = self.work if self.resume and self.work.is_dir() else None
+        new = []
+        prints, bad = fingerprints(self.t.photos.paths, self.config_pp, cache, "reading the photos", new)
+        self.train = data_mod.clean(self.t.photos, prints, bad, self.log)
+        self.test = None
+        if self.t.test is not None:
+            tprints, tbad = fingerprints(self.t.test.paths, self.config_pp, cache, "reading the test photos", new)
+            self.test = data_mod.clean(self.t.test, tprints, tbad, self.log, minimum=0)
+            data_mod.check_apart(self.train, self.test, {**prints, **tprints})
+        prepare_output(self.out, self.t.config(), self.resume)
+        self.work.mkdir(exist_ok=True)
+        remember(self.work, new)
+        write_split(self.out, {"train": self.train, "test": self.test})
+        self.classes = self.train.classes
+        (self.out / "labels.txt").write_text("\n".join(self.classes) + "\n", encoding="utf-8")
+        self.y = np.asarray(self.train.labels, np.int64)
+        counts = np.bincount(self.y, minlength=len(self.classes))
+        self.head_opts = head_mod.HeadOptions(
+            label_smoothing=self.o.label_smoothing,
+            class_weights=(len(self.y) / (len(counts) * counts)).tolist() if self.o.class_weights == "balanced" else None)
+
+    def _features(self):
+        o = self.o
+        # --fine-tune: the frozen part ends with the last stage but one; the last stage learns
+        self.cut = len(self.model.stages) - 2 if o.fine_tune else "pooled"
+        backbone = Backbone(self.model, self.cut, self.work, o.threads)
+        n = len(self.train.paths)
+        self.log(f"{n} photos x {1 + o.views} crops (the centre and {o.views} augmented views)"
+                 + (f", {len(self.test.paths)} test photos" if self.test else ""))
+        dtype = np.float16 if o.fine_tune else np.float32     # activations: half the disk, same answers
+        self.store = FeatureStore(backbone, self.config_pp, o.views, o.seed, self.work / "features", dtype)
+        bad = self.store.compute(list(zip(self.train.paths, self.train.digests)), "features of the photos", self.log)
+        if self.test is not None:
+            self.test_store = FeatureStore(backbone, self.config_pp, 0, o.seed, self.work / "features", dtype)
+            bad += self.test_store.compute(list(zip(self.test.paths, self.test.digests)),
+                                           "features of the test photos", self.log)
+        if bad:        # read once already: a photo changed or vanished since
+            raise TrainError(f"{bad[0][0]}: changed or removed during the run; run again with --resume")
+
+    def _pooled(self, store, digests) -> np.ndarray:
+        if self.cut == "pooled":
+            return store.stack(digests)
+        return pooled_features(self.tail, RowReader([store.path(d) for d in digests]), len(digests),
+                               1 + store.views)
+
+    def _fit(self):
+        """The estimate (nothing chosen on the photos it is measured on), the choice of the
+        penalty on all the photos, then the final model trained on all of them."""
+        o, k = self.o, len(self.classes)
+        self.tail = Tail(self.model, self.cut + 1) if o.fine_tune else None
+        x = self._pooled(self.store, self.train.digests)
+        self.log(f"estimating the accuracy on new photos ({'held-out fifth' if len(self.y) > selection.LARGE else 'nested cross-validation'})")
+        if o.fine_tune:
+            self.estimate = self._estimate_fine_tune(x)
+        else:
+            self.estimate = selection.estimate(x, self.y, k, self.head_opts, o.seed, self.prior)
+        self.choice = selection.choose(x, self.y, k, self.head_opts, o.seed, prior=self.prior)
+        final = head_mod.fit(x.reshape(-1, x.shape[-1]), np.repeat(self.y, x.shape[1]), k, self.choice.strength,
+                             self.head_opts, prior=self.prior)
+        self._set_head(final)
+        if o.fine_tune:
+            self._fine_tune(np.arange(len(self.y)), "final")
+        self.model.eval()
+        save_checkpoint(self.out / CHECKPOINT, self.model.state_dict(), self.classes, self.variant.name,
+                        {"l2_strength": self.choice.strength})
+
+    def _set_head(self, lin: head_mod.Linear):
+        head = torch.nn.Linear(lin.weight.shape[1], lin.weight.shape[0])
+        with torch.no_grad():
+            head.weight.copy_(torch.from_numpy(lin.weight))
+            head.bias.copy_(torch.from_numpy(lin.bias))
+        self.model.classifier = head
+        if self.tail is not None:
+            self.tail.classifier = head
+
+    def _fine_tune(self, idx: np.ndarray, name: str):
+        digests = [self.train.digests[i] for i in idx]
+        key = hashlib.sha256(json.dumps([name, digests, asdict(self.ft_opts())]).encode()).hexdigest()
+        fine_tune(self.tail, RowReader([self.store.path(d) for d in digests]), self.y[idx], 1 + self.o.views,
+                  self.ft_opts(), self.o.seed, self.work / f"fine-tune-{name}", key, self.log)
+
+    def ft_opts(self) -> FineTuneOptions:
+        return FineTuneOptions(label_smoothing=self.o.label_smoothing, class_weights=self.head_opts.class_weights)
+
+    def _estimate_fine_tune(self, x) -> selection.Estimate:
+        """The whole --fine-tune procedure on four fifths, judged on the last fifth (nested
+        folds would cost five fine-tunings). The tail's starting weights are restored after."""
+        k = len(self.classes)
+        fold = selection.stratified_folds(self.y, selection.FOLDS, self.o.seed + 1)
+        tr, te = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
+        start = {n: v.clone() for n, v in self.tail.state_dict().items()}
+        c = selection.choose(x[tr], self.y[tr], k, self.head_opts, self.o.seed, prior=self.prior)
+        self._set_head(head_mod.fit(x[tr].reshape(-1, x.shape[-1]), np.repeat(self.y[tr], x.shape[1]), k,
+                                    c.strength, self.head_opts, prior=self.prior))
+        self._fine_tune(tr, "estimate")
+        reader = RowReader([self.store.path(self.train.digests[i]) for i in te])
+        with torch.no_grad():
+            self.tail.eval()
+            logits = torch.cat([self.tail(torch.from_numpy(reader.row(j, 0)[None].astype(np.float32)))
+                                for j in range(len(te))])
+        probs = torch.softmax(logits, 1).numpy()
+        self.tail.load_state_dict(start)
+        return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c.strength])
+
+    def _export(self):
+        exporter = Exporter(self.variant.name, weights=self.out / CHECKPOINT, labels=self.classes, log=self.log)
+        crops = centre_crops(every_class_in_turn(self.train, self.o.seed), exporter.config, CALIB_MAX)
+        exporter.calibrate_on(crops, "training photos")
+        self.files = {}
+        for key in self.o.export:
+            suffix, precision, fmt, io, softmax = EXPORTS[key]
+            path = self.out / f"{self.variant.name}_{suffix}"
+            exporter.export(path, precision, fmt, io, softmax=softmax)
+            self.files[key] = path
+
+    def _judge(self):
+        """Every file through the runtime, once: on the test photos when there are any, and its
+        top-1 against the fp32 model's on training photos (agreement: no labels needed)."""
+        self.test_evals = {}
+        if self.test is not None:
+            x = self._pooled(self.test_store, self.test.digests)[:, 0]
+            probs = self._fp32_probs(x)
+            self.test_evals["fp32-pytorch"] = evaluation("fp32 model (checkpoint)", np.asarray(self.test.labels), probs,
+                                                         self.classes, self.test.paths)
+            for key, path in self.files.items():
+                self.test_evals[key] = evaluate_file(path, self.test, f"{path.name} (effnet runtime)", self.o.threads)
+        sample = every_class_in_turn(self.train, self.o.seed)[:AGREE_MAX]
+        where = {p: i for i, p in enumerate(self.train.paths)}
+        idx = [where[p] for p in sample]
+        fp32 = self._fp32_probs(self._pooled(self.store, [self.train.digests[i] for i in idx])[:, 0]).argmax(1)
+        self.agreement = {key: agreement(path, sample, fp32, self.o.threads) for key, path in self.files.items()}
+
+    def _fp32_probs(self, pooled: np.ndarray) -> np.ndarray:
+        with torch.no_grad():
+            return torch.softmax(self.model.classifier(torch.from_numpy(pooled)), 1).numpy()
+
+    def _report(self) -> dict:
+        e = self.estimate
+        y = self.y[e.photos]
+        est = evaluation(f"estimate: {e.method}", y, e.probs, self.classes, [self.train.paths[i] for i in e.photos])
+        right = int(round(est["top1"] * est["photos"]))
+        est["interval"] = selection.wilson(right, est["photos"])
+        est["strengths"] = e.strengths
+        if self.test_evals:
+            t = self.test_evals["tflite"]
+            t["interval"] = selection.wilson(int(round(t["top1"] * t["photos"])), t["photos"])
+            headline = {"source": "test", "top1": t["top1"], "interval": t["interval"], "photos": t["photos"],
+                        "what": f"test photos, {self.files['tflite'].name} through the runtime"}
+        else:
+            headline = {"source": "estimate", "top1": est["top1"], "interval": est["interval"],
+                        "photos": est["photos"], "what": est["name"]}
+        return {"variant": self.variant.name, "classes": self.classes, "deployed": "tflite", "headline": headline,
+                "photos": {"files": len(self.t.photos.paths), "used": len(self.train.paths),
+                           "test": len(self.test.paths) if self.test else 0},
+                "estimate": est, "test": self.test_evals, "agreement": self.agreement,
+                "chosen": {"by": f"{selection.FOLDS}-fold cross-validation on all {len(self.y)} photos "
+                                 "(these figures chose the setting: they are not an estimate)",
+                           "l2_strength": self.choice.strength, "table": self.choice.table},
+                "files": {k: str(p) for k, p in self.files.items()}, "checkpoint": str(self.out / CHECKPOINT),
+                "seconds": self.seconds, "config": self.t.config(), "version": __version__}
+
+
+def _finite(v):
+    return None if isinstance(v, float) and not math.isfinite(v) else v
+
+
+@dataclass
+class TrainResult:
+    folder: Path
+    report: dict
+    threads: int | None = None
+    files: dict = field(init=False)
+
+    def __post_init__(self):
+        self.files = {k: Path(v) for k, v in self.report["files"].items()}
+
+    @property
+    def classes(self) -> list[str]:
+        return self.report["classes"]
+
+    def summary(self) -> str:
+        return text(self.report)
+
+    def evaluate(self, data, file: str = "tflite") -> dict:
+        """One exported file through the runtime on labelled photos (a folder of class folders,
+        a CSV, or [(path, class)]): top-1, per class, confusion, thresholds, the mistakes."""
+        photos = data_mod.load(Path(data)) if isinstance(data, (str, Path)) else Trainer.from_pairs(
+            data, log=lambda m: None).photos
+        photos = _same_classes(photos, self.classes, data if isinstance(data, (str, Path)) else None)
+        return evaluate_file(self.files[file], photos, self.files[file].name, self.threads)
+
+    def export(self, path, precision: str = "int8", fmt: str | None = None, io: str | None = None,
+               softmax: bool = False, calibration=None) -> Path:
+        """Another file of the trained model (calibrated on `calibration`, a folder, or on the
+        training photos' centre crops)."""
+        path = Path(path)
+        fmt = fmt or ("onnx" if path.suffix == ".onnx" else "tflite")
+        exporter = Exporter(self.report["variant"], weights=self.folder / CHECKPOINT, labels=self.classes)
+        if precision == "int8":
+            if calibration is not None:
+                exporter.calibrate(calibration, CALIB_MAX)
+            else:
+                import csv
+                with open(self.folder / "split.csv", newline="", encoding="utf-8") as f:
+                    paths = [Path(r["path"]) for r in csv.DictReader(f) if r["set"] == "train"]
+                exporter.calibrate_on(centre_crops(paths, exporter.config, CALIB_MAX), "training photos")
+        exporter.export(path, precision, fmt, io, softmax=softmax)
+        return path
