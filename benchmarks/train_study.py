@@ -1,26 +1,25 @@
-"""effnet-train against a plain linear probe, on one seeded split, in one run.
+"""effnet-train against a plain linear probe, judged on photos that neither saw, in one run.
 
-    python -m effnet_lite.benchmarks.train_study DATA [--variant lite0] [--fine-tune] [--seeds 0,1,2,3] [--json OUT]
+    python -m effnet_lite.benchmarks.train_study DATA [DATA ...] [--train 250] [--test 500]
+        [--seeds 0] [--fine-tune] [--variant lite0] [--json OUT]
 
-DATA as effnet-train takes it (class folders or a CSV of path,label). The split (stratified,
---seed) is made once; each candidate trains on the same training photos and is judged on the
-same validation photos:
-- linear probe: logistic regression (L2, L-BFGS) on the frozen pooled features of each
-  training photo's centre crop, no augmentation, judged in fp32 (the baseline);
-- effnet-train's default (frozen backbone, augmented views), judged in fp32 and as its int8
-  .tflite file through the runtime; its wall time covers features, training, export and
-  verification;
-- the same with --head-init imagenet (new classes start from the ImageNet classes their
-  photos resemble: does the 1000-class head's knowledge help?);
-- with --fine-tune, effnet-train --fine-tune.
-With several --seeds each seed is its own split and run; the table gives the mean accuracy,
-each seed's, and the median wall time. Figures hold for this machine's CPU class (printed).
+Each DATA is a folder of class sub-folders. Per seed, a stratified sample of --train photos
+is what the user gives; --test other photos (stratified, disjoint, never shown to anything
+that chooses) judge every candidate:
+- linear probe: logistic regression as scikit-learn's defaults fit it (C=1, L2, L-BFGS) on the
+  frozen pooled features of each training photo's centre crop, no augmentation, fp32;
+- effnet-train (default), and with --fine-tune also `--fine-tune`: its int8 .tflite file through
+  the runtime, its fp32 model, and the figure its report leads with (its own estimate, from
+  the training photos alone), with wall time and peak RSS of the whole command.
+The figures hold for this machine's CPU class (printed).
 """
 from __future__ import annotations
 
 import argparse
 import csv
 import json
+import os
+import subprocess
 import sys
 import tempfile
 import time
@@ -32,10 +31,35 @@ import torch
 from effnet_lite.preprocess import PreprocessConfig
 
 from ..model_export.training import data as data_mod
-from ..model_export.training.cli import main as train_main
-from ..model_export.training.features import Backbone, cached_features
+from ..model_export.training.features import Backbone, FeatureStore
+from ..model_export.training.duplicates import fingerprints
+from ..model_export.training.head import Linear
+from ..model_export.training.run_folder import write_split
 from ..model_export.weights import load_model
 from .machine import machine_info
+
+
+def sample(photos: data_mod.Photos, train: int, test: int, seed: int) -> tuple[data_mod.Photos, data_mod.Photos]:
+    """Disjoint samples of about `train` and `test` photos, each class in proportion, seeded."""
+    rng = np.random.default_rng(seed)
+    labels, n = np.asarray(photos.labels), len(photos.paths)
+    tr, te = [], []
+    for c in range(len(photos.classes)):
+        members = rng.permutation(np.flatnonzero(labels == c))
+        a = max(2, round(train * len(members) / n))
+        tr += members[:a].tolist()
+        te += members[a:a + round(test * len(members) / n)].tolist()
+    return photos.subset(sorted(tr)), photos.subset(sorted(te))
+
+
+def distinct(data: Path, variant: str) -> data_mod.Photos:
+    """The set's photos, each distinct photo once (copies and label conflicts out, as effnet-train
+    would): so that no copy is on both sides of the sample."""
+    photos = data_mod.load(data)
+    model = load_model(variant)
+    config = PreprocessConfig.for_variant(model.variant, model.input_size)
+    prints, bad = fingerprints(photos.paths, config, None, "reading the set", [])
+    return data_mod.clean(photos, prints, bad, lambda m: print(f"{data}: {m}"))
 
 
 def write_csv(path: Path, photos: data_mod.Photos) -> None:
@@ -45,96 +69,102 @@ def write_csv(path: Path, photos: data_mod.Photos) -> None:
         w.writerows([str(p), photos.classes[y]] for p, y in zip(photos.paths, photos.labels))
 
 
-def linear_probe(variant: str, train, val, work: Path, seed: int) -> dict:
+def linear_probe(variant: str, train, test, work: Path) -> dict:
     t0 = time.perf_counter()
     model = load_model(variant)
     config = PreprocessConfig.for_variant(model.variant, model.input_size)
-    backbone = Backbone(model, "pooled", work, None)
-    x, owner, _ = cached_features(backbone, train.paths, config, 0, seed, work / "probe", "train", "probe: train", print)
-    xv, owner_v, _ = cached_features(backbone, val.paths, config, 0, seed, work / "probe", "val", "probe: val", print)
-    y, yv = np.asarray(train.labels)[owner], np.asarray(val.labels)[owner_v]
-    torch.manual_seed(seed)
-    X, Y = torch.from_numpy(x), torch.from_numpy(y)
-    head = torch.nn.Linear(x.shape[1], len(train.classes))
-    opt = torch.optim.LBFGS(head.parameters(), max_iter=500, line_search_fn="strong_wolfe")
+    store = FeatureStore(Backbone(model, "pooled", work, None), config, 0, 0, work / "probe")
 
-    def closure():
+    def features(photos):
+        prints, _ = fingerprints(photos.paths, config, None, "probe: reading", [])
+        keep = [i for i, p in enumerate(photos.paths) if p in prints]
+        store.compute([(photos.paths[i], prints[photos.paths[i]].digest) for i in keep], "probe: features", print)
+        return store.stack([prints[photos.paths[i]].digest for i in keep])[:, 0], np.asarray(photos.labels)[keep]
+    x, y = features(train)
+    xt, yt = features(test)
+    X, Y = torch.from_numpy(x), torch.from_numpy(y)
+    w = torch.zeros(len(train.classes), x.shape[1], requires_grad=True)
+    b = torch.zeros(len(train.classes), requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
+
+    def closure():      # scikit-learn's objective with C=1, divided by the number of photos
         opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(head(X), Y) + 1e-4 * head.weight.pow(2).sum()
+        loss = torch.nn.functional.cross_entropy(X @ w.T + b, Y) + 0.5 * w.pow(2).sum() / len(x)
         loss.backward()
         return loss
     opt.step(closure)
-    with torch.no_grad():
-        acc = float((head(torch.from_numpy(xv)).argmax(1).numpy() == yv).mean())
-    return {"candidate": "linear probe (centre crops, no augmentation)", "fp32": acc, "int8": None,
-            "seconds": time.perf_counter() - t0}
+    head = Linear(w.detach().numpy(), b.detach().numpy())
+    return {"candidate": "linear probe (centre crops, scikit-learn's defaults)",
+            "fp32": float((head.logits(xt).argmax(1) == yt).mean()), "int8": None, "reported": None,
+            "seconds": time.perf_counter() - t0, "peak_rss_mb": None}
 
 
-def effnet_train(name: str, train_csv: Path, val_csv: Path, out: Path, variant: str, extra: list) -> dict:
+def effnet_train(name: str, train_csv: Path, test_csv: Path, out: Path, variant: str, extra: list) -> dict:
     t0 = time.perf_counter()
-    code = train_main([str(train_csv), "--val", str(val_csv), "--variant", variant, "--output", str(out), "-q", *extra])
+    proc = subprocess.Popen([sys.executable, "-m", "effnet_lite.model_export.training.cli", str(train_csv),
+                             "--test", str(test_csv), "--variant", variant, "--output", str(out), "-q", *extra],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    err = proc.stderr.read()
+    _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
-    if code != 0:
-        raise SystemExit(f"train_study: effnet-train {' '.join(extra)} failed (exit {code})")
+    if status != 0:
+        raise SystemExit(f"train_study: effnet-train {' '.join(extra)} failed:\n{err[-2000:]}")
     report = json.loads((out / "report.json").read_text())
-    ev = report["evaluations"]
-    return {"candidate": name, "fp32": ev["fp32-pytorch"]["top1"], "int8": ev["tflite"]["top1"],
-            "seconds": seconds, "phases": report["seconds"]}
+    return {"candidate": name, "fp32": report["test"]["fp32-pytorch"]["top1"], "int8": report["test"]["tflite"]["top1"],
+            "reported": report["estimate"]["top1"], "reported_interval": report["estimate"]["interval"],
+            "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "phases": report["seconds"],
+            "l2_strength": report["chosen"]["l2_strength"]}
 
 
-def one_split(args, photos, seed: int) -> list[dict]:
-    t, v = data_mod.stratified_split(photos, args.val_split, seed)
-    train, val = photos.subset(t), photos.subset(v)
+def one_set(data: Path, args, seed: int) -> list[dict]:
+    photos = distinct(data, args.variant)
+    train, test = sample(photos, args.train, args.test, seed)
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         write_csv(work / "train.csv", train)
-        write_csv(work / "val.csv", val)
-        rows.append(linear_probe(args.variant, train, val, work, seed))
-        candidates = [("effnet-train (default)", []), ("effnet-train --head-init imagenet", ["--head-init", "imagenet"])]
-        if args.fine_tune:
-            candidates.append(("effnet-train --fine-tune", ["--fine-tune"]))
+        write_csv(work / "test.csv", test)
+        rows.append(linear_probe(args.variant, train, test, work))
+        candidates = [("effnet-train (default)", [])] + ([("effnet-train --fine-tune", ["--fine-tune"])]
+                                                         if args.fine_tune else [])
         for i, (name, extra) in enumerate(candidates):
-            rows.append(effnet_train(name, work / "train.csv", work / "val.csv", work / f"run{i}", args.variant,
+            rows.append(effnet_train(name, work / "train.csv", work / "test.csv", work / f"run{i}", args.variant,
                                      ["--seed", str(seed), *extra]))
+        if args.keep:
+            write_split(args.keep, {"train": train, "test": test})
     for r in rows:
-        r.update(seed=seed, train=len(train.paths), val=len(val.paths))
+        r.update(set=data.name if data.name not in ("train", "Dataset", "data") else data.parent.name,
+                 seed=seed, train=len(train.paths), test=len(test.paths), classes=len(photos.classes))
     return rows
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="train_study", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("data", type=Path)
+    p.add_argument("data", type=Path, nargs="+")
     p.add_argument("--variant", default="lite0")
-    p.add_argument("--val-split", type=float, default=0.2)
-    p.add_argument("--seeds", default="0", help="comma-separated: one split and run per seed (0)")
+    p.add_argument("--train", type=int, default=250, help="training photos per set (250)")
+    p.add_argument("--test", type=int, default=500, help="held-out photos per set (500)")
+    p.add_argument("--seeds", default="0", help="comma-separated: one sample and run per seed (0)")
     p.add_argument("--fine-tune", action="store_true", help="also run effnet-train --fine-tune")
+    p.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
-    photos = data_mod.load(args.data)
     seeds = [int(s) for s in args.seeds.split(",")]
-    rows = [r for seed in seeds for r in one_split(args, photos, seed)]
+    rows = [r for d in args.data for seed in seeds for r in one_set(d, args, seed)]
     m = machine_info()
-    print(f"\n{m['cpu']}, {m['cores']} cores, int8 class {m['cpu_int8_class']}")
-    print(f"{args.data}: {len(photos.classes)} classes; {rows[0]['train']} training, {rows[0]['val']} validation "
-          f"photos per split; seeds {seeds}")
-    print(f"{'candidate':<46} {'fp32':>6} {'int8':>6} {'vs probe':>9} {'wall s':>7}  fp32 per seed")
-    names = list(dict.fromkeys(r["candidate"] for r in rows))
-    probe = float(np.mean([r["fp32"] for r in rows if r["candidate"] == names[0]]))
-    summary = []
-    for name in names:
-        mine = [r for r in rows if r["candidate"] == name]
-        fp32 = float(np.mean([r["fp32"] for r in mine]))
-        int8 = None if mine[0]["int8"] is None else float(np.mean([r["int8"] for r in mine]))
-        wall = float(np.median([r["seconds"] for r in mine]))
-        summary.append({"candidate": name, "fp32": fp32, "int8": int8, "seconds": wall})
-        shown = "-" if int8 is None else f"{100 * int8:.1f}%"
-        print(f"{name:<46} {100 * fp32:5.1f}% {shown:>6} {100 * (fp32 - probe):+8.1f}p {wall:7.1f}  "
-              + " ".join(f"{100 * r['fp32']:.1f}" for r in mine))
+    print(f"\n{m['cpu']}, {m['cores']} cores, int8 class {m['cpu_int8_class']}; {args.variant}; seeds {seeds}")
+    print(f"{'set':<10} {'train':>5} {'test':>5} {'candidate':<52} {'test fp32':>9} {'test int8':>9} "
+          f"{'reported':>8} {'vs probe':>8} {'wall s':>7} {'peak MB':>8}")
+    for r in rows:
+        probe = next(q for q in rows if q["set"] == r["set"] and q["seed"] == r["seed"])["fp32"]
+        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"         # noqa: E731
+        ours = r["int8"] if r["int8"] is not None else r["fp32"]
+        rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
+        print(f"{r['set']:<10} {r['train']:>5} {r['test']:>5} {r['candidate']:<52} {pct(r['fp32']):>9} "
+              f"{pct(r['int8']):>9} {pct(r['reported']):>8} {100 * (ours - probe):>+7.1f}p {r['seconds']:>7.1f} {rss:>8}")
     if args.json:
-        args.json.write_text(json.dumps({"data": str(args.data), "classes": photos.classes, "seeds": seeds,
-                                         "machine": m, "summary": summary, "rows": rows}, indent=1))
+        args.json.write_text(json.dumps({"machine": m, "rows": rows}, indent=1) + "\n")
     return 0
 
 

@@ -9,7 +9,6 @@ without VNNI (this CPU or an emulated Haswell) its fused answers leave the refer
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from conftest import DEV_DIR, ROOT, calibrated_lite0, dev_rows, skimage_photos, write_plain_int8_onnx
+from conftest import DEV_DIR, calibrated_lite0, dev_rows, skimage_photos, write_plain_int8_onnx
 from effnet_lite import Classifier, ClassifierOptions
 from effnet_lite.cpu import classify, int8_class
 from effnet_lite.model_export.quantize import PAIR_LIMIT, pair_sum
@@ -207,11 +206,12 @@ def test_other_x86_classes_under_qemu(files, crops, tmp_path, cpu, expected):
     chosen = crops[:EMULATED_PHOTOS]
     np.save(tmp_path / "crops.npy", chosen)
     names = ["u8s8", "plain"]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(ROOT), *sys.path])}
-    done = subprocess.run([qemu, "-cpu", cpu, os.path.realpath(sys.executable), "-c", EMULATED,
+    # the interpreter as this one was started (a venv's own link, not its target): it then finds
+    # its pyvenv.cfg and site-packages, where an editable install's .pth hook makes effnet_lite importable
+    done = subprocess.run([qemu, "-cpu", cpu, sys.executable, "-c", EMULATED,
                            str(tmp_path / "crops.npy"), str(tmp_path / "out.json"),
                            *(str(files[n]) for n in names)],
-                          capture_output=True, text=True, timeout=900, env=env)
+                          capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
     got = json.loads((tmp_path / "out.json").read_text())
     assert got["class"] == expected

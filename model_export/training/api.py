@@ -281,11 +281,12 @@ class _Run:
 
     def _estimate_fine_tune(self, x) -> selection.Estimate:
         """The whole --fine-tune procedure on four fifths, judged on the last fifth (nested
-        folds would cost five fine-tunings). The tail's starting weights are restored after."""
+        folds would cost five fine-tunings). The tail's starting weights are restored after, but for
+        the classifier, which the final head replaces."""
         k = len(self.classes)
         fold = selection.stratified_folds(self.y, selection.FOLDS, self.o.seed + 1)
         tr, te = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
-        start = {n: v.clone() for n, v in self.tail.state_dict().items()}
+        start = {n: v.clone() for n, v in self.tail.state_dict().items() if not n.startswith("classifier.")}
         c = selection.choose(x[tr], self.y[tr], k, self.head_opts, self.o.seed, prior=self.prior)
         self._set_head(head_mod.fit(x[tr].reshape(-1, x.shape[-1]), np.repeat(self.y[tr], x.shape[1]), k,
                                     c.strength, self.head_opts, prior=self.prior))
@@ -296,7 +297,8 @@ class _Run:
             logits = torch.cat([self.tail(torch.from_numpy(reader.row(j, 0)[None].astype(np.float32)))
                                 for j in range(len(te))])
         probs = torch.softmax(logits, 1).numpy()
-        self.tail.load_state_dict(start)
+        missing, _ = self.tail.load_state_dict(start, strict=False)     # (the final head replaces the classifier)
+        assert all(n.startswith("classifier.") for n in missing), missing
         return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c.strength])
 
     def _export(self):
@@ -370,6 +372,16 @@ class TrainResult:
 
     def __post_init__(self):
         self.files = {k: Path(v) for k, v in self.report["files"].items()}
+
+    @classmethod
+    def load(cls, folder, threads: int | None = None) -> "TrainResult":
+        """The result of a finished run in `folder` (its report.json)."""
+        folder = Path(folder)
+        try:
+            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            raise TrainError(f"{folder}: no finished effnet-train run there ({e})") from None
+        return cls(folder, report, threads)
 
     @property
     def classes(self) -> list[str]:

@@ -74,7 +74,8 @@ def _is_image(path: Path, root: Path | None = None) -> bool:
 
 def from_folder(folder: Path) -> Photos:
     try:
-        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith("."))
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "@"))
+                         and p.name.lower() not in NOT_PHOTOS)
     except OSError as e:
         raise DataError(f"{folder}: cannot read the folder ({e.strerror or e})") from None
     warnings, classes, paths, labels = [], [], [], []

@@ -12,6 +12,7 @@ the run's seed and the photo's content, not by its place in a list.
 """
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +27,9 @@ from .. import tflite_writer
 from ..folding import fold_batchnorm
 from ..graph import build_graph, truncated
 from .augment import random_view, view_rng
+
+
+FORECAST_AFTER = 16     # photos computed before the time and disk a long run needs are forecast
 
 
 class Backbone:
@@ -72,6 +76,7 @@ class FeatureStore:
         self.backbone, self.config, self.views, self.seed, self.dtype = backbone, config, views, seed, dtype
         self.folder = cache / f"{backbone.name}-views{views}-seed{seed}"
         self.folder.mkdir(parents=True, exist_ok=True)
+        self.bytes_per_photo = 0
 
     def path(self, digest: str) -> Path:
         return self.folder / f"{digest}.npy"
@@ -86,9 +91,17 @@ class FeatureStore:
     def compute(self, items: list[tuple[Path, str]], desc: str, log) -> list[tuple[Path, str]]:
         """Make the rows of every (path, digest) not cached yet; [(path, why)] of those that
         could not be read."""
-        bad = []
+        bad, done, said, t0 = [], 0, False, time.perf_counter()
+        todo = sum(self._load(d, mmap=True) is None for _, d in items)
         with Progress(len(items), desc) as bar:
             for path, digest in items:
+                if done == FORECAST_AFTER and todo > 4 * FORECAST_AFTER and not said:     # a long job: its cost
+                    each = (time.perf_counter() - t0) / done
+                    bar.clear()
+                    log(f"{desc}: {todo} photos to compute, about {each * (todo - done) / 60:.0f} min more and "
+                        f"{todo * self.bytes_per_photo / 2**20:.0f} MB of cache in {self.folder} "
+                        f"(measured on the first {done})")
+                    said = True
                 if self._load(digest, mmap=True) is None:
                     try:
                         crops = crops_of(path, digest, self.config, self.views, self.seed)
@@ -101,6 +114,7 @@ class FeatureStore:
                     tmp = self.folder / f".{digest}.tmp.npy"
                     np.save(tmp, rows)
                     tmp.replace(self.path(digest))
+                    self.bytes_per_photo, done = rows.nbytes, done + 1
                 bar.update()
         return bad
 

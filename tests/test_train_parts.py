@@ -1,0 +1,131 @@
+"""effnet-train's parts, without a training run: the fit's gradient, the folds, the interval,
+nested cross-validation on noise, duplicate detection on real photos, the feature cache."""
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from conftest import skimage_photos
+
+
+def test_head_fit_reaches_the_optimum_autograd_finds():
+    """The hand-written gradient: the fit's optimum equals one found by torch's autograd on the
+    same objective (label smoothing, class weights and a prior included)."""
+    import torch
+    from effnet_lite.model_export.training.head import HeadOptions, Linear, fit
+    rng = np.random.default_rng(1)
+    x = rng.normal(size=(120, 6)).astype(np.float32) * [1, 2, 3, 0.5, 1, 4] + 2
+    y = rng.integers(0, 3, 120)
+    prior = Linear(rng.normal(size=(3, 6)).astype(np.float32), np.zeros(3, np.float32))
+    opts = HeadOptions(label_smoothing=0.1, class_weights=[1.0, 2.0, 0.5], max_iter=500)
+    got = fit(x, y, 3, 0.05, opts, prior=prior)
+    mu, sd = x.mean(0), x.std(0) + 1e-6
+    X, Y = torch.from_numpy((x - mu) / sd).double(), torch.from_numpy(y)
+    w = torch.zeros(3, 6, dtype=torch.float64, requires_grad=True)
+    b = torch.zeros(3, dtype=torch.float64, requires_grad=True)
+    w0 = torch.from_numpy(prior.weight * sd).double()
+    c = torch.tensor(opts.class_weights, dtype=torch.float64)[Y]
+    opt = torch.optim.LBFGS([w, b], max_iter=1000, tolerance_grad=1e-10, line_search_fn="strong_wolfe")
+
+    def closure():
+        opt.zero_grad()
+        logp = torch.log_softmax(X @ w.T + b, 1)
+        target = torch.full((120, 3), 0.1 / 3, dtype=torch.float64)
+        target[torch.arange(120), Y] += 0.9
+        loss = -(c[:, None] * target * logp).sum() / c.sum() + 0.025 * (w - w0).pow(2).sum()
+        loss.backward()
+        return loss
+    opt.step(closure)
+    want = w.detach().numpy() / sd
+    assert np.abs(got.weight - want).max() < 2e-3, np.abs(got.weight - want).max()
+    assert np.abs(got.logits(x) - (x @ want.T + (b.detach().numpy() - want @ mu))).max() < 5e-3
+
+
+def test_folds_deal_each_class_round():
+    from effnet_lite.model_export.training.selection import stratified_folds
+    y = np.repeat([0, 1, 2], [10, 7, 3])
+    fold = stratified_folds(y, 5, 0)
+    for c in range(3):
+        counts = np.bincount(fold[y == c], minlength=5)
+        assert counts.max() - counts.min() <= 1
+    assert sorted(np.bincount(fold)) == [4, 4, 4, 4, 4]
+    assert (stratified_folds(y, 5, 0) == fold).all() and not (stratified_folds(y, 5, 1) == fold).all()
+
+
+def test_wilson_interval():
+    from effnet_lite.model_export.training.selection import wilson
+    assert wilson(81, 100) == pytest.approx((0.7222, 0.8749), abs=1e-3)
+    lo, hi = wilson(10, 10)
+    assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-3)
+
+
+def test_nested_estimate_of_noise_is_chance_where_the_fit_is_perfect():
+    """Labels that have nothing to do with the features: the model fits its photos perfectly,
+    and the nested estimate says chance (its interval holds 50 %), as new photos would."""
+    from effnet_lite.model_export.training.head import HeadOptions, fit
+    from effnet_lite.model_export.training.selection import estimate, wilson
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(80, 3, 200)).astype(np.float32)
+    y = rng.integers(0, 2, 80)
+    e = estimate(x, y, 2, HeadOptions(), 0)
+    right = int((e.probs.argmax(1) == y[e.photos]).sum())
+    lo, hi = wilson(right, len(e.photos))
+    assert len(e.photos) == 80 and lo <= 0.5 <= hi, (right, lo, hi)
+    model = fit(x.reshape(-1, 200), np.repeat(y, 3), 2, min(e.strengths), HeadOptions())
+    assert (model.logits(x[:, 0]).argmax(1) == y).mean() > hi        # what the photos that chose would say
+
+
+def test_copies_are_one_photo_and_others_are_not(tmp_path):
+    """A byte copy, JPEG re-encodes, a PNG and a half-size resize group with their original;
+    different real photos (and a mirrored one) do not."""
+    from effnet_lite.model_export.training.duplicates import fingerprints, groups
+    from effnet_lite.preprocess import PreprocessConfig
+    from effnet_lite.variants import get_variant
+    photos = skimage_photos()
+    paths = []
+    for name, pixels in photos.items():
+        im = Image.fromarray(pixels)
+        im.save(tmp_path / f"{name}.jpg", quality=92)
+        paths.append(tmp_path / f"{name}.jpg")
+    im = Image.fromarray(photos["chelsea"])
+    copies = {"bytes.jpg": None, "q60.jpg": 60, "q80.jpg": 80, "png.png": None, "half.jpg": 85}
+    (tmp_path / "bytes.jpg").write_bytes((tmp_path / "chelsea.jpg").read_bytes())
+    im.save(tmp_path / "q60.jpg", quality=60)
+    im.save(tmp_path / "q80.jpg", quality=80)
+    im.save(tmp_path / "png.png")
+    im.resize((im.width // 2, im.height // 2), Image.Resampling.LANCZOS).save(tmp_path / "half.jpg", quality=85)
+    im.transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(tmp_path / "mirror.jpg", quality=92)
+    paths += [tmp_path / n for n in copies] + [tmp_path / "mirror.jpg"]
+    prints, bad = fingerprints(paths, PreprocessConfig.for_variant(get_variant("lite0")), None, "", [])
+    assert not bad
+    g = groups([prints[p] for p in paths])
+    chelsea = g[0]
+    assert [g[paths.index(tmp_path / n)] for n in copies] == [chelsea] * len(copies)
+    assert len({g[1], g[2], chelsea, g[-1]}) == 4
+
+
+def test_feature_cache_recomputes_a_damaged_file(tmp_path):
+    """A cached photo's .npy cut short (a kill, a full disk) is made again, the same."""
+    from effnet_lite.model_export.training.features import FeatureStore
+    from effnet_lite.model_export.training.fit import RowReader
+    from effnet_lite.preprocess import PreprocessConfig
+    from effnet_lite.variants import get_variant
+
+    class Mean:                     # a stand-in for the frozen layers: any function of the crop
+        name = "mean"
+
+        def __call__(self, crop):
+            return crop.reshape(-1, 3).mean(0).astype(np.float32)
+    for i, (name, pixels) in enumerate(skimage_photos().items()):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.jpg")
+    items = [(p, f"{i:064x}") for i, p in enumerate(sorted(tmp_path.glob("*.jpg")))]
+    store = FeatureStore(Mean(), PreprocessConfig.for_variant(get_variant("lite0")), 3, 0, tmp_path / "cache")
+    assert store.compute(items, "", print) == []
+    first = store.stack([d for _, d in items])
+    assert first.shape == (3, 4, 3) and not np.allclose(first[:, 1], first[:, 2])   # views differ
+    store.path(items[1][1]).write_bytes(store.path(items[1][1]).read_bytes()[:90])
+    store.compute(items, "", print)
+    assert (store.stack([d for _, d in items]) == first).all()
+    reader = RowReader([store.path(d) for _, d in items])
+    assert all((reader.row(i, r) == first[i, r]).all() for i in range(3) for r in range(4))
