@@ -98,7 +98,9 @@ class FeatureStore:
                 if done == FORECAST_AFTER and todo > 4 * FORECAST_AFTER and not said:     # a long job: its cost
                     each = (time.perf_counter() - t0) / done
                     bar.clear()
-                    log(f"{desc}: {todo} photos to compute, about {each * (todo - done) / 60:.0f} min more and "
+                    left = each * (todo - done)
+                    log(f"{desc}: {todo} photos to compute, about "
+                        f"{f'{left:.0f} s' if left < 120 else f'{left / 60:.0f} min'} more and "
                         f"{todo * self.bytes_per_photo / 2**20:.0f} MB of cache in {self.folder} "
                         f"(measured on the first {done})")
                     said = True
