@@ -107,7 +107,7 @@ class Trainer:
     def from_folder(cls, data, options: TrainOptions | None = None, test=None, log=None) -> "Trainer":
         """DATA: a folder of class sub-folders, or a CSV of path,label; `test` likewise."""
         data, test = Path(data), Path(test) if test else None
-        return cls(data_mod.load(data), options, data_mod.load(test) if test else None, data, test, log)
+        return cls(data_mod.load(data), options, data_mod.load(test, min_classes=1) if test else None, data, test, log)
 
     @classmethod
     def from_pairs(cls, pairs, options: TrainOptions | None = None, test_pairs=None, log=None) -> "Trainer":

@@ -126,8 +126,9 @@ def from_csv(path: Path) -> Photos:
     return Photos([p for p, _ in kept], [i for _, i in kept], classes, warnings)
 
 
-def load(source: Path) -> Photos:
-    """The photos of DATA (a folder of class folders, or a CSV), checked."""
+def load(source: Path, min_classes: int = 2) -> Photos:
+    """The photos of DATA (a folder of class folders, or a CSV), checked (a training set needs
+    2 classes; a test set may hold photos of one)."""
     if source.is_dir():
         photos = from_folder(source)
     elif source.is_file() and source.suffix.lower() == ".csv":
@@ -135,9 +136,10 @@ def load(source: Path) -> Photos:
     else:
         raise DataError(f"{source}: not a folder of class sub-folders or a .csv file of path,label")
     present = sorted(set(photos.labels))
-    if len(present) < 2:
+    if len(present) < min_classes:
         found = f"only {photos.classes[present[0]]!r}" if present else "none"
-        raise DataError(f"{source}: a classifier needs at least 2 classes with photos; found {found}")
+        raise DataError(f"{source}: a classifier needs at least 2 classes with photos; found {found}"
+                        if min_classes > 1 else f"{source}: no photos")
     if len(present) != len(photos.classes):        # (a CSV whose files are all missing for a class)
         keep = {old: new for new, old in enumerate(present)}
         photos = Photos(photos.paths, [keep[i] for i in photos.labels], [photos.classes[i] for i in present],
