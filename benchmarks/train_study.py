@@ -29,12 +29,12 @@ import numpy as np
 import torch
 
 from effnet_lite.preprocess import PreprocessConfig
+from effnet_lite.variants import get_variant
 
 from ..model_export.training import data as data_mod
 from ..model_export.training.features import Backbone, FeatureStore
 from ..model_export.training.duplicates import fingerprints
 from ..model_export.training.head import Linear
-from ..model_export.training.run_folder import write_split
 from ..model_export.weights import load_model
 from .machine import machine_info
 
@@ -53,12 +53,11 @@ def sample(photos: data_mod.Photos, train: int, test: int, seed: int) -> tuple[d
 
 
 def distinct(data: Path, variant: str) -> data_mod.Photos:
-    """The set's photos, each distinct photo once (copies and label conflicts out, as effnet-train
-    would): so that no copy is on both sides of the sample."""
+    """The set's photos, each distinct photo once with its digest (copies and label conflicts out,
+    as effnet-train would): so that no copy is on both sides of the sample."""
     photos = data_mod.load(data)
-    model = load_model(variant)
-    config = PreprocessConfig.for_variant(model.variant, model.input_size)
-    prints, bad = fingerprints(photos.paths, config, None, "reading the set", [])
+    prints, bad = fingerprints(photos.paths, PreprocessConfig.for_variant(get_variant(variant)), None,
+                               "reading the set", [])
     return data_mod.clean(photos, prints, bad, lambda m: print(f"{data}: {m}"))
 
 
@@ -75,11 +74,9 @@ def linear_probe(variant: str, train, test, work: Path) -> dict:
     config = PreprocessConfig.for_variant(model.variant, model.input_size)
     store = FeatureStore(Backbone(model, "pooled", work, None), config, 0, 0, work / "probe")
 
-    def features(photos):
-        prints, _ = fingerprints(photos.paths, config, None, "probe: reading", [])
-        keep = [i for i, p in enumerate(photos.paths) if p in prints]
-        store.compute([(photos.paths[i], prints[photos.paths[i]].digest) for i in keep], "probe: features", print)
-        return store.stack([prints[photos.paths[i]].digest for i in keep])[:, 0], np.asarray(photos.labels)[keep]
+    def features(photos):       # (read once already by distinct(): every photo has its digest)
+        store.compute(list(zip(photos.paths, photos.digests)), "probe: features", print)
+        return store.stack(photos.digests)[:, 0], np.asarray(photos.labels)
     x, y = features(train)
     xt, yt = features(test)
     X, Y = torch.from_numpy(x), torch.from_numpy(y)
@@ -130,8 +127,6 @@ def one_set(data: Path, args, seed: int) -> list[dict]:
         for i, (name, extra) in enumerate(candidates):
             rows.append(effnet_train(name, work / "train.csv", work / "test.csv", work / f"run{i}", args.variant,
                                      ["--seed", str(seed), *extra]))
-        if args.keep:
-            write_split(args.keep, {"train": train, "test": test})
     for r in rows:
         r.update(set=data.name if data.name not in ("train", "Dataset", "data") else data.parent.name,
                  seed=seed, train=len(train.paths), test=len(test.paths), classes=len(photos.classes))
@@ -147,7 +142,6 @@ def main(argv=None) -> int:
     p.add_argument("--test", type=int, default=500, help="held-out photos per set (500)")
     p.add_argument("--seeds", default="0", help="comma-separated: one sample and run per seed (0)")
     p.add_argument("--fine-tune", action="store_true", help="also run effnet-train --fine-tune")
-    p.add_argument("--keep", type=Path, help=argparse.SUPPRESS)
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]
@@ -156,9 +150,10 @@ def main(argv=None) -> int:
     print(f"\n{m['cpu']}, {m['cores']} cores, int8 class {m['cpu_int8_class']}; {args.variant}; seeds {seeds}")
     print(f"{'set':<10} {'train':>5} {'test':>5} {'candidate':<52} {'test fp32':>9} {'test int8':>9} "
           f"{'reported':>8} {'vs probe':>8} {'wall s':>7} {'peak MB':>8}")
+    def pct(v):
+        return "-" if v is None else f"{100 * v:.1f}%"
     for r in rows:
         probe = next(q for q in rows if q["set"] == r["set"] and q["seed"] == r["seed"])["fp32"]
-        pct = lambda v: "-" if v is None else f"{100 * v:.1f}%"         # noqa: E731
         ours = r["int8"] if r["int8"] is not None else r["fp32"]
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         print(f"{r['set']:<10} {r['train']:>5} {r['test']:>5} {r['candidate']:<52} {pct(r['fp32']):>9} "

@@ -65,17 +65,20 @@ def check_label(name: str, where: str) -> str:
 NOT_PHOTOS = {"@eadir", "__macosx", "thumbs", ".thumbnails"}
 
 
+def _not_photos(folder_name: str) -> bool:
+    return folder_name.startswith((".", "@")) or folder_name.lower() in NOT_PHOTOS
+
+
 def _is_image(path: Path, root: Path | None = None) -> bool:
     if path.suffix.lower() not in IMAGE_SUFFIXES or path.name.startswith("."):
         return False
     inside = path.relative_to(root).parts[:-1] if root else ()
-    return not any(part.startswith((".", "@")) or part.lower() in NOT_PHOTOS for part in inside)
+    return not any(_not_photos(part) for part in inside)
 
 
 def from_folder(folder: Path) -> Photos:
     try:
-        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith((".", "@"))
-                         and p.name.lower() not in NOT_PHOTOS)
+        subdirs = sorted(p for p in folder.iterdir() if p.is_dir() and not _not_photos(p.name))
     except OSError as e:
         raise DataError(f"{folder}: cannot read the folder ({e.strerror or e})") from None
     warnings, classes, paths, labels = [], [], [], []

@@ -76,7 +76,6 @@ class FeatureStore:
         self.backbone, self.config, self.views, self.seed, self.dtype = backbone, config, views, seed, dtype
         self.folder = cache / f"{backbone.name}-views{views}-seed{seed}"
         self.folder.mkdir(parents=True, exist_ok=True)
-        self.bytes_per_photo = 0
 
     def path(self, digest: str) -> Path:
         return self.folder / f"{digest}.npy"
@@ -90,21 +89,12 @@ class FeatureStore:
 
     def compute(self, items: list[tuple[Path, str]], desc: str, log) -> list[tuple[Path, str]]:
         """Make the rows of every (path, digest) not cached yet; [(path, why)] of those that
-        could not be read."""
-        bad, done, said, t0 = [], 0, False, time.perf_counter()
-        todo = sum(self._load(d, mmap=True) is None for _, d in items)
+        could not be read. A long job says what it will cost once the first photos are done."""
+        missing = {d for _, d in items if self._load(d, mmap=True) is None}
+        bad, done, t0 = [], 0, time.perf_counter()
         with Progress(len(items), desc) as bar:
             for path, digest in items:
-                if done == FORECAST_AFTER and todo > 4 * FORECAST_AFTER and not said:     # a long job: its cost
-                    each = (time.perf_counter() - t0) / done
-                    bar.clear()
-                    left = each * (todo - done)
-                    log(f"{desc}: {todo} photos to compute, about "
-                        f"{f'{left:.0f} s' if left < 120 else f'{left / 60:.0f} min'} more and "
-                        f"{todo * self.bytes_per_photo / 2**20:.0f} MB of cache in {self.folder} "
-                        f"(measured on the first {done})")
-                    said = True
-                if self._load(digest, mmap=True) is None:
+                if digest in missing:
                     try:
                         crops = crops_of(path, digest, self.config, self.views, self.seed)
                     except ImageError as e:
@@ -116,7 +106,14 @@ class FeatureStore:
                     tmp = self.folder / f".{digest}.tmp.npy"
                     np.save(tmp, rows)
                     tmp.replace(self.path(digest))
-                    self.bytes_per_photo, done = rows.nbytes, done + 1
+                    done += 1
+                    if done == FORECAST_AFTER and len(missing) > 4 * FORECAST_AFTER:
+                        left = (time.perf_counter() - t0) / done * (len(missing) - done)
+                        bar.clear()
+                        log(f"{desc}: {len(missing)} photos to compute, about "
+                            f"{f'{left:.0f} s' if left < 120 else f'{left / 60:.0f} min'} more and "
+                            f"{len(missing) * rows.nbytes / 2**20:.0f} MB of cache in {self.folder} "
+                            f"(measured on the first {done})")
                 bar.update()
         return bad
 
