@@ -129,3 +129,18 @@ def test_feature_cache_recomputes_a_damaged_file(tmp_path):
     assert (store.stack([d for _, d in items]) == first).all()
     reader = RowReader([store.path(d) for _, d in items])
     assert all((reader.row(i, r) == first[i, r]).all() for i in range(3) for r in range(4))
+
+
+def test_a_feature_the_photos_barely_vary_gets_no_outsized_weight():
+    """A feature that is constant but for one training row (by 1e-4) must not get a weight that
+    dwarfs the others: the int8 file's per-channel scale follows the largest weight (on 30 real
+    photos such a feature made the exported file disagree with PyTorch)."""
+    from effnet_lite.model_export.training.head import HeadOptions, fit
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 8)).astype(np.float32)
+    x[:, 7] = 0.0
+    x[0, 7] = 1e-4
+    y = (x[:, 0] > 0).astype(int)
+    y[0] = 1 - y[0]                      # only the near-dead feature can explain the first row
+    model = fit(x, y, 2, 1e-3, HeadOptions(max_iter=300))
+    assert np.abs(model.weight[:, 7]).max() < 10 * np.abs(model.weight[:, :7]).max(), model.weight
