@@ -7,9 +7,12 @@ http.client processes posting the same JPEG bytes. Clients share the machine wit
 as they would on a board serving itself; their cost is part of the figure. Then one client,
 one request at a time: the p50 that HTTP adds to an in-process classify of the same image.
 Last, what effnet-serve's guards cost: the same load on the server as it is, with a token and
-a rate limit too, and without its guards (patched out in the benchmark's own process).
+a rate limit too, and without its guards (patched out in the benchmark's own process); and,
+in-process, the time its per-request checks (client address, token, rate limits, per-client
+cap) take, in plain and adversarial settings.
 Rounds interleave the settings; medians are reported with the targets (service >= 80 % of
-in-process throughput; HTTP adds <= 1.5 ms at p50; guarded >= 0.9x unguarded).
+in-process throughput; HTTP adds <= 1.5 ms at p50; guarded >= 0.9x unguarded; checks
+< 0.2 ms per request).
 """
 from __future__ import annotations
 
@@ -104,6 +107,7 @@ def in_process(pool, images: list[bytes], workers: int, count: int):
 # own process only; effnet-serve has no switch to turn them off.
 UNGUARDED = ("import sys; import effnet_lite.apps.serve.cli as cli, effnet_lite.apps.serve.app as app; "
              "cli.guarded = lambda protocol, connections: protocol; app.Guard = lambda inner, *a, **k: inner; "
+             "app.ClientMiddleware = lambda inner, *a, **k: inner; "
              "sys.exit(cli.main(sys.argv[1:]))")
 # (name, extra effnet-serve arguments, unguarded); the token and the rate limit are checked on
 # every request, the limit set far above what the clients reach (they share one address)
@@ -111,6 +115,66 @@ GUARD_SETTINGS = (("unguarded", (), True), ("guarded", (), False),
                   ("guarded + token + rate limit", ("--rate-limit", "100000/s"), False))
 BENCH_TOKEN = "effnet-bench-service-token-0123456789"
 GUARD_TARGET = 0.90
+CHECKS_TARGET_US = 200
+
+
+def checks_cost(requests: int = 20000, repeats: int = 5) -> list[dict]:
+    """Microseconds per request that the per-request checks add to a bare ASGI app, in-process
+    (the median of `repeats`): the client's address and key, the token, the rate limits and the
+    per-client cap, as effnet-serve stacks them."""
+    import asyncio
+
+    from effnet_lite.apps.serve.clients import ClientAddresses, ClientMiddleware, parse_proxies
+    from effnet_lite.apps.serve.guard import SCOPE_KEY, Guard, RateLimit, Token
+    from effnet_lite.apps.serve.uploads import Uploads
+
+    def scope(peer: str, headers: list) -> dict:
+        return {"type": "http", "path": "/v1/classify", "client": (peer, 50000), "headers": headers}
+
+    auth = (b"authorization", f"Bearer {BENCH_TOKEN}".encode())
+    hops = ", ".join(f"10.0.{i}.1" for i in range(8))
+    settings = {     # name -> (client addresses, the requests' scopes, rate limit filled with other clients)
+        "IPv4 peer, token, rate limit": (ClientAddresses(), [scope(f"192.0.2.{i % 200}", [auth])
+                                                             for i in range(requests)], 0),
+        "trusted proxy, 9-hop X-Forwarded-For, new IPv6 clients, full rate-limit table":
+            (ClientAddresses(parse_proxies("10.0.0.0/8")),
+             [scope("10.255.0.1", [auth, (b"x-forwarded-for", f"2001:db8:{i:x}::1, {hops}".encode())])
+              for i in range(requests)], 4096),
+        "IPv4 peer, wrong token (401/429)": (ClientAddresses(), [scope(f"192.0.2.{i % 200}", [
+            (b"authorization", b"Bearer wrong")]) for i in range(requests)], 0),
+    }
+
+    async def send(message):
+        pass
+
+    async def receive():
+        return {"type": "http.request", "body": b""}
+
+    async def run(app, scopes) -> float:
+        started = time.perf_counter()
+        for sc in scopes:
+            await app(dict(sc), receive, send)
+        return time.perf_counter() - started
+
+    rows = []
+    for name, (addresses, scopes, filled) in settings.items():
+        uploads = Uploads(20_000_000, 400_000_000, per_client=8, min_rate=10e3)
+
+        async def bare(scope, receive, send):
+            pass
+
+        async def capped(scope, receive, send):
+            with uploads.request(scope.get(SCOPE_KEY, "?")):
+                pass
+        times = []
+        for _ in range(repeats):
+            rate, strangers = RateLimit(1e6), RateLimit(1e5)
+            for i in range(filled):
+                rate.wait(f"198.18.{i // 256}.{i % 256}")
+            checked = ClientMiddleware(Guard(capped, Token(BENCH_TOKEN), rate, False, strangers), addresses)
+            times.append((asyncio.run(run(checked, scopes)) - asyncio.run(run(bare, scopes))) / requests)
+        rows.append({"setting": name, "us_per_request": statistics.median(times) * 1e6})
+    return rows
 
 
 class Service:
@@ -197,7 +261,7 @@ def measure(model: Path, folder: Path, workers: list[int], count: int, rounds: i
     guard_rows = [{"setting": name, "workers": top, "clients": 2 * top, "service_per_s": med(rates),
                    "vs_unguarded": med(r / b for r, b in zip(rates, base))} for name, rates in guards.items()]
     return {"model": model.name, "folder": str(folder), "images": len(images), "requests_per_run": count,
-            "rounds": rounds, "rows": rows, "guards": guard_rows,
+            "rounds": rounds, "rows": rows, "guards": guard_rows, "checks": checks_cost(),
             "sequential": {"in_process_p50_ms": med(sequential["in_process"]),
                            "service_p50_ms": med(sequential["service"]), "added_p50_ms": med(added)}}
 
@@ -225,6 +289,12 @@ def print_report(r: dict) -> None:
     worst = min(row["vs_unguarded"] for row in r["guards"])
     print(f"  [{'ok' if worst >= GUARD_TARGET else 'MISSED'}] guarded / unguarded requests/s: {worst:.2f} at worst "
           f"(target >= {GUARD_TARGET:.2f})")
+    print("what the per-request checks take (client address, token, rate limits, per-client cap; in-process):")
+    for row in r["checks"]:
+        print(f"  {row['setting']:<78} {row['us_per_request']:6.1f} us")
+    worst = max(row["us_per_request"] for row in r["checks"])
+    print(f"  [{'ok' if worst < CHECKS_TARGET_US else 'MISSED'}] per-request checks: {worst:.1f} us at worst "
+          f"(target < {CHECKS_TARGET_US} us)")
 
 
 def main_from_args(args) -> int:

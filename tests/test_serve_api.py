@@ -213,7 +213,7 @@ def test_stop_signal_finishes_the_request_in_flight(model, photos, sig):
                 f"Content-Length: {len(jpeg)}\r\nConnection: close\r\n\r\n").encode()
         with socket.create_connection((s.host, s.port), timeout=60) as sock:
             sock.sendall(head + jpeg[:1000])
-            wait_for(lambda: s.metric("effnet_classify_held") == 1, 10, "the upload admitted")
+            wait_for(lambda: s.metric("effnet_uploads_reading") == 1, 10, "the upload being read")
             os.killpg(s.proc.pid, sig)       # as a terminal and systemd's default KillMode do
             wait_for(lambda: "stopping; finishing" in "".join(s._err), 10, "the server's stop message")
             sock.sendall(jpeg[1000:])
@@ -425,9 +425,12 @@ def test_bench_service_mode(lite0_files, tmp_path, capsys):
     assert guards["unguarded"]["vs_unguarded"] == 1 and all(r["service_per_s"] > 0 for r in guards.values())
     assert guards["guarded"]["vs_unguarded"] == pytest.approx(
         guards["guarded"]["service_per_s"] / guards["unguarded"]["service_per_s"], rel=1e-9)
+    checks = {row["setting"]: row["us_per_request"] for row in report["checks"]}
+    assert len(checks) == 3 and all(us > 0 for us in checks.values()), checks
     printed = capsys.readouterr().out
     assert "service throughput / in-process" in printed and "HTTP adds" in printed
     assert "guarded / unguarded requests/s" in printed
+    assert f"per-request checks: {max(checks.values()):.1f} us at worst" in printed
 
 
 def test_a_changed_model_file_is_not_loaded_by_a_replacement(tmp_path, lite0_files, photos):

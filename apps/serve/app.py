@@ -1,8 +1,8 @@
-"""effnet-serve's HTTP application (Starlette): routes, upload limits, JSON errors, access log.
+"""effnet-serve's HTTP application (Starlette): routes, JSON errors, access log.
 
 Every answer that is not a success is a small JSON object {"error": "...", "status": N}.
-An upload is held in memory only up to --max-upload-mb and only by an admitted request
-(at most workers + max-queue at once), so memory stays bounded whatever clients send.
+Uploads are bounded by uploads.py (size, speed, per client, memory), the queue by the pool's
+workers + max-queue places, which a request takes once its image has arrived.
 """
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import math
 import sys
 import time
 import traceback
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from starlette.applications import Starlette
@@ -23,10 +23,12 @@ from starlette.responses import FileResponse, JSONResponse, Response
 from starlette.routing import Mount, Route
 from starlette.staticfiles import StaticFiles
 
+from .clients import ClientAddresses, ClientMiddleware
 from .connections import Connections
-from .guard import Guard, RateLimit, Token, error_body
+from .guard import SCOPE_KEY, Guard, RateLimit, Token, error_body
 from .metrics import CONTENT_TYPE, ServiceMetrics
 from .pool import Busy, Pool, WorkerLost
+from .uploads import Refused, Uploads
 
 STATIC = Path(__file__).with_name("static")
 RAW_TYPES = ("application/octet-stream", "")          # plus image/*
@@ -41,29 +43,20 @@ class Settings:
     summary: dict               # GET /v1/model
     workers: int
     max_queue: int
-    max_upload: int             # bytes
+    uploads: Uploads            # the upload limits (max_upload is uploads.max_upload)
     timeout: float              # seconds, per request
     top_k: int = 5              # when the request does not say
     verbose: bool = False       # tracebacks of internal errors in the log
     token: Token | None = None              # required on /v1/* when set
     rate: RateLimit | None = None           # per client, on /v1/*
+    strangers: RateLimit | None = None      # per client, requests without a valid token
+    addresses: ClientAddresses = field(default_factory=ClientAddresses)    # who a request comes from
     protect_metrics: bool = False           # /metrics needs the token too
     connections: Connections | None = None  # the server's connection limits, for /metrics
 
 
 def error(status: int, message: str, headers: dict | None = None) -> JSONResponse:
     return JSONResponse(error_body(status, message), status, headers)
-
-
-class Refused(Exception):
-    """A request we answer with an error (4xx/5xx) and a one-line reason."""
-
-    def __init__(self, status: int, message: str, headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.headers = status, message, headers
-
-    def response(self) -> JSONResponse:
-        return error(self.status, self.message, self.headers)
 
 
 def create_pool(settings: Settings) -> Pool:
@@ -75,7 +68,7 @@ def create_pool(settings: Settings) -> Pool:
 def create_app(settings: Settings, pool: Pool, log=None):
     """The ASGI application; `pool` must be started (and later closed) by the caller, on the
     event loop the server runs on. Access lines go to `log` (default stderr)."""
-    metrics = ServiceMetrics(pool, settings.connections)
+    metrics = ServiceMetrics(pool, settings.connections, settings.uploads, settings.rate)
     classes = settings.summary["labels"]
 
     async def index(request: Request) -> Response:
@@ -112,24 +105,30 @@ def create_app(settings: Settings, pool: Pool, log=None):
         if not (media in RAW_TYPES or media.startswith("image/") or media == "multipart/form-data"):
             raise Refused(415, f"Content-Type {media!r} is not accepted: {HOW_TO_SEND}")
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > settings.max_upload:
-            raise too_large(int(declared))
+        uploads = settings.uploads
+        if declared.isdigit() and int(declared) > uploads.max_upload:
+            raise uploads.too_large(int(declared))
+        busy = Refused(503, f"all {settings.workers} workers are busy and {settings.max_queue} "
+                            "requests are queued; retry shortly", {"Retry-After": "1"})
+        if pool.full():
+            busy.headers["Connection"] = "close"      # rather than read an upload in vain
+            raise busy
         uploading = True
         try:
             # One deadline for the whole request, upload and queue included: slow or endless
-            # uploads cannot hold a place forever.
+            # uploads cannot hold a connection forever. A place is taken once the image is in.
             async with asyncio.timeout_at(deadline):
-                with pool.admission():
-                    body = await read_body(request)
+                with uploads.request(request.scope.get(SCOPE_KEY, "?")) as ticket:
+                    body = await uploads.read(request, ticket)
                     uploading = False
-                    if media == "multipart/form-data":
-                        body, name = await form_image(request, body)
-                    else:
-                        name = request.query_params.get("name", "upload")[:200]
-                    return await pool.classify(body, {"name": name, "top_k": top_k, "threshold": threshold})
+                    with pool.admission():
+                        if media == "multipart/form-data":
+                            body, name = await form_image(request, body)
+                        else:
+                            name = request.query_params.get("name", "upload")[:200]
+                        return await pool.classify(body, {"name": name, "top_k": top_k, "threshold": threshold})
         except Busy:
-            raise Refused(503, f"all {settings.workers} workers are busy and {settings.max_queue} "
-                               "requests are queued; retry shortly", {"Retry-After": "1"}) from None
+            raise busy from None
         except TimeoutError:
             if uploading:
                 raise Refused(408, f"the upload did not arrive within the request timeout "
@@ -137,20 +136,6 @@ def create_app(settings: Settings, pool: Pool, log=None):
             raise Refused(504, f"no answer within the request timeout ({settings.timeout:g} s)") from None
         except WorkerLost as e:
             raise Refused(500, str(e)) from None
-
-    def too_large(size: int) -> Refused:
-        return Refused(413, f"the upload is {size / 1e6:.1f} MB or more, over the "
-                            f"{settings.max_upload / 1e6:g} MB limit (--max-upload-mb)", {"Connection": "close"})
-
-    async def read_body(request: Request) -> bytes:
-        """The body, refused (413) as soon as it passes the limit."""
-        chunks, size = [], 0
-        async for chunk in request.stream():
-            size += len(chunk)
-            if size > settings.max_upload:
-                raise too_large(size)
-            chunks.append(chunk)
-        return b"".join(chunks)
 
     routes = [
         Route("/", index, methods=["GET"]),
@@ -166,8 +151,8 @@ def create_app(settings: Settings, pool: Pool, log=None):
         return error(500, "internal error (see the server's log)")
 
     app = Starlette(routes=routes, exception_handlers={HTTPException: http_error, Exception: internal_error})
-    guarded = Guard(app, settings.token, settings.rate, settings.protect_metrics)
-    return AccessLog(guarded, metrics, log or sys.stderr)
+    guarded = Guard(app, settings.token, settings.rate, settings.protect_metrics, settings.strangers)
+    return ClientMiddleware(AccessLog(guarded, metrics, log or sys.stderr), settings.addresses)
 
 
 def log_internal_error(where: str, exc: BaseException, verbose: bool) -> None:

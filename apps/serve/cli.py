@@ -23,8 +23,10 @@ from effnet_lite.backends import BACKENDS
 from effnet_lite.errors import needs_extra
 from effnet_lite.quiet import Captured
 
-from .connections import DEFAULT_MAX_CONNECTIONS, Connections, connection_limits, default_protocol, guarded
-from .guard import TOKEN_ENV, GuardError, access_rules
+from .clients import IPV6_PREFIXES, ClientAddresses, parse_proxies
+from .connections import (ACCEPT_BATCH, BACKLOG, DEFAULT_MAX_CONNECTIONS, Connections, connection_limits,
+                          default_protocol, guarded, tls_context)
+from .guard import TOKEN_ENV, GuardError, access_rules, cleartext_warning
 
 EXAMPLES = """\
 examples:
@@ -36,6 +38,10 @@ examples:
 With --token-file, /v1/* needs 'Authorization: Bearer <token>' (curl -H @header-file or
 -H "Authorization: Bearer $(cat token)"); /healthz, the page and /metrics stay open. A --host
 other than loopback needs --token-file, or --no-auth to say that anyone may use it.
+
+On a network: clients are told apart by their address (IPv6: by /64). Behind a reverse proxy,
+name it with --trust-proxy so that its X-Forwarded-For is believed (and nobody else's). Without
+--tls-cert the token crosses the network in cleartext.
 
 API: POST /v1/classify (?top_k=5&threshold=0), GET /v1/model, GET /healthz, GET /metrics
 (Prometheus). Errors are JSON: {"error": "...", "status": N}; 503 (with Retry-After) when
@@ -79,11 +85,28 @@ def parse_args(argv=None):
     p.add_argument("--rate-limit", metavar="N/s",
                    help="requests per second (or N/min) each client address may make on /v1/*; "
                         "more get 429 + Retry-After (default: no limit)")
+    p.add_argument("--unauthenticated-rate", metavar="N/s",
+                   help="with --token-file: requests without a valid token per client, counted apart so that "
+                        "they cannot spend the token holders' allowance (default: a tenth of --rate-limit)")
+    p.add_argument("--max-client-requests", type=int, metavar="N",
+                   help="classify requests one client may have in progress (uploading, queued or running); "
+                        "more get 429 (default: 2 x --workers, at least 4)")
+    p.add_argument("--min-upload-rate", type=float, default=10, metavar="KB/s",
+                   help="an upload slower than this (after 2 s) gets 408 and its connection is closed (10 kB/s)")
+    p.add_argument("--trust-proxy", metavar="ADDR[,ADDR]",
+                   help="reverse proxies (addresses or networks) whose X-Forwarded-For names the client; "
+                        "without it the header is ignored and the peer's address is the client")
+    p.add_argument("--proxy-header", choices=["x-forwarded-for", "forwarded"], default="x-forwarded-for",
+                   help="the header the trusted proxies set (x-forwarded-for; forwarded: RFC 7239)")
+    p.add_argument("--ipv6-prefix", type=int, choices=IPV6_PREFIXES, default=64,
+                   help="IPv6 clients are counted by their network of this size (64)")
     p.add_argument("-k", "--top-k", type=int, default=5, help="classes per answer unless ?top_k= says (5)")
     p.add_argument("--backend", choices=list(BACKENDS), help="force a backend (default: by file type)")
     p.add_argument("--exact", action="store_true", help="bit-identical reference preprocessing (slower)")
     p.add_argument("--tls-cert", metavar="PEM", help="serve HTTPS with this certificate (and --tls-key)")
     p.add_argument("--tls-key", metavar="PEM", help="the certificate's private key")
+    p.add_argument("--tls-handshake-timeout", type=float, default=5, metavar="S",
+                   help="seconds a connection has for its TLS handshake; then closed (5)")
     p.add_argument("-v", "--verbose", action="store_true", help="tracebacks of internal errors in the log")
     p.add_argument("--version", action="version", version=f"effnet-serve {__version__}")
     args = p.parse_args(argv)
@@ -101,11 +124,19 @@ def parse_args(argv=None):
         p.error("--timeout must be above 0 and at most 3600 seconds")
     if args.top_k < 1:
         p.error("--top-k must be at least 1")
-    for name in ("header_timeout", "keep_alive_timeout"):
+    for name in ("header_timeout", "keep_alive_timeout", "tls_handshake_timeout"):
         if not 0 < getattr(args, name) <= 3600:
             p.error(f"--{name.replace('_', '-')} must be above 0 and at most 3600 seconds")
     if args.max_connections is not None and args.max_connections < 1:
         p.error("--max-connections must be at least 1")
+    if args.max_client_requests is None:
+        args.max_client_requests = max(4, 2 * args.workers)
+    if args.max_client_requests < 1:
+        p.error("--max-client-requests must be at least 1")
+    if not 0 < args.min_upload_rate <= 1e6:
+        p.error("--min-upload-rate must be above 0 (kB/s)")
+    if args.unauthenticated_rate and not args.token_file:
+        p.error("--unauthenticated-rate needs --token-file")
     if args.no_auth and args.token_file:
         p.error("--no-auth and --token-file contradict each other" +
                 (f" (${TOKEN_ENV} is set)" if os.environ.get(TOKEN_ENV) == args.token_file else ""))
@@ -191,14 +222,19 @@ def main(argv=None) -> int:
         import uvicorn  # noqa: F401
 
         from .app import Settings
+        from .uploads import Uploads
     except ImportError as e:
         print(needs_extra("effnet-serve", f"effnet-serve ({e.name or e} is missing)", "serve"), file=sys.stderr)
         return 2
     try:
         guard = access_rules(args)
         limits = connection_limits(args)
+        addresses = ClientAddresses(parse_proxies(args.trust_proxy), args.proxy_header, args.ipv6_prefix)
+        tls = tls_context(args.tls_cert, args.tls_key) if args.tls_cert else None
     except GuardError as e:
         return fail(str(e))
+    if warning := cleartext_warning(args):
+        print(f"effnet-serve: {warning}", file=sys.stderr, flush=True)
     options = ClassifierOptions(num_threads=args.threads, backend=args.backend, exact=args.exact)
     quiet = Captured()
     try:
@@ -209,14 +245,20 @@ def main(argv=None) -> int:
     summary = model_summary(clf, args.model, args.workers, args.threads)
     summary["limits"] = {**asdict(limits), "request_timeout": args.timeout, "max_upload_mb": args.max_upload_mb,
                          "max_queue": args.max_queue, "rate_limit_per_s": guard["rate"].rate if guard["rate"] else None,
+                         "unauthenticated_rate_per_s": guard["strangers"].rate if guard["strangers"] else None,
+                         "max_client_requests": args.max_client_requests, "min_upload_kb_per_s": args.min_upload_rate,
+                         "trusted_proxies": [str(n) for n in addresses.trusted], "ipv6_prefix": args.ipv6_prefix,
                          "auth": "token" if guard["token"] else "none"}
     if summary["int8_caveat"]:
         print(f"effnet-serve: warning: {summary['int8_caveat']}", file=sys.stderr)
     clf.close()         # each worker opens its own; this one checked the file and described it
+    max_upload = int(args.max_upload_mb * 1e6)
+    uploads = Uploads(max_upload, budget=(args.workers + args.max_queue) * max_upload,
+                      per_client=args.max_client_requests, min_rate=args.min_upload_rate * 1e3)
     settings = Settings(model=str(args.model), options=asdict(options), summary=summary, workers=args.workers,
-                        max_queue=args.max_queue, max_upload=int(args.max_upload_mb * 1e6),
-                        timeout=args.timeout, top_k=args.top_k, verbose=args.verbose,
-                        protect_metrics=args.protect_metrics, connections=Connections(limits), **guard)
+                        max_queue=args.max_queue, uploads=uploads, timeout=args.timeout, top_k=args.top_k,
+                        verbose=args.verbose, protect_metrics=args.protect_metrics,
+                        connections=Connections(limits, tls), addresses=addresses, **guard)
     try:
         sock = listen(args.host, args.port)
     except OSError as e:
@@ -243,7 +285,7 @@ def listen(host: str, port: int) -> socket.socket:
     sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind((host, port))
-    sock.listen(128)        # connections wait in the backlog while the workers start
+    sock.listen(BACKLOG)    # connections wait in the backlog while the workers start
     return sock
 
 
@@ -258,6 +300,11 @@ async def serve(args, settings, sock: socket.socket) -> int:
 
         async def startup(self, sockets=None):
             await super().startup(sockets)
+            # asyncio's loop takes `backlog` as both the kernel's queue and the connections it
+            # accepts per wake-up: the latter stays ACCEPT_BATCH (see connections.py), the
+            # queue goes back to BACKLOG, so that a flood does not make good clients' SYNs wait
+            for s in sockets or ():
+                s.listen(BACKLOG)
             if self.started:        # listening, and uvicorn's stop-signal handlers are in place
                 print(self.banner, flush=True)
 
@@ -273,16 +320,14 @@ async def serve(args, settings, sock: socket.socket) -> int:
     except StartError as e:
         sock.close()
         return fail(str(e))
+    # TLS is not uvicorn's: the connection guard does the handshake (connections.py), so that
+    # it is counted in --max-connections and has a deadline; uvicorn's X-Forwarded-For
+    # handling is off, the client's address is decided once (clients.py)
     config = uvicorn.Config(create_app(settings, pool), log_config=None, access_log=False, lifespan="off",
                             server_header=False, http=guarded(default_protocol(), settings.connections),
                             timeout_keep_alive=settings.connections.limits.keep_alive_timeout,
-                            timeout_graceful_shutdown=int(settings.timeout) + 5,
-                            ssl_certfile=args.tls_cert, ssl_keyfile=args.tls_key)
-    try:
-        config.load()       # reads the TLS files: a bad one is a one-line error
-    except (OSError, ValueError) as e:
-        await pool.close()
-        return fail(f"cannot use the TLS certificate or key: {e}")
+                            timeout_graceful_shutdown=int(settings.timeout) + 5, proxy_headers=False,
+                            backlog=ACCEPT_BATCH)
     server = Server(config)
     host, port = sock.getsockname()[:2]
     s = settings.summary

@@ -2,7 +2,8 @@
 
 The token guards /v1/* (and /metrics with --protect-metrics); /healthz, the page and its
 static files stay open, so that health checks work and the page can ask for the token. The
-rate limit counts /v1/* requests per client address with a token bucket.
+rate limit counts /v1/* requests per client (its address or IPv6 network, see clients.py) with
+a token bucket; requests without a valid token have a stricter bucket of their own.
 """
 from __future__ import annotations
 
@@ -23,6 +24,8 @@ MIN_TOKEN_CHARS = 16
 MAX_TOKEN_FILE = 4096
 TRACKED_CLIENTS = 4096          # rate-limit buckets kept (least recently seen dropped first)
 REALM = 'Bearer realm="effnet-serve"'
+SCOPE_KEY = "effnet.client_key"     # the ASGI scope entry holding the client's key (clients.py)
+STRANGER_SHARE = 0.1                # requests without a valid token: a tenth of --rate-limit
 
 
 class GuardError(ValueError):
@@ -67,35 +70,65 @@ class Token:
         return hmac.compare_digest(hashlib.sha256(given.encode("latin-1")).digest(), self._digest)
 
 
-def parse_rate(text: str) -> float:
+def parse_rate(text: str, flag: str = "--rate-limit") -> float:
     """'10/s', '600/min' or '10' (per second) as requests per second."""
     m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*(?:/\s*(s|sec|second|m|min|minute))?\s*", text or "")
     if not m:
-        raise GuardError(f"--rate-limit {text!r}: give requests per second or minute, e.g. 10/s or 600/min")
+        raise GuardError(f"{flag} {text!r}: give requests per second or minute, e.g. 10/s or 600/min")
     n = float(m.group(1)) / (60 if (m.group(2) or "s").startswith("m") else 1)
     if not 0 < n <= 1e6 or not math.isfinite(n):
-        raise GuardError(f"--rate-limit {text!r} must be above 0")
+        raise GuardError(f"{flag} {text!r} must be above 0")
     return n
 
 
 class RateLimit:
     """A token bucket per client: `rate` requests per second on average, bursts of up to
-    `burst` (one second's worth, at least 1)."""
+    `burst` (one second's worth, at least 1).
 
-    def __init__(self, rate: float, clock=time.monotonic):
-        self.rate, self.burst, self.clock = rate, max(1.0, rate), clock
-        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()    # client -> (tokens, when)
+    At most `tracked` buckets are kept. A client seen for the first time when the table is full
+    takes the place of the least recently seen one only if that bucket has refilled (forgetting
+    it then gives nobody anything); otherwise every tracked client was active within one refill
+    time, and the newcomer shares a single overflow bucket. So no number of other addresses
+    gives a throttled client its allowance back early.
+    """
+
+    def __init__(self, rate: float, clock=time.monotonic, tracked: int = TRACKED_CLIENTS):
+        self.rate, self.burst, self.clock, self.tracked = rate, max(1.0, rate), clock, tracked
+        self.refill = self.burst / rate             # seconds from empty to full
+        self.buckets: OrderedDict[str, tuple[float, float]] = OrderedDict()    # key -> (tokens, when)
+        self.overflow: tuple[float, float] | None = None
+        self.overflowed = 0                         # requests counted in the overflow bucket
 
     def wait(self, client: str) -> float:
         """0 when `client` may go on now (and it is counted), else the seconds until it may."""
         now = self.clock()
-        tokens, then = self.buckets.pop(client, (self.burst, now))
+        state = self.buckets.pop(client, None)
+        shared = False
+        if state is None and len(self.buckets) >= self.tracked:
+            _, (_, seen) = next(iter(self.buckets.items()))
+            if now - seen >= self.refill:
+                self.buckets.popitem(last=False)
+            else:
+                shared, state = True, self.overflow
+                self.overflowed += 1
+        tokens, then = state or (self.burst, now)
         tokens = min(self.burst, tokens + (now - then) * self.rate)
         wait = 0.0 if tokens >= 1 else (1 - tokens) / self.rate
-        self.buckets[client] = (tokens - 1 if not wait else tokens, now)
-        while len(self.buckets) > TRACKED_CLIENTS:
-            self.buckets.popitem(last=False)
+        state = (tokens - 1 if not wait else tokens, now)
+        if shared:
+            self.overflow = state
+        else:
+            self.buckets[client] = state
         return wait
+
+
+def _throttled(limit: RateLimit, key: str, what: str):
+    """A 429 when `key` is over `limit`, else None (and the request is counted)."""
+    wait = limit.wait(key)
+    if not wait:
+        return None
+    return _json(429, f"over the rate limit of {limit.rate:g} requests/s{what} for this client; "
+                      f"retry in {wait:.1f} s", [(b"retry-after", str(math.ceil(wait)).encode())])
 
 
 def error_body(status: int, message: str) -> dict:
@@ -113,24 +146,28 @@ def _json(status: int, message: str, headers: list[tuple[bytes, bytes]]):
 
 
 class Guard:
-    """ASGI middleware: the rate limit, then the token, before the app sees the request."""
+    """ASGI middleware: the token, then the rate limit, before the app sees the request.
+    Requests without a valid token are counted apart (`strangers`, a stricter allowance): they
+    cannot spend the allowance of the clients that hold the token, behind the same NAT or proxy."""
 
-    def __init__(self, app, token: Token | None, rate: RateLimit | None, protect_metrics: bool = False):
+    def __init__(self, app, token: Token | None, rate: RateLimit | None, protect_metrics: bool = False,
+                 strangers: RateLimit | None = None):
         self.app, self.token, self.rate, self.protect_metrics = app, token, rate, protect_metrics
+        self.strangers = strangers
 
     async def __call__(self, scope, receive, send):
         if scope["type"] != "http":
             return await self.app(scope, receive, send)
         path = scope["path"]
         api = path.startswith("/v1/")
+        key = scope.get(SCOPE_KEY) or (scope.get("client") or ("?",))[0]
         refusal = None
-        if api and self.rate is not None:
-            wait = self.rate.wait((scope.get("client") or ("?",))[0])
-            if wait:
-                refusal = _json(429, f"over the rate limit of {self.rate.rate:g} requests/s for this client; "
-                                     f"retry in {wait:.1f} s", [(b"retry-after", str(math.ceil(wait)).encode())])
-        if refusal is None and self.token is not None and (api or (path == "/metrics" and self.protect_metrics)):
+        if self.token is not None and (api or (path == "/metrics" and self.protect_metrics)):
             refusal = self._check_token(scope)
+            if refusal is not None and self.strangers is not None:
+                refusal = _throttled(self.strangers, key, " without a valid token") or refusal
+        if refusal is None and api and self.rate is not None:
+            refusal = _throttled(self.rate, key, "")
         if refusal is None:
             return await self.app(scope, receive, send)
         start, body = refusal
@@ -151,12 +188,26 @@ class Guard:
 
 
 def access_rules(args) -> dict:
-    """The token and rate limit (Settings fields); a non-loopback --host needs one or --no-auth."""
+    """The token and rate limits (Settings fields); a non-loopback --host needs a token or --no-auth."""
     token = Token(load_token(args.token_file)) if args.token_file else None
     if token is None and not args.no_auth and not is_loopback(args.host):
         raise GuardError(f"--host {args.host} lets other machines in: give --token-file FILE (see --help), "
                          "or --no-auth to serve anyone who can reach it")
-    return {"token": token, "rate": RateLimit(parse_rate(args.rate_limit)) if args.rate_limit else None}
+    rate = RateLimit(parse_rate(args.rate_limit)) if args.rate_limit else None
+    strangers = None
+    if token is not None and args.unauthenticated_rate:
+        strangers = RateLimit(parse_rate(args.unauthenticated_rate, "--unauthenticated-rate"))
+    elif token is not None and rate is not None:
+        strangers = RateLimit(rate.rate * STRANGER_SHARE)
+    return {"token": token, "rate": rate, "strangers": strangers}
+
+
+def cleartext_warning(args) -> str | None:
+    """The start-up warning when a token crosses the network unencrypted."""
+    if args.token_file and not args.tls_cert and not is_loopback(args.host):
+        return (f"warning: --host {args.host} without --tls-cert: the token crosses the network in cleartext, "
+                "and anyone who can see the traffic can reuse it; add --tls-cert/--tls-key (see --help)")
+    return None
 
 
 def is_loopback(host: str) -> bool:

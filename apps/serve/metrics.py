@@ -17,7 +17,7 @@ CONTENT_TYPE = "text/plain; version=0.0.4; charset=utf-8"
 
 
 class ServiceMetrics:
-    def __init__(self, pool, connections=None):
+    def __init__(self, pool, connections=None, uploads=None, rate=None):
         disable_created_metrics()       # *_created series: noise for a single long-lived process
         self.registry = CollectorRegistry()
         r = self.registry
@@ -34,6 +34,8 @@ class ServiceMetrics:
         r.register(_PoolCollector(pool))
         if connections is not None:
             r.register(_ConnectionCollector(connections))
+        if uploads is not None:
+            r.register(_UploadCollector(uploads, rate))
 
     def observe(self, route: str, status: int, seconds: float) -> None:
         route = "/static" if route.startswith("/static/") else route if route in ROUTES else "other"
@@ -88,10 +90,32 @@ class _ConnectionCollector:
                                         "headers (--header-timeout) or idle (--keep-alive-timeout)", labels=["phase"])
         evicted = CounterMetricFamily("effnet_connections_evicted", "Connections closed to make room for a new one "
                                       "at --max-connections", labels=["phase"])
-        for phase in ("headers", "idle"):
+        for phase in ("handshake", "headers", "idle"):
             timed_out.add_metric([phase], c.timed_out[phase])
             evicted.add_metric([phase], c.evicted[phase])
         yield timed_out
         yield evicted
         yield CounterMetricFamily("effnet_connections_refused", "New connections refused (503) at "
                                   "--max-connections, every open one running a request", c.refused)
+
+
+class _UploadCollector:
+    def __init__(self, uploads, rate):
+        self.uploads, self.rate = uploads, rate
+
+    def collect(self):
+        u = self.uploads
+        yield GaugeMetricFamily("effnet_uploads_reading", "Classify requests still reading their upload", u.reading)
+        yield GaugeMetricFamily("effnet_upload_bytes_held", "Bytes of uploads held in memory", u.held)
+        refused = CounterMetricFamily("effnet_uploads_refused", "Classify requests refused: upload under "
+                                      "--min-upload-rate (408), over --max-client-requests (429), or over the "
+                                      "memory budget (503)", labels=["reason"])
+        for reason, n in u.refused.items():
+            refused.add_metric([reason], n)
+        yield refused
+        if self.rate is not None:
+            yield GaugeMetricFamily("effnet_rate_limit_clients", "Clients with a rate-limit bucket of their own",
+                                    len(self.rate.buckets))
+            yield CounterMetricFamily("effnet_rate_limit_overflow", "Requests of new clients counted in the shared "
+                                      "overflow bucket (every tracked client active within a refill time)",
+                                      self.rate.overflowed)

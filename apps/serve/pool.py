@@ -183,11 +183,13 @@ class Pool:
         """Requests a worker is classifying now."""
         return sum(1 for w in self.workers.values() if w.ready and w.pending and w.pending[0][0])
 
+    def full(self) -> bool:
+        return self.held >= self.size + self.max_queue
+
     @contextmanager
     def admission(self):
-        """Hold one of the size + max_queue places, or raise Busy: this bounds the uploads held
-        in memory as well as the queue."""
-        if self.held >= self.size + self.max_queue:
+        """Hold one of the size + max_queue places, or raise Busy: this bounds the queue."""
+        if self.full():
             raise Busy()
         self.held += 1
         try:
