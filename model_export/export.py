@@ -22,7 +22,7 @@ from effnet_lite.metrics import softmax as softmax_rows
 from effnet_lite.preprocess import PreprocessConfig
 from effnet_lite.quiet import Captured
 from effnet_lite.tflite_metadata import STANDARD_NAME
-from effnet_lite.variants import NUM_CLASSES
+from effnet_lite.variants import NUM_CLASSES, QUANTIZED_MEAN
 
 from . import onnx_writer, standard_metadata, tflite_writer
 from .calibration import collect, data_free_ranges, load_calibration_images, pixels_to_input
@@ -137,8 +137,7 @@ class Exporter:
             output="probabilities" if softmax else "logits", input_dtype="float32",
             labels=self.labels, exporter=f"effnet-lite-edge {__version__}", untrained=self.untrained)
         if precision == "int8":
-            # the quantized graph takes (pixel - 128)/127.5: mean 128/255, std 0.5
-            meta.mean, meta.calibration = [128 / 255] * 3, dict(self.quantized.calibration)
+            meta.mean, meta.calibration = list(QUANTIZED_MEAN), dict(self.quantized.calibration)
             meta.input_dtype, meta.input_scale = io, PIXEL_SCALE if io != "float32" else 0.0
             meta.input_zero_point = 128 if io == "uint8" else 0
             meta.pair_safe = fmt == "onnx"        # onnx_writer writes the pair-safe weights

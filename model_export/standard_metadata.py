@@ -13,6 +13,7 @@ import zipfile
 
 import flatbuffers
 
+from effnet_lite import variants
 from effnet_lite.metadata import ModelMetadata
 from . import metadata_schema_generated as md
 
@@ -28,9 +29,8 @@ def _stats(lo: list, hi: list) -> md.StatsT:
 
 
 def pixel_normalization(meta: ModelMetadata) -> tuple[list, list]:
-    """mean/std in pixel units (0-255): the float value the network computes on is
-    (pixel - mean) / std, whatever the input tensor's type."""
-    return [255.0 * m for m in meta.mean], [255.0 * s for s in meta.std]
+    """mean/std in pixel units (0-255), whatever the input tensor's type."""
+    return variants.pixel_normalization(meta.mean, meta.std)
 
 
 def _input(meta: ModelMetadata, input_type: str) -> md.TensorMetadataT:

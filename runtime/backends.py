@@ -14,7 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import BackendUnavailableError, ModelError, first_line
-from .integrity import IntegrityError, verify
+from .integrity import IntegrityError, check
 from .metadata import METADATA_NAME
 from .tflite_metadata import STANDARD_NAME, StandardMetadata, read_metadata, read_standard
 
@@ -57,6 +57,7 @@ class Backend:
         self.metadata: bytes | None = None                 # our JSON document
         self.standard: StandardMetadata | None = None      # standard TFLite Model Metadata
         self.digest: str | None = None                     # verified "sha256:…", None: none
+        self.sealed_normalization: tuple | None = None      # see integrity.check
 
     @property
     def quantized(self) -> bool:
@@ -79,7 +80,7 @@ class Backend:
         except OSError as e:
             raise ModelError(f"{path}: cannot read model file ({e.strerror or e})") from None
         try:
-            self.digest = verify(mapped)
+            self.digest, self.sealed_normalization = check(mapped)
         except IntegrityError as e:
             mapped.close()
             raise ModelError(f"{path}: {e}") from None
@@ -107,6 +108,8 @@ class TFLiteBackend(Backend):
                     self.standard = read_standard(entries[STANDARD_NAME], data)
                 except ValueError as e:
                     raise ModelError(f"{path}: {first_line(e)}") from None
+                if self.sealed_normalization is not None:   # see integrity.check
+                    self.standard.input.mean, self.standard.input.std = self.sealed_normalization
         finally:
             data.close()
         try:   # the interpreter maps the file itself: one copy, shared with the page cache

@@ -140,10 +140,35 @@ def _vector_bytes(t: _Table, i: int, item: int):
     return memoryview(t.buf)[start:start + n * item]
 
 
-def digest(data, own_name: str, blank: bytes) -> str:
+INTEGER_TYPES = (3, 9)          # TensorType UINT8, INT8: pixels go in as they are
+
+
+def input_normalization(data) -> tuple[list, list, bool]:
+    """The standard metadata's mean and std (pixel units; empty if none) and whether the model's
+    input tensor is integer. Raises ValueError for a malformed flatbuffer."""
+    try:
+        model = _root(data, b"TFL3")
+        sub = model.tables(2)[0]
+        start, n = sub._vector(1)
+        (first,) = struct.unpack_from("<i", sub.buf, start) if n else (0,)
+        integer = sub.tables(0)[first].scalar(1, "b", 0) in INTEGER_TYPES
+        for entry in model.tables(6):
+            if entry.string(0) == STANDARD_NAME:
+                content = bytes(_Walker(data, model.tables(4)).buffer_data(entry.scalar(1, "I", 0)))
+                subgraphs = _root(content, b"M001").tables(3)
+                norm = _tensor(subgraphs[0].tables(2)[0] if subgraphs and subgraphs[0].tables(2) else None)
+                return list(norm.mean), list(norm.std), integer
+        return [], [], integer
+    except (struct.error, IndexError, UnicodeDecodeError, Unverifiable) as e:
+        raise ValueError(f"malformed TFLite flatbuffer ({e})") from None
+
+
+def digest(data, own_name: str, blank: bytes, normalization: tuple | None = None) -> str:
     """Hex SHA-256 of the canonical content of the .tflite flatbuffer `data`. `own_name` is our
     metadata entry; its bytes are hashed with `blank` (the digest entry's prefix) followed by
-    64 hex digits read as zeros. Raises ValueError (Unverifiable, or a malformed flatbuffer)."""
+    64 hex digits read as zeros. `normalization` (mean, std in pixel units) is hashed in place
+    of the file's (to tell a rewritten normalization from other damage). Raises ValueError
+    (Unverifiable, or a malformed flatbuffer)."""
     try:
         model = _root(data, b"TFL3")
         w = _Walker(data, model.tables(4))
@@ -157,8 +182,8 @@ def digest(data, own_name: str, blank: bytes) -> str:
                 subgraphs = root.tables(3)
                 inputs = subgraphs[0].tables(2) if subgraphs else []
                 norm = _tensor(inputs[0] if inputs else None)
-                content = struct.pack(f"<{len(norm.mean)}f", *norm.mean) + b"/" + \
-                    struct.pack(f"<{len(norm.std)}f", *norm.std)
+                mean, std = normalization or (norm.mean, norm.std)
+                content = struct.pack(f"<{len(mean)}f", *mean) + b"/" + struct.pack(f"<{len(std)}f", *std)
             elif name == own_name:
                 at = content.find(blank)
                 if at < 0 or content.find(blank, at + 1) >= 0:

@@ -15,6 +15,17 @@ STD = (0.5, 0.5, 0.5)
 NUM_CLASSES = 1000
 
 
+# Our int8 graphs take (pixel - 128) / 127.5, so that a uint8 pixel is the input's integer as
+# it is: mean 128/255 on [0, 1] (the variant's std).
+QUANTIZED_MEAN = (128 / 255,) * 3
+
+
+def pixel_normalization(mean, std) -> tuple[list, list]:
+    """mean/std on [0, 1] in pixel units (0-255), as the standard TFLite metadata states them:
+    the float value the network computes on is (pixel - mean) / std."""
+    return [255.0 * m for m in mean], [255.0 * s for s in std]
+
+
 @dataclass(frozen=True)
 class Variant:
     name: str

@@ -262,8 +262,56 @@ def test_relabelled_by_googles_metadata_writer(files, photos, tmp_path):
     (tmp_path / "flipped.tflite").write_bytes(data)
     with pytest.raises(ModelError, match="flipped.tflite: model file is corrupt or was modified"):
         Classifier.from_file(tmp_path / "flipped.tflite")
-    with pytest.raises(ModelError, match="renormalized.tflite: model file is corrupt or was modified"):
-        Classifier.from_file(relabel("renormalized.tflite", mean="100"))
+    # an integer-input model takes the pixels as they are: a rewritten normalization changes
+    # nothing it answers (see the MetadataWriter test below), so it loads
+    renormalized = Classifier.from_file(relabel("renormalized.tflite", mean="100"))
+    image = next(iter(photos.values()))
+    assert renormalized.classify(image).categories[0].score == ours.classify(image).categories[0].score
+
+
+# tflite-support's one-call relabelling for MediaPipe and Model Maker users, with mean 0 and
+# std 1, as people write them for integer-input models.
+METADATA_WRITER = """
+import sys
+from tflite_support.metadata_writers import image_classifier, writer_utils
+model, labels, out = sys.argv[1:4]
+writer = image_classifier.MetadataWriter.create_for_inference(writer_utils.load_file(model), [0], [1], [labels])
+writer_utils.save_file(writer.populate(), out)
+"""
+
+
+def test_googles_metadata_writer_relabel_with_mean_0_std_1(files, photos, tmp_path):
+    """MetadataWriter.create_for_inference(model, [0], [1], [labels]) on our integer-input files:
+    they load with the new labels and give the same scores (pixels go in as they are). On a
+    float-input file the same call would change the answers: refused, naming the field, what it
+    was and is, and the kind of tool, without calling the file corrupt."""
+    import subprocess
+    python = tflite_support_python()
+    labels = tmp_path / "products.txt"          # (labels.txt is packed already: a new name)
+    renamed = [f"product {i}" for i in range(1000)]
+    labels.write_text("\n".join(renamed) + "\n")
+
+    def rewrite(name: str) -> Path:
+        out = tmp_path / f"written-{name}"
+        done = subprocess.run([str(python), "-c", METADATA_WRITER, str(files[name]), str(labels), str(out)],
+                              capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-2000:]
+        assert standard(out).subgraphMetadata[0].inputTensorMetadata[0].processUnits[0].options.mean == [0.0]
+        return out
+    for name in ("uint8.tflite", "int8.tflite"):
+        ours, theirs = Classifier.from_file(files[name]), Classifier.from_file(rewrite(name))
+        assert theirs.labels == renamed and theirs.io.input_dtype == ours.io.input_dtype != np.float32
+        for image in photos.values():
+            a, b = ours.classify(image).categories, theirs.classify(image).categories
+            assert [c.index for c in a] == [c.index for c in b] and [c.score for c in a] == [c.score for c in b]
+            assert b[0].label == renamed[a[0].index]
+    written = rewrite("fp32.tflite")
+    with pytest.raises(ModelError) as refused:
+        Classifier.from_file(written)
+    message = str(refused.value)
+    assert message.startswith(f"{written}: its input normalization was rewritten"), message
+    assert "says mean 0, std 1 where the file was made with mean 127.5, std 127.5" in message
+    assert "MetadataWriter" in message and "corrupt" not in message and "\n" not in message
 
 
 def test_json_entry_holds_only_what_the_standard_lacks(files):
