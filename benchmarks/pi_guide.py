@@ -31,22 +31,31 @@ from .arm_emulation import build_rootfs, log
 from .arm_packages import DEFAULT_CACHE, ROOT, EmulationError, build_wheel, wheel_digest
 from .arm_targets import TARGETS
 
-MARK = "<!-- pi-guide -->"
-TARGET = dataclasses.replace(TARGETS["pi5-bookworm"], name="pi5-bookworm-guide",
-                             debian_packages=("python3-venv", "python3-pip"))
+# the README block of each board's guide, and the userland it runs in: Pi OS ships python3-venv
+# and python3-pip; the 32-bit guide's `sudo apt install` line names what the userland is built
+# with (apt cannot run in an unpacked userland: the line is checked, not run)
+GUIDES = {
+    "64-bit": ("<!-- pi-guide -->", dataclasses.replace(
+        TARGETS["pi5-bookworm"], name="pi5-bookworm-guide", debian_packages=("python3-venv", "python3-pip"))),
+    "32-bit": ("<!-- pi-guide 32-bit -->", dataclasses.replace(
+        TARGETS["pi4-armhf"], name="pi4-armhf-guide",
+        debian_packages=("python3-venv", "python3-pip", "python3-numpy", "python3-pil"))),
+}
+APT = re.compile(r"^\s*sudo apt install ((?:[\w.+-]+ ?)+)$")
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 INSTALL = re.compile(r"^\s*(python3 -m venv|pip install)\b")
 VENV_LINES = re.compile(r"^\s*(python3 -m venv|\. |source )")
 PERIOD = 7 * 86400
 
 
-def guide_commands(readme: Path = ROOT / "README.md") -> list[str]:
-    """The lines of the first ```bash block after MARK in the README."""
+def guide_commands(board: str = "64-bit", readme: Path = ROOT / "README.md") -> list[str]:
+    """The lines of the first ```bash block after the board's mark in the README."""
+    mark = GUIDES[board][0]
     text = readme.read_text()
-    at = text.find(MARK)
+    at = text.find(mark)
     block = re.search(r"```bash\n(.*?)```", text[at:], re.S) if at >= 0 else None
     if block is None:
-        raise EmulationError(f"{readme}: no ```bash block after {MARK}")
+        raise EmulationError(f"{readme}: no ```bash block after {mark}")
     return [line for line in block.group(1).splitlines() if line.strip()]
 
 
@@ -72,11 +81,17 @@ def ensure_binfmt(qemu: str) -> None:
     BINFMT.joinpath("register").write_text(rule)
 
 
-def run(model: Path, photo: Path, control: bool = False, cache: Path = DEFAULT_CACHE,
-        timeout: int = 1800) -> dict:
-    """Run the guide's commands; the result: each command's exit status and output tail."""
-    root = build_rootfs(TARGET, cache)
-    ensure_binfmt(TARGET.qemu)
+def run(model: Path, photo: Path, board: str = "64-bit", control: bool = False, cache: Path = DEFAULT_CACHE,
+        timeout: int = 3600) -> dict:
+    """Run the board's guide commands; the result: how far they got, their output, the time."""
+    _, target = GUIDES[board]
+    commands = guide_commands(board)
+    for line in commands:
+        if (apt := APT.match(line)) and sorted(apt.group(1).split()) != sorted(target.debian_packages):
+            raise EmulationError(f"the guide installs {apt.group(1)}, the userland has {' '.join(target.debian_packages)}")
+    commands = [c for c in commands if not APT.match(c)]
+    root = build_rootfs(target, cache)
+    ensure_binfmt(target.qemu)
     wheel = build_wheel(cache / "wheel")
     wheels = root / "wheels"
     shutil.rmtree(wheels, ignore_errors=True)
@@ -99,18 +114,17 @@ def run(model: Path, photo: Path, control: bool = False, cache: Path = DEFAULT_C
     host_home.mkdir(parents=True, exist_ok=True)
     shutil.copy(model, host_home / "lite0_int8.tflite")
     shutil.copy(photo, host_home / "photo.jpg")
-    commands = guide_commands()
     if control:
         commands = [c for c in commands if not VENV_LINES.match(c)]
     elif cached:
         commands = [c for c in commands if not INSTALL.match(c)]
     steps = []
     env = {"HOME": str(home), "PATH": "/usr/local/bin:/usr/bin:/bin", "LANG": "C.UTF-8", "TERM": "dumb",
-           "QEMU_CPU": TARGET.cpu, "PIP_FIND_LINKS": "/wheels", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
+           "QEMU_CPU": target.cpu, "PIP_FIND_LINKS": "/wheels", "PIP_DISABLE_PIP_VERSION_CHECK": "1",
            "PIP_PROGRESS_BAR": "off"}
     script = "cd ~\n" + "".join(f"{c}\necho \"@@ step $? done\"\n" for c in commands)
     start = time.perf_counter()
-    log(f"pi guide: {len(commands)} command(s) on the emulated {TARGET.board}"
+    log(f"pi guide: {len(commands)} command(s) on the emulated {target.board}"
         + (" (venv cached)" if cached else "") + (" without the venv lines (control)" if control else ""))
     # /sys as a board has one (the emulated CPU's /proc/cpuinfo is the userland's own file):
     # without it, the CPU detection under XNNPACK picks other int8 kernels than a Pi's, whose
@@ -139,13 +153,14 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter, epilog=__doc__)
     p.add_argument("--model", type=Path, required=True, help="an int8 .tflite file (copied as lite0_int8.tflite)")
     p.add_argument("--photo", type=Path, required=True, help="a photo (copied as photo.jpg)")
+    p.add_argument("--board", choices=list(GUIDES), default="64-bit", help="which guide (64-bit: Pi 5 arm64)")
     p.add_argument("--control", action="store_true", help="without the venv lines: pip must refuse")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("pi_guide: needs root (debootstrap, chroot, binfmt_misc)", file=sys.stderr)
         return 2
     try:
-        result = run(args.model, args.photo, args.control)
+        result = run(args.model, args.photo, args.board, args.control)
     except EmulationError as e:
         print(f"pi_guide: {e}", file=sys.stderr)
         return 2
