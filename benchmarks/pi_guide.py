@@ -1,6 +1,6 @@
 """The Raspberry Pi guide's install commands, run verbatim on an emulated Pi 5.
 
-The commands are read from the README's block marked `<!-- pi-guide -->` and run by bash in a
+The commands are read from docs/raspberry-pi.md's block marked `<!-- pi-guide -->` and run by bash in a
 Pi OS bookworm arm64 userland (Debian bookworm with python3-venv and python3-pip, as Pi OS
 ships them) under qemu-user, entered with chroot. binfmt_misc runs every ARM program the
 commands start (pip, venv's ensurepip) through the emulator too, so pip runs on the board: it
@@ -48,8 +48,8 @@ VENV_LINES = re.compile(r"^\s*(python3 -m venv|\. |source )")
 PERIOD = 7 * 86400
 
 
-def guide_commands(board: str = "64-bit", readme: Path = ROOT / "README.md") -> list[str]:
-    """The lines of the first ```bash block after the board's mark in the README."""
+def guide_commands(board: str = "64-bit", readme: Path = ROOT / "docs" / "raspberry-pi.md") -> list[str]:
+    """The lines of the first ```bash block after the board's mark in the Raspberry Pi guide."""
     mark = GUIDES[board][0]
     text = readme.read_text()
     at = text.find(mark)

@@ -27,7 +27,7 @@ def pytest_addoption(parser):
     parser.addoption("--serve-long", action="store_true",
                      help="run effnet-serve's load test with 5x the requests (50,000; about 2 minutes here)")
     parser.addoption("--pi-guide", action="store_true",
-                     help="run the README's Pi install commands verbatim on an emulated Pi 5, pip on the "
+                     help="run the Raspberry Pi guide's install commands verbatim on an emulated Pi 5, pip on the "
                           "board (about 2 minutes here; then cached by the wheel's content)")
 
 DEV_DIR = ROOT.parent / "shared" / "data" / "imagenet-sample-dev"

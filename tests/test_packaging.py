@@ -89,13 +89,13 @@ def test_commands_name_the_extra_they_lack(tflite_venv, lite0_files, tmp_path, c
 
 
 def test_nothing_imports_the_old_names():
-    """No module, test, harness or README example imports runtime/apps/benchmarks/model_export
+    """No module, test, harness or documented example imports runtime/apps/benchmarks/model_export
     as top-level packages, nor runs them with -m."""
     pattern = re.compile(r"^\s*(from|import) (%s)\b|-m (%s)\.|[\"'](%s)\.[a-z_]+[\"']"
                          % (("|".join(OLD_NAMES),) * 3), re.M)
     found = []
     ours = [p for folder in ("model_export", "runtime", "apps", "benchmarks", "tests") for p in (ROOT / folder).rglob("*.py")]
-    for path in sorted(ours) + [ROOT / "README.md", ROOT / "pyproject.toml"]:      # (not a .venv in the checkout)
+    for path in sorted(ours) + [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md")), ROOT / "pyproject.toml"]:      # (not a .venv in the checkout)
         for m in pattern.finditer(path.read_text()):
             found.append(f"{path.relative_to(ROOT)}: {m.group(0).strip()}")
     assert found == []

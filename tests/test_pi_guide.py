@@ -1,4 +1,4 @@
-"""The Raspberry Pi guide's install commands (README, the block marked <!-- pi-guide -->), run
+"""The Raspberry Pi guide's install commands (docs/raspberry-pi.md, the blocks marked <!-- pi-guide -->), run
 verbatim on an emulated Pi 5 (64-bit) and Pi 4 (32-bit) with pip on the board
 (benchmarks/pi_guide.py). About 2 minutes each here, so behind `--pi-guide`; the commands'
 shape is checked always."""

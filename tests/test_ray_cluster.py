@@ -1,5 +1,5 @@
 """effnet-label and effnet-eval on a real multi-node Ray: a head and a second raylet built by
-the README's own `ray` commands, with token authentication, on loopback only (a network
+the documented `ray` commands (docs/infer-and-label.md), with token authentication, on loopback only (a network
 namespace of their own: benchmarks/ray_cluster.py). Stopped in every outcome."""
 from __future__ import annotations
 
@@ -32,8 +32,8 @@ EVAL = [sys.executable, "-m", "effnet_lite.benchmarks.evaluate"]
 
 
 def readme_recipe() -> dict:
-    """The `ray` commands of the README's cluster recipe, by role."""
-    text = (ROOT / "README.md").read_text()
+    """The `ray` commands of the documented cluster recipe, by role."""
+    text = (ROOT / "docs" / "infer-and-label.md").read_text()
     block = next(b for b in re.findall(r"```bash\n(.*?)```", text, re.S) if "ray get-auth-token" in b)
     lines = [line.split("#")[0].strip() for line in block.splitlines()]
     found = {"token": [x for x in lines if x.startswith("ray get-auth-token")],

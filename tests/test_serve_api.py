@@ -56,7 +56,7 @@ def infer_json(model, photos, *args) -> dict:
 
 
 def test_answers_equal_effnet_infer(server, model, photos):
-    """Raw bodies, multipart forms (requests) and the README's curl lines answer exactly what
+    """Raw bodies, multipart forms (requests) and the documented curl lines answer exactly what
     effnet-infer prints for the same files, top_k and threshold honoured."""
     import requests
     expected = infer_json(model, photos)
@@ -364,7 +364,7 @@ def test_crashed_worker_is_replaced(model, photos):
 
 
 def test_https_with_a_self_signed_certificate(tmp_path, model, photos):
-    """--tls-cert/--tls-key, as the README's camera-from-another-machine recipe makes them."""
+    """--tls-cert/--tls-key, as the documented camera-from-another-machine recipe makes them."""
     import http.client
     import ssl
     if not shutil.which("openssl"):
@@ -389,12 +389,12 @@ def test_https_with_a_self_signed_certificate(tmp_path, model, photos):
 
 
 def test_readme_systemd_unit_is_valid(tmp_path):
-    """The README's unit file, checked by systemd itself (with ExecStart pointed at this
+    """The unit file of docs/serve.md, checked by systemd itself (with ExecStart pointed at this
     machine's effnet-serve and User at an existing user)."""
     from conftest import ROOT
     if not shutil.which("systemd-analyze"):
         unavailable("no systemd-analyze here (apt-get install systemd)")
-    readme = (ROOT / "README.md").read_text()
+    readme = (ROOT / "docs" / "serve.md").read_text()
     unit = re.search(r"```ini\n(\[Unit\].*?)```", readme, re.S).group(1)
     assert "effnet-serve --model" in unit and "KillMode=mixed" in unit
     here = shutil.which("effnet-serve") or unavailable("effnet-serve is not on PATH")

@@ -1,0 +1,82 @@
+"""The documents: every relative link in README.md and docs/ resolves (file and heading), and
+every table marked with its results JSON says what that JSON holds."""
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT
+
+DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
+# <!-- results: benchmarks/results/FILE.json KEY col|col|... --> right above a table: the
+# table's rows are KEY's entries in order, each column "-" (not a figure) or "field:format"
+RESULTS = re.compile(r"<!-- results: (\S+) (\S+) (\S+) -->\n+((?:\|.*\|\n)+)")
+
+
+def prose(text: str) -> str:
+    """The text without its fenced code blocks (links there are code, not links)."""
+    return re.sub(r"(?ms)^```.*?^```", "", text)
+
+
+def slugs(path: Path) -> set[str]:
+    """GitHub's anchors for the headings of a Markdown file."""
+    seen: dict[str, int] = {}
+    out = set()
+    for title in re.findall(r"(?m)^#{1,6} (.+)$", prose(path.read_text())):
+        slug = re.sub(r"[^\w\- ]", "", title.strip().lower()).replace(" ", "-")
+        n = seen.get(slug, 0)
+        seen[slug] = n + 1
+        out.add(slug if n == 0 else f"{slug}-{n}")
+    return out
+
+
+def test_the_readme_is_a_front_door():
+    text = (ROOT / "README.md").read_text()
+    assert len(text.splitlines()) <= 250
+    assert "python -m pytest -q -n auto" in text and "pip install -e '.[all]'" in text
+    linked = {Path(t).name for t in re.findall(r"\]\(docs/([\w.-]+\.md)", text)}
+    assert linked == {p.name for p in (ROOT / "docs").glob("*.md")}, "a document the README does not link"
+
+
+@pytest.mark.parametrize("document", DOCUMENTS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_relative_links_resolve(document):
+    broken = []
+    for target in LINK.findall(prose(document.read_text())):
+        if target.startswith(("http://", "https://", "mailto:")):
+            continue
+        file, _, anchor = target.partition("#")
+        resolved = (document.parent / file).resolve() if file else document
+        if not resolved.exists():
+            broken.append(f"{target}: no such file")
+        elif anchor and anchor not in slugs(resolved):
+            broken.append(f"{target}: no heading #{anchor} in {resolved.relative_to(ROOT)}")
+    assert broken == []
+
+
+def marked_tables() -> list[tuple[Path, re.Match]]:
+    return [(doc, m) for doc in DOCUMENTS for m in RESULTS.finditer(doc.read_text())]
+
+
+def test_some_tables_are_checked_against_their_results():
+    assert len(marked_tables()) >= 2
+
+
+@pytest.mark.parametrize("document,table", marked_tables(),
+                         ids=lambda x: x.group(1) if isinstance(x, re.Match) else x.name)
+def test_table_matches_its_results_json(document, table):
+    source, key, columns = table.group(1), table.group(2), table.group(3).split("|")
+    entries = json.loads((ROOT / source).read_text())[key]
+    rows = [[cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
+            for line in table.group(4).splitlines()[2:]]
+    assert len(rows) == len(entries), f"{source} has {len(entries)} {key}, the table {len(rows)} rows"
+    for row, entry in zip(rows, entries):
+        assert len(row) == len(columns), row
+        for cell, column in zip(row, columns):
+            if column == "-":
+                continue
+            field, _, fmt = column.partition(":")
+            assert cell == format(entry[field], fmt), f"{source} {key} {field}: {entry[field]!r} is not {cell!r}"
