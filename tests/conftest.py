@@ -183,3 +183,15 @@ def lite0_files(tmp_path_factory):
     files["photos"] = folder
     files["exporter"] = exporter
     return files
+
+
+@pytest.fixture(scope="session")
+def model(lite0_files):
+    """The Lite0 int8 .tflite file (what the service tests serve)."""
+    return lite0_files["int8.tflite"]
+
+
+@pytest.fixture(scope="session")
+def photo(lite0_files) -> bytes:
+    """A real photo's JPEG bytes (scikit-image's cat)."""
+    return (lite0_files["photos"] / "chelsea.jpg").read_bytes()

@@ -29,11 +29,6 @@ from tests_helpers import BLOCKER, run_module, wait_for  # noqa: E402
 
 
 @pytest.fixture(scope="module")
-def model(lite0_files):
-    return lite0_files["int8.tflite"]
-
-
-@pytest.fixture(scope="module")
 def photos(lite0_files):
     """Real photos: scikit-image's, and 12 of the dev photos where they are."""
     found = sorted(lite0_files["photos"].glob("*.jpg"))

@@ -20,16 +20,6 @@ from tests_helpers import run_module, wait_for  # noqa: E402
 TOKEN = "s3cret-token-for-tests-0123456789"
 
 
-@pytest.fixture(scope="module")
-def model(lite0_files):
-    return lite0_files["int8.tflite"]
-
-
-@pytest.fixture(scope="module")
-def photo(lite0_files) -> bytes:
-    return (lite0_files["photos"] / "chelsea.jpg").read_bytes()
-
-
 @pytest.fixture
 def token_file(tmp_path):
     path = tmp_path / "token"

@@ -26,16 +26,6 @@ from effnet_lite.apps.serve.guard import RateLimit  # noqa: E402
 TOKEN = "network-test-token-0123456789abcdef"
 
 
-@pytest.fixture(scope="module")
-def model(lite0_files):
-    return lite0_files["int8.tflite"]
-
-
-@pytest.fixture(scope="module")
-def photo(lite0_files) -> bytes:
-    return (lite0_files["photos"] / "chelsea.jpg").read_bytes()
-
-
 class Clock:
     def __init__(self):
         self.now = 1000.0
