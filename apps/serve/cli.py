@@ -83,8 +83,8 @@ def parse_args(argv=None):
                    help="serve anyone who can reach a non-loopback --host, without a token")
     p.add_argument("--protect-metrics", action="store_true", help="/metrics needs the token too")
     p.add_argument("--rate-limit", metavar="N/s",
-                   help="requests per second (or N/min) each client address may make on /v1/*; "
-                        "more get 429 + Retry-After (default: no limit)")
+                   help="requests per second (or N/min) each client (its address; IPv6: its /64) may make on "
+                        "/v1/*; more get 429 + Retry-After (default: no limit)")
     p.add_argument("--unauthenticated-rate", metavar="N/s",
                    help="with --token-file: requests without a valid token per client, counted apart so that "
                         "they cannot spend the token holders' allowance (default: a tenth of --rate-limit)")
