@@ -57,21 +57,33 @@ def test_relative_links_resolve(document):
     assert broken == []
 
 
+# <!-- results-by-name: FILE LIST VALUE:FORMAT cols=COL|COL|... --> right above a table: LIST's
+# entries are found by "name"; a column is "-" or names joined by ";" ("{v}": the row's first
+# cell, without a trailing " *"), whose VALUEs the cell shows joined by " / "
+BY_NAME = re.compile(r"<!-- results-by-name: (\S+) (\S+) (\S+) cols=(.*?) -->\n+((?:\|.*\|\n)+)")
+
+
 def marked_tables() -> list[tuple[Path, re.Match]]:
-    return [(doc, m) for doc in DOCUMENTS for m in RESULTS.finditer(doc.read_text())]
+    return [(doc, m) for doc in DOCUMENTS for pattern in (RESULTS, BY_NAME) for m in pattern.finditer(doc.read_text())]
+
+
+def table_rows(text: str) -> list[list[str]]:
+    return [[cell.strip().strip("*").strip() for cell in line.strip().strip("|").split("|")]
+            for line in text.splitlines()[2:]]
 
 
 def test_some_tables_are_checked_against_their_results():
-    assert len(marked_tables()) >= 2
+    assert len(marked_tables()) >= 4
 
 
 @pytest.mark.parametrize("document,table", marked_tables(),
                          ids=lambda x: x.group(1) if isinstance(x, re.Match) else x.name)
 def test_table_matches_its_results_json(document, table):
+    if table.re is BY_NAME:
+        return check_by_name(table)
     source, key, columns = table.group(1), table.group(2), table.group(3).split("|")
     entries = json.loads((ROOT / source).read_text())[key]
-    rows = [[cell.strip().strip("*") for cell in line.strip().strip("|").split("|")]
-            for line in table.group(4).splitlines()[2:]]
+    rows = table_rows(table.group(4))
     assert len(rows) == len(entries), f"{source} has {len(entries)} {key}, the table {len(rows)} rows"
     for row, entry in zip(rows, entries):
         assert len(row) == len(columns), row
@@ -80,3 +92,22 @@ def test_table_matches_its_results_json(document, table):
                 continue
             field, _, fmt = column.partition(":")
             assert cell == format(entry[field], fmt), f"{source} {key} {field}: {entry[field]!r} is not {cell!r}"
+
+
+def check_by_name(table: re.Match) -> None:
+    source, key, value, columns = table.group(1), table.group(2), table.group(3), table.group(4).split("|")
+    entries = {e["name"]: e for e in json.loads((ROOT / source).read_text())[key]}
+    path, _, fmt = value.partition(":")
+    for row in table_rows(table.group(5)):
+        assert len(row) == len(columns), row
+        variant = row[0].removesuffix(" *")
+        for cell, column in zip(row, columns):
+            if column == "-":
+                continue
+            figures = []
+            for name in column.split(";"):
+                found = entries[name.replace("{v}", variant)]
+                for part in path.split("."):
+                    found = found[part]
+                figures.append(format(found, fmt))
+            assert cell == " / ".join(figures), f"{source}: {column} for {variant} is {' / '.join(figures)}, not {cell!r}"
