@@ -111,3 +111,37 @@ def check_by_name(table: re.Match) -> None:
                     found = found[part]
                 figures.append(format(found, fmt))
             assert cell == " / ".join(figures), f"{source}: {column} for {variant} is {' / '.join(figures)}, not {cell!r}"
+
+
+def documented_commands() -> dict[str, set[tuple[str, str]]]:
+    """{program: {(--flag, document)}} of every effnet-* command the documents show, in bash
+    blocks and in inline code."""
+    used: dict[str, set] = {}
+    for document in DOCUMENTS:
+        text = document.read_text()
+        lines = [line.split("  #")[0] for block in re.findall(r"(?ms)^```bash\n(.*?)^```", text)
+                 for line in block.splitlines()]
+        lines += re.findall(r"`(effnet-[a-z-]+ [^`]*)`", prose(text))
+        for line in lines:
+            for part in re.split(r"&&|;|\|", line):
+                words = part.split()
+                if words and re.fullmatch(r"effnet-[a-z-]+", words[0]):
+                    flags = {(w.split("=")[0], document.name) for w in words[1:] if re.fullmatch(r"--[a-z][\w-]*(=.*)?", w)}
+                    used.setdefault(words[0], set()).update(flags)
+    return used
+
+
+def test_every_documented_flag_exists():
+    """Each --flag the documents give an effnet-* command is one its --help lists (a renamed or
+    removed flag fails here, not in a user's terminal)."""
+    import shutil
+    import subprocess
+    used = documented_commands()
+    assert {"effnet-infer", "effnet-export", "effnet-serve", "effnet-train", "effnet-label", "effnet-bench"} <= set(used)
+    stale = []
+    for program, flags in sorted(used.items()):
+        assert shutil.which(program), f"{program} is documented but not installed"
+        shown = subprocess.run([program, "--help"], capture_output=True, text=True, timeout=120)
+        known = set(re.findall(r"--[\w-]+", shown.stdout))
+        stale += [f"{document}: {program} {flag}" for flag, document in sorted(flags) if flag not in known]
+    assert stale == []
