@@ -91,7 +91,10 @@ def test_table_matches_its_results_json(document, table):
             if column == "-":
                 continue
             field, _, fmt = column.partition(":")
-            assert cell == format(entry[field], fmt), f"{source} {key} {field}: {entry[field]!r} is not {cell!r}"
+            value = entry
+            for part in field.split("."):       # (a dotted path into nested entries)
+                value = value[part]
+            assert cell == format(value, fmt), f"{source} {key} {field}: {value!r} is not {cell!r}"
 
 
 def check_by_name(table: re.Match) -> None:
