@@ -13,7 +13,8 @@ from conftest import ROOT
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 LINK = re.compile(r"!?\[[^\]]*\]\(([^)\s]+)\)")
 # <!-- results: benchmarks/results/FILE.json KEY col|col|... --> right above a table: the
-# table's rows are KEY's entries in order, each column "-" (not a figure) or "field:format"
+# table's rows are KEY's entries in order (KEY "-": the file's top-level list), each column "-"
+# (not a figure) or figures "field:format" joined by "/" (see render)
 RESULTS = re.compile(r"<!-- results: (\S+) (\S+) (\S+) -->\n+((?:\|.*\|\n)+)")
 
 
@@ -63,6 +64,20 @@ def test_relative_links_resolve(document):
 BY_NAME = re.compile(r"<!-- results-by-name: (\S+) (\S+) (\S+) cols=(.*?) -->\n+((?:\|.*\|\n)+)")
 
 
+def render(entry: dict, spec: str) -> str:
+    """One figure of `entry`: "a.b:FORMAT" (a dotted path; FORMAT a format spec, or %0 / %1 for
+    a fraction as a percentage, MB for bytes in megabytes)."""
+    field, _, fmt = spec.partition(":")
+    value = entry
+    for part in field.split("."):
+        value = value[part]
+    if fmt in ("%0", "%1"):
+        return f"{100 * value:.{fmt[1]}f} %"
+    if fmt == "MB":
+        return f"{value / 1e6:.1f}"
+    return format(value, fmt)
+
+
 def marked_tables() -> list[tuple[Path, re.Match]]:
     return [(doc, m) for doc in DOCUMENTS for pattern in (RESULTS, BY_NAME) for m in pattern.finditer(doc.read_text())]
 
@@ -82,7 +97,8 @@ def test_table_matches_its_results_json(document, table):
     if table.re is BY_NAME:
         return check_by_name(table)
     source, key, columns = table.group(1), table.group(2), table.group(3).split("|")
-    entries = json.loads((ROOT / source).read_text())[key]
+    data = json.loads((ROOT / source).read_text())
+    entries = data if key == "-" else data[key]
     rows = table_rows(table.group(4))
     assert len(rows) == len(entries), f"{source} has {len(entries)} {key}, the table {len(rows)} rows"
     for row, entry in zip(rows, entries):
@@ -90,11 +106,8 @@ def test_table_matches_its_results_json(document, table):
         for cell, column in zip(row, columns):
             if column == "-":
                 continue
-            field, _, fmt = column.partition(":")
-            value = entry
-            for part in field.split("."):       # (a dotted path into nested entries)
-                value = value[part]
-            assert cell == format(value, fmt), f"{source} {key} {field}: {value!r} is not {cell!r}"
+            shown = " / ".join(render(entry, spec) for spec in column.split("/"))
+            assert cell == shown, f"{source} {key} {column}: {shown!r} is not {cell!r}"
 
 
 def check_by_name(table: re.Match) -> None:
