@@ -71,6 +71,8 @@ def render(entry: dict, spec: str) -> str:
     value = entry
     for part in field.split("."):
         value = value[part]
+    if value is None:
+        return "-"
     if fmt in ("%0", "%1"):
         return f"{100 * value:.{fmt[1]}f} %"
     if fmt == "MB":
