@@ -34,9 +34,13 @@ def parse_proxies(text: str | None) -> tuple:
     return tuple(nets)
 
 
-@functools.lru_cache(maxsize=8192)      # proxies and returning clients repeat: parsing is most of the cost
 def _address(text: str):
     """An IP address from a header value ('1.2.3.4', '1.2.3.4:80', '[::1]:80', '"[::1]"'), else None."""
+    return _parse(text) if len(text) <= 64 else None      # (no address is longer: the cache stays small)
+
+
+@functools.lru_cache(maxsize=8192)      # proxies and returning clients repeat: parsing is most of the cost
+def _parse(text: str):
     text = text.strip().strip('"')
     if text.startswith("["):
         text = text[1:].partition("]")[0]
