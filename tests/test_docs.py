@@ -60,7 +60,8 @@ def test_relative_links_resolve(document):
 
 # <!-- results-by-name: FILE LIST VALUE:FORMAT cols=COL|COL|... --> right above a table: LIST's
 # entries are found by "name"; a column is "-" or names joined by ";" ("{v}": the row's first
-# cell, without a trailing " *"), whose VALUEs the cell shows joined by " / "
+# cell, without a trailing " *"), whose VALUEs the cell shows joined by " / "; "NAME@SPEC"
+# shows SPEC (as render() takes it) instead of VALUE
 BY_NAME = re.compile(r"<!-- results-by-name: (\S+) (\S+) (\S+) cols=(.*?) -->\n+((?:\|.*\|\n)+)")
 
 
@@ -115,7 +116,6 @@ def test_table_matches_its_results_json(document, table):
 def check_by_name(table: re.Match) -> None:
     source, key, value, columns = table.group(1), table.group(2), table.group(3), table.group(4).split("|")
     entries = {e["name"]: e for e in json.loads((ROOT / source).read_text())[key]}
-    path, _, fmt = value.partition(":")
     for row in table_rows(table.group(5)):
         assert len(row) == len(columns), row
         variant = row[0].removesuffix(" *")
@@ -124,10 +124,8 @@ def check_by_name(table: re.Match) -> None:
                 continue
             figures = []
             for name in column.split(";"):
-                found = entries[name.replace("{v}", variant)]
-                for part in path.split("."):
-                    found = found[part]
-                figures.append(format(found, fmt))
+                name, _, spec = name.partition("@")
+                figures.append(render(entries[name.replace("{v}", variant)], spec or value))
             assert cell == " / ".join(figures), f"{source}: {column} for {variant} is {' / '.join(figures)}, not {cell!r}"
 
 
