@@ -36,6 +36,7 @@ from . import selection
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .duplicates import fingerprints, remember
 from .features import Backbone, FeatureStore
+from .fit import STAGES as FINE_TUNE_STAGES
 from .fit import FineTuneOptions, RowReader, Tail, fine_tune, pooled_features
 from .judge import agreement, centre_crops, evaluate_file, every_class_in_turn
 from .report import evaluation, pictures, text
@@ -218,8 +219,8 @@ class _Run:
 
     def _features(self):
         o = self.o
-        # --fine-tune: the frozen part ends with the last stage but one; the last stage learns
-        self.cut = len(self.model.stages) - 2 if o.fine_tune else "pooled"
+        # --fine-tune: the frozen part ends before the last STAGES block stages, which learn
+        self.cut = len(self.model.stages) - 1 - FINE_TUNE_STAGES if o.fine_tune else "pooled"
         backbone = Backbone(self.model, self.cut, self.work, o.threads)
         n = len(self.train.paths)
         self.log(f"{n} photos x {1 + o.views} crops (the centre and {o.views} augmented views)"

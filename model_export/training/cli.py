@@ -4,8 +4,8 @@ DATA is a folder with one sub-folder per class (the class is the sub-folder's na
 of path,label. Every photo is read once first: unreadable files, copies of one photo, and a
 photo filed under two classes are named and left out. The backbone (ImageNet weights) stays
 frozen: a new head (L2-regularised logistic regression) learns from cached features of the
-centre crop and several augmented views of each photo. --fine-tune then trains the last stage
-too (BatchNorm statistics frozen).
+centre crop and several augmented views of each photo. --fine-tune then trains the last two
+block stages too (BatchNorm statistics frozen).
 
 The figure the report leads with is measured on photos that chose nothing: nested
 cross-validation (the whole procedure, choice of settings included, repeated on five folds),
@@ -41,7 +41,7 @@ examples:
   effnet-train photos/ --output my_model/ --export all
       also the MediaPipe / TFLite Task Library file (uint8 in, probabilities out), ONNX, fp32
   effnet-train labels.csv --test test_photos/ --class-weights balanced --output my_model/
-  effnet-train photos/ --output my_model/ --fine-tune         (slower; the last stage learns too)
+  effnet-train photos/ --output my_model/ --fine-tune         (slower; the last two stages learn too)
   effnet-train photos/ --output my_model/ --resume            (after a crash or Ctrl-C)
   effnet-train more_photos/ --init my_model/model.safetensors --output my_model_v2/
       continue from an earlier model: more photos, or a new class
@@ -68,7 +68,7 @@ def parse_args(argv=None):
                    help="test photos (same layout as DATA): never used to choose; the report then leads with them")
     p.add_argument("--views", type=int, default=8, help="augmented views of each photo, besides its centre crop (8)")
     p.add_argument("--fine-tune", action="store_true",
-                   help="then train the last block stage and the head convolution too (BatchNorm frozen; "
+                   help="then train the last two block stages and the head convolution too (BatchNorm frozen; "
                         "6 epochs, weights averaged over the last 4)")
     p.add_argument("--label-smoothing", type=float, default=0.0, metavar="E",
                    help="share of each target spread over the other classes (0)")
