@@ -22,9 +22,10 @@ from effnet_lite.progress import Progress
 from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 
 
-# block stages that learn: on the train study's sets (250 photos, 500 new ones judging; Lite0),
-# the last stage alone gave +4.2 / +0.8 points over the linear probe, the last two +6.8 / +2.0
-# at 1.8x the time (docs/train.md)
+# block stages that learn, chosen on two of the train study's sets (250 photos, 500 new ones
+# judging; Lite0): the last stage alone gave +4.2 / +0.8 points over the linear probe, the last
+# two +6.8 / +2.0, the last three -1.0 on the second, and two take 2.1-2.7x one's run time
+# (docs/train.md)
 STAGES = 2
 
 
