@@ -36,8 +36,7 @@ from . import selection
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .duplicates import fingerprints, remember
 from .features import Backbone, FeatureStore
-from .fit import STAGES as FINE_TUNE_STAGES
-from .fit import FineTuneOptions, RowReader, Tail, fine_tune, pooled_features
+from .fit import STAGES as FINE_TUNE_STAGES, FineTuneOptions, RowReader, Tail, fine_tune, pooled_features
 from .judge import agreement, centre_crops, evaluate_file, every_class_in_turn
 from .report import evaluation, pictures, text
 from .run_folder import WORK, TrainError, prepare_output, write_split
