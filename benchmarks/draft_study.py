@@ -10,6 +10,7 @@ time per image, top-1 agreement and the largest change in any class probability.
 from __future__ import annotations
 
 import argparse
+import json
 import sys
 import time
 from pathlib import Path
@@ -42,6 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--data", type=Path, required=True, help="labelled image folder")
     p.add_argument("--limit", type=positive_int, default=50, help="photos to use (50)")
     p.add_argument("--size", type=_size, default=(4000, 3000), help="JPEG size to test (4000x3000)")
+    p.add_argument("--json", type=Path, help="write the figures (and the machine) here")
     args = p.parse_args(argv)
     check_model_files(p, [args.model])
     (w, h) = args.size
@@ -77,6 +79,12 @@ def main(argv=None) -> int:
     print(f"  median time per image: fast {d:.1f} ms, exact {f:.1f} ms ({f / d:.1f}x faster)")
     print(f"  same top-1: {np.mean(same):.1%}; largest probability change: "
           f"median {np.median(delta):.4f}, max {np.max(delta):.4f}")
+    if args.json:
+        from .machine import machine_info
+        args.json.write_text(json.dumps({"model": args.model.name, "size": [w, h], "rows": [{
+            "photos": len(same), "fast_ms": float(d), "exact_ms": float(f), "speedup": float(f / d),
+            "same_top1": int(np.sum(same)), "max_change_median": float(np.median(delta)),
+            "max_change_max": float(np.max(delta))}], "machine": machine_info()}, indent=1) + "\n")
     return 1 if failed else 0
 
 if __name__ == "__main__":

@@ -96,20 +96,26 @@ def linear_probe(variant: str, train, test, work: Path) -> dict:
             "seconds": time.perf_counter() - t0, "peak_rss_mb": None}
 
 
-def effnet_train(name: str, train_csv: Path, test_csv: Path, out: Path, variant: str, extra: list) -> dict:
+def run_effnet_train(args: list, out: Path, who: str) -> tuple[dict, float, float]:
+    """`effnet-train ARGS --output OUT -q` as a user runs it: (its report, wall seconds, peak RSS
+    in MB of the whole process, as the kernel counts it)."""
     t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "effnet_lite.model_export.training.cli", str(train_csv),
-                             "--test", str(test_csv), "--variant", variant, "--output", str(out), "-q", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "-m", "effnet_lite.model_export.training.cli", *map(str, args),
+                             "--output", str(out), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     err = proc.stderr.read()
     _, status, usage = os.wait4(proc.pid, 0)
     seconds = time.perf_counter() - t0
     if status != 0:
-        raise SystemExit(f"train_study: effnet-train {' '.join(extra)} failed:\n{err[-2000:]}")
-    report = json.loads((out / "report.json").read_text())
+        raise SystemExit(f"{who}: effnet-train {' '.join(map(str, args))} failed:\n{err[-2000:]}")
+    return json.loads((out / "report.json").read_text()), seconds, usage.ru_maxrss / 1024
+
+
+def effnet_train(name: str, train_csv: Path, test_csv: Path, out: Path, variant: str, extra: list) -> dict:
+    report, seconds, rss = run_effnet_train([train_csv, "--test", test_csv, "--variant", variant, *extra], out,
+                                            "train_study")
     return {"candidate": name, "fp32": report["test"]["fp32-pytorch"]["top1"], "int8": report["test"]["tflite"]["top1"],
             "reported": report["estimate"]["top1"], "reported_interval": report["estimate"]["interval"],
-            "seconds": seconds, "peak_rss_mb": usage.ru_maxrss / 1024, "phases": report["seconds"],
+            "seconds": seconds, "peak_rss_mb": rss, "phases": report["seconds"],
             "l2_strength": report["chosen"]["l2_strength"]}
 
 

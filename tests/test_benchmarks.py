@@ -231,11 +231,39 @@ def test_draft_study_compares_fast_and_exact_and_skips_a_broken_photo(lite0_file
     _, _, prefix_dir = labelled_folders(tmp_path, lite0_files["photos"])
     (prefix_dir / "n07920052_broken.jpg").write_text("broken")
     code = draft_study.main(["--model", str(lite0_files["int8.tflite"]), "--data", str(prefix_dir),
-                             "--size", "1200x900"])
+                             "--size", "1200x900", "--json", str(tmp_path / "draft.json")])
     out, err = capsys.readouterr()
     assert code == 1                                    # one photo could not be read
     assert "3 photos as 1200x900 JPEGs" in out and "same top-1:" in out
     assert "n07920052_broken.jpg" in err and "Traceback" not in err
+    [row] = json.loads((tmp_path / "draft.json").read_text())["rows"]     # what docs/performance.md's table reads
+    assert row["photos"] == 3 and f"fast {row['fast_ms']:.1f} ms, exact {row['exact_ms']:.1f} ms" in out
+
+
+def test_train_scale_folder_mirrors_photos_past_what_the_sets_hold(tmp_path):
+    """The merged folder: every given photo once (each class under its set's name), then
+    mirror images of the first ones, which the trainer's copy detection keeps apart."""
+    from PIL import Image
+    from effnet_lite.benchmarks.train_scale import merged_folder
+    from effnet_lite.model_export.training.duplicates import fingerprints, groups
+    from effnet_lite.preprocess import PreprocessConfig
+    from effnet_lite.variants import get_variant
+    from conftest import skimage_photos
+    photos = list(skimage_photos().values())
+    for i, (s, name) in enumerate((("a", "x"), ("a", "y"), ("b", "z"))):
+        (tmp_path / s / "train" / name).mkdir(parents=True)
+        Image.fromarray(photos[i]).save(tmp_path / s / "train" / name / "p.jpg")
+    assert merged_folder([tmp_path / "a" / "train", tmp_path / "b" / "train"], 5, tmp_path / "m") == (3, 2)
+    files = sorted((tmp_path / "m").glob("*/*"))
+    assert sorted({f.parent.name for f in files}) == ["a-x", "a-y", "b-z"] and len(files) == 5
+    mirrors = [f for f in files if f.name.startswith("m")]
+    with Image.open(mirrors[0]) as im:
+        twin = next(f for f in files if f.is_symlink() and f.parent == mirrors[0].parent)
+        with Image.open(twin) as original:
+            assert np.abs(np.asarray(im.transpose(Image.Transpose.FLIP_LEFT_RIGHT), np.int16)
+                          - np.asarray(original, np.int16)).mean() < 3      # a mirror image, re-encoded
+    prints, bad = fingerprints(files, PreprocessConfig.for_variant(get_variant("lite0")), None, "", [])
+    assert not bad and len(set(groups([prints[f] for f in files]))) == 5
 
 
 def test_eval_runs_without_torch_and_says_what_torch_is_for(lite0_files, tmp_path):

@@ -191,6 +191,13 @@ def test_report_leads_with_what_chose_nothing(trained, two_class):
             assert min(im.size) > 200
     assert (out / "labels.txt").read_text().splitlines() == sorted(GROUPS)
     assert report["chosen"]["l2_strength"] in [r["strength"] for r in report["chosen"]["table"]]
+    # the default views (99 photos: 8) are said, and the lines after the features (made by worker
+    # threads, each interpreter opened with fd 2 silenced for a moment) still reach stderr
+    from effnet_lite.model_export.training.report import text
+    assert report["views"] == 8 and "  8 augmented view(s) of each photo, besides its centre crop (by the " in text(report)
+    err = (folder / "stderr.txt").read_text()
+    assert "x 9 crops (the centre and 8 augmented view(s), --views to choose)" in err, err
+    assert "estimating the accuracy" in err and "effnet-train: done in " in err, err
 
 
 def test_peak_memory_is_the_fixed_cost_plus_the_features(trained):

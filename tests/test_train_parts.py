@@ -113,10 +113,13 @@ def test_feature_cache_recomputes_a_damaged_file(tmp_path):
     from effnet_lite.variants import get_variant
 
     class Mean:                     # a stand-in for the frozen layers: any function of the crop
-        name = "mean"
+        name, workers = "mean", 2
 
-        def __call__(self, crop):
-            return crop.reshape(-1, 3).mean(0).astype(np.float32)
+        def ready(self, n):
+            pass
+
+        def rows(self, crops):
+            return np.stack([c.reshape(-1, 3).mean(0) for c in crops]).astype(np.float32)
     for i, (name, pixels) in enumerate(skimage_photos().items()):
         Image.fromarray(pixels).save(tmp_path / f"{name}.jpg")
     items = [(p, f"{i:064x}") for i, p in enumerate(sorted(tmp_path.glob("*.jpg")))]
@@ -129,6 +132,29 @@ def test_feature_cache_recomputes_a_damaged_file(tmp_path):
     assert (store.stack([d for _, d in items]) == first).all()
     reader = RowReader([store.path(d) for _, d in items])
     assert all((reader.row(i, r) == first[i, r]).all() for i in range(3) for r in range(4))
+
+
+def test_feature_rows_are_the_same_from_one_or_several_workers(tmp_path):
+    """Photos are worked on by several threads, each with its own interpreter: the cache must
+    be bit for bit what one thread makes, row by row in the photo's own file (an interpreter
+    shared between threads, or rows written under another photo's name, would differ)."""
+    from effnet_lite.model_export.training.features import Backbone, FeatureStore
+    from effnet_lite.model_export.weights import load_model
+    from effnet_lite.preprocess import PreprocessConfig
+    model = load_model("lite0", None)
+    config = PreprocessConfig.for_variant(model.variant)
+    for i, (name, pixels) in enumerate(skimage_photos().items()):
+        Image.fromarray(pixels).save(tmp_path / f"{name}.jpg")
+    items = [(p, f"{i:064x}") for i, p in enumerate(sorted(tmp_path.glob("*.jpg")))]
+    rows = {}
+    for workers in (1, 3):
+        backbone = Backbone(model, "pooled", tmp_path, threads=None)
+        backbone.workers = workers
+        store = FeatureStore(backbone, config, 2, 0, tmp_path / f"cache{workers}")
+        assert store.compute(items, "", print) == []
+        rows[workers] = store.stack([d for _, d in items])
+    assert rows[1].shape == (len(items), 3, 1280) and len(set(map(bytes, rows[1][:, 0]))) == len(items)
+    assert rows[1].tobytes() == rows[3].tobytes()
 
 
 def test_a_feature_the_photos_barely_vary_gets_no_outsized_weight():

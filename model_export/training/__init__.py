@@ -1,5 +1,7 @@
 """effnet-train: your own classifier from a folder of photos (the command: cli.py; the Python
-API: Trainer, TrainOptions, TrainResult in api.py)."""
-from .api import Trainer, TrainOptions, TrainResult
+API: Trainer in api.py, TrainOptions in options.py, TrainResult in result.py)."""
+from .api import Trainer
+from .options import TrainOptions
+from .result import TrainResult
 
 __all__ = ["Trainer", "TrainOptions", "TrainResult"]

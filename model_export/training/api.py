@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +26,6 @@ import torch
 
 from effnet_lite import __version__
 from effnet_lite.preprocess import PreprocessConfig
-from effnet_lite.variants import UnknownVariantError, get_variant
 
 from ..export import Exporter
 from ..weights import load_model
@@ -38,53 +37,10 @@ from .duplicates import fingerprints, remember
 from .features import Backbone, FeatureStore
 from .fit import STAGES as FINE_TUNE_STAGES, FineTuneOptions, RowReader, Tail, fine_tune, pooled_features
 from .judge import agreement, centre_crops, evaluate_file, every_class_in_turn
-from .report import evaluation, pictures, text
+from .options import AGREE_MAX, CALIB_MAX, EXPORTS, TrainOptions, auto_views
+from .report import evaluation, pictures
+from .result import TrainResult
 from .run_folder import WORK, TrainError, prepare_output, write_split
-
-# calibration photos, every class in turn. Measured on the dev photos' 7 groups: 50 or 100 made
-# an int8 file that agrees with fp32 on 200/200 photos, all 160 on 199/200 at 1.6x the time
-CALIB_MAX = 100
-AGREE_MAX = 300       # training photos on which each file's answers are compared with fp32's
-# the files each export choice adds: (name suffix, precision, format, io, softmax)
-EXPORTS = {
-    "tflite": ("int8.tflite", "int8", "tflite", "int8", False),
-    "mediapipe": ("uint8_softmax.tflite", "int8", "tflite", "uint8", True),
-    "onnx": ("int8.onnx", "int8", "onnx", "uint8", False),
-    "fp32": ("fp32.tflite", "fp32", "tflite", None, False),
-}
-
-
-@dataclass
-class TrainOptions:
-    variant: str = "lite0"
-    weights: Path | None = None           # ImageNet checkpoint (timm format; needed for lite3/4)
-    init: Path | None = None              # an earlier effnet-train model to continue from
-    views: int = 8                        # augmented views of each photo, besides its centre crop
-    fine_tune: bool = False
-    label_smoothing: float = 0.0
-    class_weights: str = "none"           # or "balanced"
-    seed: int = 0
-    threads: int | None = None
-    export: tuple = ("tflite",)
-
-    def check(self) -> None:
-        try:
-            get_variant(self.variant)
-        except UnknownVariantError as e:
-            raise TrainError(str(e)) from None
-        if not 1 <= self.views <= 64:
-            raise TrainError("views must be between 1 and 64")
-        if not 0 <= self.label_smoothing < 1:
-            raise TrainError("label smoothing must be in [0, 1)")
-        if self.class_weights not in ("none", "balanced"):
-            raise TrainError("class weights must be 'none' or 'balanced'")
-        if self.init and self.weights:
-            raise TrainError("--init and --weights both give the network to start from: give one "
-                             "(--init continues an effnet-train model, --weights starts from ImageNet)")
-        unknown = [x for x in self.export if x not in EXPORTS]
-        if unknown or "tflite" not in self.export:
-            raise TrainError(f"export: unknown {unknown[0]!r}" if unknown else "export must include tflite")
-
 
 def _log_to_stderr(message: str) -> None:
     import sys
@@ -101,7 +57,7 @@ class Trainer:
         for w in photos.warnings + (test.warnings if test else []):
             self.log(f"warning: {w}")
         if test is not None:
-            self.test = _same_classes(test, photos.classes, test_source)
+            self.test = data_mod.same_classes(test, photos.classes, test_source)
 
     @classmethod
     def from_folder(cls, data, options: TrainOptions | None = None, test=None, log=None) -> "Trainer":
@@ -112,11 +68,8 @@ class Trainer:
     @classmethod
     def from_pairs(cls, pairs, options: TrainOptions | None = None, test_pairs=None, log=None) -> "Trainer":
         """From [(path, class name), ...]."""
-        def photos(items):
-            classes = sorted({data_mod.check_label(str(c), str(p)) for p, c in items})
-            index = {c: i for i, c in enumerate(classes)}
-            return data_mod.Photos([Path(p) for p, _ in items], [index[str(c).strip()] for _, c in items], classes)
-        return cls(photos(pairs), options, photos(test_pairs) if test_pairs else None, log=log)
+        return cls(data_mod.from_pairs(pairs), options, data_mod.from_pairs(test_pairs) if test_pairs else None,
+                   log=log)
 
     def config(self) -> dict:
         """What decides the result: a rerun with resume must ask for the same."""
@@ -129,14 +82,6 @@ class Trainer:
 
     def train(self, output, resume: bool = False) -> "TrainResult":
         return _Run(self, Path(output), resume).run()
-
-
-def _same_classes(other: data_mod.Photos, classes: list[str], where) -> data_mod.Photos:
-    unknown = [c for c in other.classes if c not in classes]
-    if unknown:
-        raise TrainError(f"{where or 'test'}: class {unknown[0]!r} is not one of the training classes")
-    index = {c: i for i, c in enumerate(classes)}
-    return data_mod.Photos(other.paths, [index[other.classes[i]] for i in other.labels], classes, other.warnings)
 
 
 class _Run:
@@ -222,10 +167,12 @@ class _Run:
         self.cut = len(self.model.stages) - 1 - FINE_TUNE_STAGES if o.fine_tune else "pooled"
         backbone = Backbone(self.model, self.cut, self.work, o.threads)
         n = len(self.train.paths)
-        self.log(f"{n} photos x {1 + o.views} crops (the centre and {o.views} augmented views)"
+        self.views = o.views or auto_views(n)
+        self.log(f"{n} photos x {1 + self.views} crops (the centre and {self.views} augmented view(s)"
+                 + ("" if o.views else ", --views to choose") + ")"
                  + (f", {len(self.test.paths)} test photos" if self.test else ""))
         dtype = np.float16 if o.fine_tune else np.float32     # activations: half the disk, same answers
-        self.store = FeatureStore(backbone, self.config_pp, o.views, o.seed, self.work / "features", dtype)
+        self.store = FeatureStore(backbone, self.config_pp, self.views, o.seed, self.work / "features", dtype)
         bad = self.store.compute(list(zip(self.train.paths, self.train.digests)), "features of the photos", self.log)
         if self.test is not None:
             self.test_store = FeatureStore(backbone, self.config_pp, 0, o.seed, self.work / "features", dtype)
@@ -273,7 +220,7 @@ class _Run:
     def _fine_tune(self, idx: np.ndarray, name: str):
         digests = [self.train.digests[i] for i in idx]
         key = hashlib.sha256(json.dumps([name, digests, asdict(self.ft_opts())]).encode()).hexdigest()
-        fine_tune(self.tail, RowReader([self.store.path(d) for d in digests]), self.y[idx], 1 + self.o.views,
+        fine_tune(self.tail, RowReader([self.store.path(d) for d in digests]), self.y[idx], 1 + self.views,
                   self.ft_opts(), self.o.seed, self.work / f"fine-tune-{name}", key, self.log)
 
     def ft_opts(self) -> FineTuneOptions:
@@ -355,63 +302,10 @@ class _Run:
                 "chosen": {"by": f"{selection.FOLDS}-fold cross-validation on all {len(self.y)} photos "
                                  "(these figures chose the setting: they are not an estimate)",
                            "l2_strength": self.choice.strength, "table": self.choice.table},
-                "files": {k: str(p) for k, p in self.files.items()}, "checkpoint": str(self.out / CHECKPOINT),
+                "views": self.views, "files": {k: str(p) for k, p in self.files.items()},
+                "checkpoint": str(self.out / CHECKPOINT),
                 "seconds": self.seconds, "config": self.t.config(), "version": __version__}
 
 
 def _finite(v):
     return None if isinstance(v, float) and not math.isfinite(v) else v
-
-
-@dataclass
-class TrainResult:
-    folder: Path
-    report: dict
-    threads: int | None = None
-    files: dict = field(init=False)
-
-    def __post_init__(self):
-        self.files = {k: Path(v) for k, v in self.report["files"].items()}
-
-    @classmethod
-    def load(cls, folder, threads: int | None = None) -> "TrainResult":
-        """The result of a finished run in `folder` (its report.json)."""
-        folder = Path(folder)
-        try:
-            report = json.loads((folder / "report.json").read_text(encoding="utf-8"))
-        except (OSError, ValueError) as e:
-            raise TrainError(f"{folder}: no finished effnet-train run there ({e})") from None
-        return cls(folder, report, threads)
-
-    @property
-    def classes(self) -> list[str]:
-        return self.report["classes"]
-
-    def summary(self) -> str:
-        return text(self.report)
-
-    def evaluate(self, data, file: str = "tflite") -> dict:
-        """One exported file through the runtime on labelled photos (a folder of class folders,
-        a CSV, or [(path, class)]): top-1, per class, confusion, thresholds, the mistakes."""
-        photos = data_mod.load(Path(data)) if isinstance(data, (str, Path)) else Trainer.from_pairs(
-            data, log=lambda m: None).photos
-        photos = _same_classes(photos, self.classes, data if isinstance(data, (str, Path)) else None)
-        return evaluate_file(self.files[file], photos, self.files[file].name, self.threads)
-
-    def export(self, path, precision: str = "int8", fmt: str | None = None, io: str | None = None,
-               softmax: bool = False, calibration=None) -> Path:
-        """Another file of the trained model (calibrated on `calibration`, a folder, or on the
-        training photos' centre crops)."""
-        path = Path(path)
-        fmt = fmt or ("onnx" if path.suffix == ".onnx" else "tflite")
-        exporter = Exporter(self.report["variant"], weights=self.folder / CHECKPOINT, labels=self.classes)
-        if precision == "int8":
-            if calibration is not None:
-                exporter.calibrate(calibration, CALIB_MAX)
-            else:
-                import csv
-                with open(self.folder / "split.csv", newline="", encoding="utf-8") as f:
-                    paths = [Path(r["path"]) for r in csv.DictReader(f) if r["set"] == "train"]
-                exporter.calibrate_on(centre_crops(paths, exporter.config, CALIB_MAX), "training photos")
-        exporter.export(path, precision, fmt, io, softmax=softmax)
-        return path

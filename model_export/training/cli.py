@@ -29,7 +29,8 @@ from ..calibration import CalibrationError
 from ..export import ExportError
 from ..weights import WeightsError
 from . import data as data_mod
-from .api import EXPORTS, Trainer, TrainOptions
+from .api import Trainer
+from .options import EXPORTS, TrainOptions
 from .checkpoint import CHECKPOINT, load_state
 from .report import text
 from .run_folder import WORK, TrainError
@@ -66,7 +67,9 @@ def parse_args(argv=None):
                         "as the head's starting point and prior); new classes are added")
     p.add_argument("--test", type=Path, metavar="DATA",
                    help="test photos (same layout as DATA): never used to choose; the report then leads with them")
-    p.add_argument("--views", type=int, default=8, help="augmented views of each photo, besides its centre crop (8)")
+    p.add_argument("--views", type=int, default=None,
+                   help="augmented views of each photo, besides its centre crop (default: 8 up to 1,000 photos, "
+                        "then fewer, down to 1 from 3,000: more photos need less augmentation)")
     p.add_argument("--fine-tune", action="store_true",
                    help="then train the last two block stages and the head convolution too (BatchNorm frozen; "
                         "6 epochs, weights averaged over the last 4)")
@@ -77,12 +80,14 @@ def parse_args(argv=None):
     p.add_argument("--export", default="tflite", metavar="LIST",
                    help=f"comma-separated, of {', '.join(EXPORTS)}, or 'all' (tflite)")
     p.add_argument("--seed", type=int, default=0, help="everything random follows from it (0)")
-    p.add_argument("--threads", type=int, default=None, help="CPU threads (all cores)")
+    p.add_argument("--threads", type=int, default=None,
+                   help="CPU threads (default: all cores, the features one photo per core; N: one photo at a "
+                        "time on N threads)")
     p.add_argument("--resume", action="store_true", help="continue the run in --output (after a crash or Ctrl-C)")
     p.add_argument("-q", "--quiet", action="store_true", help="no report on stdout (report.json is written)")
     p.add_argument("--version", action="version", version=f"effnet-train {__version__}")
     args = p.parse_args(argv)
-    if args.views < 1 or args.views > 64:
+    if args.views is not None and not 1 <= args.views <= 64:
         p.error("--views must be between 1 and 64")
     if not 0 <= args.label_smoothing < 1:
         p.error("--label-smoothing must be in [0, 1)")

@@ -201,3 +201,19 @@ def check_apart(train: Photos, other: Photos, prints: dict[Path, Fingerprint], w
         same = "" if a == b else f" = {shown(b)}"
         raise DataError(f"{len(shared)} photo(s) are in both the training and the {what} data "
                         f"(e.g. {shown(a)}{same}): remove them from one")
+
+
+def from_pairs(items) -> Photos:
+    """Photos from [(path, class name), ...]."""
+    classes = sorted({check_label(str(c), str(p)) for p, c in items})
+    index = {c: i for i, c in enumerate(classes)}
+    return Photos([Path(p) for p, _ in items], [index[str(c).strip()] for _, c in items], classes)
+
+
+def same_classes(other: Photos, classes: list[str], where) -> Photos:
+    """`other` with the class numbers of `classes` (an unknown class is an error)."""
+    unknown = [c for c in other.classes if c not in classes]
+    if unknown:
+        raise DataError(f"{where or 'test'}: class {unknown[0]!r} is not one of the training classes")
+    index = {c: i for i, c in enumerate(classes)}
+    return Photos(other.paths, [index[other.classes[i]] for i in other.labels], classes, other.warnings)

@@ -92,6 +92,9 @@ def text(report: dict) -> str:
     lines += ["", f"chosen by {c['by']}:",
               f"  L2 strength {c['l2_strength']:g} (cross-validated log-loss {best['cv_log_loss']:.3f}, "
               f"top-1 {100 * best['cv_top1']:.1f} %)"]
+    if "views" in report:
+        lines.append(f"  {report['views']} augmented view(s) of each photo, besides its centre crop"
+                     + ("" if report["config"]["views"] else " (by the number of photos; --views to set)"))
     main = report["test"]["tflite"] if report["test"] else report["estimate"]
     what = "test photos" if report["test"] else "the estimate's answers"
     lines += ["", f"per class ({what}):", f"  {'class':<24} photos  precision  recall"]
