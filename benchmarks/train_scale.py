@@ -5,9 +5,10 @@
 
 The DATA folders (class sub-folders each) are merged into one folder of --photos photos, by
 symbolic links, each class named `<set>-<class>`, taken in a seeded random order (so a part keeps
-every class). When they hold fewer photos than asked, the rest are mirrored copies of theirs (written once under --work): a mirror image is a different
-photo to the trainer's copy detection (its thumbnail differs) unless the photo is symmetric,
-and such copies are merged as a user's would be, so the run may use a few fewer. Then
+every class). When they hold fewer photos than asked, the rest are mirrored copies of theirs
+(written once under --work): a mirror image is a different photo to the trainer's copy
+detection (its thumbnail differs) unless the photo is symmetric, and such copies are merged
+as a user's would be, so the run may use a few fewer. Then
 `effnet-train FOLDER` runs with default settings (or --fine-tune) as a user would, and its
 wall time, peak RSS (the whole process, as the kernel counts it), cache size and phases are
 printed. The figures hold for this machine (printed) and its load at the time.
@@ -85,7 +86,8 @@ def main(argv=None) -> int:
           f"{'--fine-tune' if args.fine_tune else 'default settings'}, {row['views']} view(s): "
           f"{seconds:.0f} s wall, peak RSS {row['peak_rss_mb']:.0f} MB, cache {row['cache_mb']:.0f} MB")
     print("phases: " + ", ".join(f"{k} {v:.0f} s" for k, v in report["seconds"].items()))
-    print(f"its estimate: {100 * row['estimate']:.1f} % ({100 * row['interval'][0]:.1f}-{100 * row['interval'][1]:.1f})")
+    low, high = row["interval"]
+    print(f"its estimate: {100 * row['estimate']:.1f} % ({100 * low:.1f}-{100 * high:.1f})")
     if args.json:           # a row per run: an existing file (of this machine) gets one more
         rows = json.loads(args.json.read_text())["rows"] if args.json.is_file() else []
         rows = [r for r in rows if (r["photos_asked"], r["fine_tune"]) != (args.photos, args.fine_tune)]

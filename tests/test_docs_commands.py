@@ -161,7 +161,8 @@ def serve(command: str, work: Path, env: dict) -> None:
                     status = urllib.request.urlopen(f"http://127.0.0.1:{SERVE_PORT}/healthz", timeout=5).status
                 except OSError:
                     time.sleep(0.3)
-            assert status == 200, f"{command}: no /healthz\n{proc.stderr.read()[-3000:] if proc.poll() is not None else ''}"
+            said = proc.stderr.read()[-3000:] if proc.poll() is not None else ""
+            assert status == 200, f"{command}: no /healthz\n{said}"
             proc.send_signal(signal.SIGTERM)
             assert proc.wait(60) == 0, f"{command}\n{proc.stderr.read()[-3000:]}"
         finally:
