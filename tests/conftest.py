@@ -29,6 +29,8 @@ def pytest_addoption(parser):
     parser.addoption("--pi-guide", action="store_true",
                      help="run the Raspberry Pi guide's install commands verbatim on an emulated Pi 5, pip on the "
                           "board (about 2 minutes here; then cached by the wheel's content)")
+    parser.addoption("--docs-bench", action="store_true",
+                     help="also run the documents' effnet-bench lines as written (about 2 minutes here)")
 
 DEV_DIR = ROOT.parent / "shared" / "data" / "imagenet-sample-dev"
 
