@@ -5,6 +5,13 @@ import sys
 import time
 
 
+def duration(seconds: float) -> str:
+    """A time to wait, as a person reads it: "40 s", "12 min", "2.5 hours"."""
+    if seconds < 120:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.0f} min" if seconds < 7200 else f"{seconds / 3600:.1f} hours"
+
+
 class Progress:
     def __init__(self, total: int, desc: str = "", enabled: bool | None = None, stream=None):
         self.total, self.desc, self.n = max(int(total), 0), desc, 0

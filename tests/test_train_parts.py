@@ -170,3 +170,28 @@ def test_a_feature_the_photos_barely_vary_gets_no_outsized_weight():
     y[0] = 1 - y[0]                      # only the near-dead feature can explain the first row
     model = fit(x, y, 2, 1e-3, HeadOptions(max_iter=300))
     assert np.abs(model.weight[:, 7]).max() < 10 * np.abs(model.weight[:, :7]).max(), model.weight
+
+
+def test_a_long_fine_tuning_says_how_long_it_will_take(tmp_path, monkeypatch):
+    """After its first batches, a fine-tuning that will run past a minute logs the epochs, the
+    batches and the time left; a short one says nothing."""
+    import torch
+    from effnet_lite.model_export.training import fit
+    rng = np.random.default_rng(0)
+    paths = []
+    for i in range(40):
+        np.save(tmp_path / f"{i}.npy", rng.normal(size=(2, 4)).astype(np.float16))
+        paths.append(tmp_path / f"{i}.npy")
+    labels = np.arange(40) % 2
+    opts = fit.FineTuneOptions(epochs=3, average_from=2, batch=4)
+
+    def said(over: float) -> list[str]:
+        monkeypatch.setattr(fit, "FORECAST_OVER", over)
+        lines: list[str] = []
+        fit.fine_tune(torch.nn.Linear(4, 2), fit.RowReader(paths), labels, 2, opts, 0, None, "k", lines.append,
+                      "fine-tuning the final model")
+        return lines
+    assert said(60.0) == []
+    [line] = said(0.0)
+    assert line.startswith("fine-tuning the final model: 3 epoch(s) of 20 batches, about ") and \
+        line.endswith(" s more (measured on the first 10 batches)"), line

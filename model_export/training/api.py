@@ -221,7 +221,8 @@ class _Run:
         digests = [self.train.digests[i] for i in idx]
         key = hashlib.sha256(json.dumps([name, digests, asdict(self.ft_opts())]).encode()).hexdigest()
         fine_tune(self.tail, RowReader([self.store.path(d) for d in digests]), self.y[idx], 1 + self.views,
-                  self.ft_opts(), self.o.seed, self.work / f"fine-tune-{name}", key, self.log)
+                  self.ft_opts(), self.o.seed, self.work / f"fine-tune-{name}", key, self.log,
+                  "fine-tuning the estimate's model" if name == "estimate" else "fine-tuning the final model")
 
     def ft_opts(self) -> FineTuneOptions:
         return FineTuneOptions(label_smoothing=self.o.label_smoothing, class_weights=self.head_opts.class_weights)

@@ -28,7 +28,7 @@ import numpy as np
 from effnet_lite.backends import open_model
 from effnet_lite.errors import ImageError
 from effnet_lite.preprocess import PreprocessConfig, load_image, normalize, preprocess
-from effnet_lite.progress import Progress
+from effnet_lite.progress import Progress, duration
 from effnet_lite.quiet import Captured
 
 from .. import tflite_writer
@@ -147,8 +147,7 @@ class FeatureStore:
                     if done == FORECAST_AFTER and len(todo) > 4 * FORECAST_AFTER:
                         left = (time.perf_counter() - t0) / done * (len(todo) - done)
                         bar.clear()
-                        log(f"{desc}: {len(todo)} photos to compute, about "
-                            f"{f'{left:.0f} s' if left < 120 else f'{left / 60:.0f} min'} more and "
+                        log(f"{desc}: {len(todo)} photos to compute, about {duration(left)} more and "
                             f"{len(todo) * nbytes / 2**20:.0f} MB of cache in {self.folder} "
                             f"(measured on the first {done})")
         finally:

@@ -9,6 +9,7 @@ a resumed run ends bit for bit as the uninterrupted one.
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -17,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from effnet_lite.progress import Progress
+from effnet_lite.progress import Progress, duration
 
 from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_state
 
@@ -27,6 +28,10 @@ from .checkpoint import load_state, optimizer_tensors, restore_optimizer, save_s
 # two +6.8 / +2.0, the last three -1.0 on the second, and two take 2.1-2.7x one's run time
 # (docs/train.md)
 STAGES = 2
+
+
+FORECAST_AFTER = 10     # batches timed before a long fine-tuning says how long it will take
+FORECAST_OVER = 60      # seconds: shorter phases say nothing
 
 
 @dataclass
@@ -102,7 +107,7 @@ def pooled_features(tail: Tail, reader: RowReader, photos: int, rows: int) -> np
 
 
 def fine_tune(tail: Tail, reader: RowReader, labels: np.ndarray, rows: int, opts: FineTuneOptions, seed: int,
-              state_dir: Path | None, key: str, log=None) -> None:
+              state_dir: Path | None, key: str, log=None, what: str = "fine-tuning") -> None:
     """Train `tail` in place; on return it holds the averaged weights. `key` names the photos
     and settings: a saved state is resumed only when it was made for the same."""
     torch.manual_seed(seed)
@@ -118,10 +123,11 @@ def fine_tune(tail: Tail, reader: RowReader, labels: np.ndarray, rows: int, opts
         average = {k[4:]: v for k, v in tensors.items() if k.startswith("avg.")} or None
         start, averaged = info["epoch"] + 1, info["averaged"]
     batches = -(-len(pairs) // opts.batch)
+    t0, left = time.perf_counter(), (opts.epochs - start) * batches
     for epoch in range(start, opts.epochs):
         order = np.random.default_rng([seed, epoch]).permutation(len(pairs))
         tail.train()
-        with Progress(batches, f"fine-tuning, epoch {epoch + 1}/{opts.epochs}") as bar:
+        with Progress(batches, f"{what}, epoch {epoch + 1}/{opts.epochs}") as bar:
             for b in range(batches):
                 chosen = pairs[order[b * opts.batch:(b + 1) * opts.batch]]
                 a = torch.from_numpy(np.stack([reader.row(i, r) for i, r in chosen]).astype(np.float32))
@@ -130,6 +136,13 @@ def fine_tune(tail: Tail, reader: RowReader, labels: np.ndarray, rows: int, opts
                 F.cross_entropy(tail(a), y, weight=weight, label_smoothing=opts.label_smoothing).backward()
                 opt.step()
                 bar.update()
+                if epoch == start and b + 1 == FORECAST_AFTER and log:
+                    each = (time.perf_counter() - t0) / FORECAST_AFTER
+                    if each * left > FORECAST_OVER:
+                        bar.clear()
+                        log(f"{what}: {opts.epochs - start} epoch(s) of {batches} batches, about "
+                            f"{duration(each * (left - FORECAST_AFTER))} more (measured on the first "
+                            f"{FORECAST_AFTER} batches)")
         if epoch + 1 >= opts.average_from:
             now = {k: v.detach().clone() for k, v in tail.state_dict().items()}
             average = now if average is None else {k: average[k] + (now[k] - average[k]) / (averaged + 1)
