@@ -49,6 +49,15 @@ SKIMAGE_PHOTOS = ("chelsea", "coffee", "astronaut", "rocket", "hubble_deep_field
                   "immunohistochemistry", "retina", "colorwheel")
 
 
+def superclass_rows() -> list[dict]:
+    """The dev photos' rows of superclasses.csv (file, class_index, superclass), by file."""
+    table = DEV_DIR / "superclasses.csv"
+    if not table.is_file():
+        unavailable(f"{table} not found (CI has the dev photos beside the clone)")
+    with open(table, newline="") as f:
+        return sorted(csv.DictReader(f), key=lambda r: r["file"])
+
+
 def skimage_photos() -> dict[str, np.ndarray]:
     """Real photos that scikit-image installs: name → HxWx3 uint8."""
     from skimage import data

@@ -6,7 +6,6 @@ fails. The effnet-bench lines (but --quick ones) measure for a minute or more ea
 with --docs-bench (about 2 minutes more), to keep CI within its budget."""
 from __future__ import annotations
 
-import csv
 import fcntl
 import os
 import re
@@ -22,8 +21,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from conftest import DEV_DIR, ROOT, dev_rows
-from tests_helpers import unavailable
+from conftest import DEV_DIR, ROOT, dev_rows, superclass_rows
+from tests_helpers import require_module, write_video
 
 DOCUMENTS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
 RAY = "a Ray cluster of several nodes (tests/test_ray_cluster.py runs the documented ray commands)"
@@ -77,23 +76,6 @@ def write_photos(folder: Path, paths: list[Path]) -> None:
         shutil.copy(path, folder / (path.stem.lower() + ".jpg"))
 
 
-def write_video(path: Path) -> None:
-    try:
-        import av
-    except ImportError:
-        unavailable("PyAV is not installed (the video extra)")
-    frames = [Image.open(r["path"]).convert("RGB").resize((320, 240)) for r in dev_rows()[:3]]
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("mpeg4", rate=5)
-        stream.width, stream.height, stream.pix_fmt = 320, 240, "yuv420p"
-        for frame in frames:
-            for _ in range(5):
-                for packet in stream.encode(av.VideoFrame.from_image(frame)):
-                    container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
-
-
 def write_checkpoint(work: Path, classes: list[str]) -> None:
     """my_finetune.pth: Lite0's ImageNet network with a new head of `classes` (timm format)."""
     import torch
@@ -108,8 +90,9 @@ def write_checkpoint(work: Path, classes: list[str]) -> None:
 def folder(lite0_files, tmp_path):
     """A checkout's neighbourhood: work/ (the current folder) with the files the documents name,
     and ../shared beside it."""
-    if not (DEV_DIR / "superclasses.csv").is_file():
-        unavailable(f"{DEV_DIR}: the dev photos are not there (CI has them beside the clone)")
+    groups: dict = {}
+    for r in superclass_rows():          # (not there: a skip, or in CI a failure)
+        groups.setdefault(r["superclass"], []).append(r)
     (tmp_path / "shared").symlink_to(DEV_DIR.parent.parent.resolve())
     work, home = tmp_path / "work", tmp_path / "home"
     work.mkdir()
@@ -119,10 +102,6 @@ def folder(lite0_files, tmp_path):
     shutil.copy(paths[0], work / "photo.jpg")
     shutil.copy(paths[1], work / "some_photo.jpg")
     (work / "list.txt").write_text("".join(f"photos/{p.name}\n" for p in sorted((work / "photos").iterdir())))
-    groups = {}
-    with open(DEV_DIR / "superclasses.csv", newline="") as f:
-        for r in csv.DictReader(f):
-            groups.setdefault(r["superclass"], []).append(r)
     for name in ("bird", "dog"):
         write_photos(work / "my_photos" / name, [DEV_DIR / r["file"] for r in groups[name][:6]])
     for name in ("int8.tflite", "fp32.tflite"):
@@ -180,7 +159,9 @@ def test_the_documents_commands_run_as_written(document, folder, request):
         shutil.rmtree(work / "photos")
         shutil.copytree(work / "my_photos", work / "photos")
     if document.name == "infer-and-label.md":
-        write_video(work / "clip.mp4")
+        require_module("av", "PyAV is not installed (the video extra)")
+        frames = [Image.open(r["path"]).convert("RGB").resize((320, 240)) for r in dev_rows()[:3]]
+        write_video(work / "clip.mp4", frames, 5, "mpeg4", "yuv420p")
     if document.name == "export-and-quantization.md":
         write_checkpoint(work, ["cat", "dog", "fox"])
     for command in commands(document):

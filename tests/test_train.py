@@ -24,19 +24,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import DEV_DIR, built_once
-from tests_helpers import require_module, run_module, unavailable, wait_for
+from conftest import DEV_DIR, built_once, superclass_rows
+from tests_helpers import require_module, run_module, wait_for
 
 GROUPS = ("bird", "dog", "fish", "invertebrate", "object", "other_mammal", "reptile_amphibian")
 TRAIN = "effnet_lite.model_export.training.cli"
-
-
-def superclass_rows() -> list[dict]:
-    table = DEV_DIR / "superclasses.csv"
-    if not table.is_file():
-        unavailable(f"{table} not found (CI has the dev photos beside the clone)")
-    with open(table, newline="") as f:
-        return sorted(csv.DictReader(f), key=lambda r: r["file"])
 
 
 def class_folders(root: Path, rows, copy: bool = False) -> Path:

@@ -10,7 +10,7 @@ import pytest
 from PIL import Image
 
 from effnet_lite import Classifier
-from tests_helpers import require_module, run_module
+from tests_helpers import require_module, run_module, write_video
 
 av = require_module("av", "the video tests need PyAV (video extra)")
 FPS, SIZE = 5, (320, 240)
@@ -23,15 +23,7 @@ def video(photos, tmp_path_factory):
     from skimage import data
     frames = [np.asarray(Image.fromarray(getattr(data, n)()).convert("RGB").resize(SIZE)) for n in NAMES]
     path = tmp_path_factory.mktemp("video") / "photos.mkv"
-    with av.open(str(path), "w") as container:
-        stream = container.add_stream("ffv1", rate=FPS)
-        stream.width, stream.height, stream.pix_fmt = SIZE[0], SIZE[1], "bgr0"
-        for frame in frames:
-            for _ in range(FPS):
-                for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
-                    container.mux(packet)
-        for packet in stream.encode():
-            container.mux(packet)
+    write_video(path, frames, FPS, "ffv1", "bgr0")
     return path, frames
 
 

@@ -88,3 +88,21 @@ def cached_venv(name: str, packages: list[str], what: str):
             shutil.rmtree(env_dir, ignore_errors=True)
             unavailable(f"cannot install {what} here (no wheel or no registry): {done.stderr.strip()[-300:]}")
     return python
+
+
+def write_video(path: Path, frames, fps: int, codec: str, pix_fmt: str) -> None:
+    """A video of `fps` frames of each RGB frame (arrays or PIL images) in turn, with PyAV
+    (the container follows the file name)."""
+    import av
+    import numpy as np
+    first = np.asarray(frames[0])
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream(codec, rate=fps)
+        stream.width, stream.height, stream.pix_fmt = first.shape[1], first.shape[0], pix_fmt
+        for frame in frames:
+            picture = av.VideoFrame.from_ndarray(np.asarray(frame), format="rgb24")
+            for _ in range(fps):
+                for packet in stream.encode(picture):
+                    container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)

@@ -38,9 +38,7 @@ from .augment import random_view, view_rng
 
 
 FORECAST_AFTER = 16     # photos computed before the time and disk a long run needs are forecast
-
-
-MAX_WORKERS = 4
+MAX_WORKERS = 4         # photos worked on at once, at most
 
 
 def workers_for(threads: int | None) -> int:
@@ -50,8 +48,8 @@ def workers_for(threads: int | None) -> int:
 
 
 class Backbone:
-    """The model's layers up to `cut` ("pooled", or a stage index: its output), as a function
-    of uint8 crops. Interpreters are opened in the calling thread (opening one silences fd 2
+    """The model's layers up to `cut` ("pooled", or a stage index: its output), as rows of
+    uint8 crops. Interpreters are opened in the calling thread (opening one silences fd 2
     for a moment, which must not overlap another thread's output), then lent to the worker
     threads one photo at a time."""
 
@@ -88,9 +86,6 @@ class Backbone:
             self._idle.put(backend)
         return np.stack([o.reshape(o.shape[1:]) if o.ndim == 2 else o[0].transpose(2, 0, 1)   # NHWC → CHW
                          for o in outs])
-
-    def __call__(self, crop: np.ndarray) -> np.ndarray:
-        return self.rows([crop])[0]
 
 
 def crops_of(path: Path, digest: str, config: PreprocessConfig, views: int, seed: int) -> list[np.ndarray]:
