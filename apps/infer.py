@@ -21,6 +21,7 @@ from pathlib import Path  # noqa: E402
 from effnet_lite import (BackendUnavailableError, Classifier, ClassifierOptions, ModelError,  # noqa: E402
                      __version__)
 from effnet_lite.backends import BACKENDS  # noqa: E402
+from effnet_lite.cores import workers_per_core  # noqa: E402
 from effnet_lite.dataset import image_files  # noqa: E402
 from effnet_lite.progress import Progress  # noqa: E402
 
@@ -99,8 +100,7 @@ def choose_workers(workers: int | None, threads: int | None, images: int) -> int
     """--workers, or the default: one process per core (at most 4) for many images."""
     if workers is not None:
         return min(workers, max(images, 1))
-    cores = os.cpu_count() or 1
-    return min(cores, 4) if images >= AUTO_WORKERS_FROM and cores > 1 and threads is None else 1
+    return workers_per_core(threads) if images >= AUTO_WORKERS_FROM else 1
 
 
 def expand(inputs: list[str]):

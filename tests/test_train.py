@@ -372,6 +372,7 @@ def test_killed_in_each_phase_resumes_to_the_uninterrupted_result(tmp_path):
     assert code == 0, err[-2000:]
     code, _, err = train(data, "--output", tmp_path / "straight", "--views", "2", "--fine-tune")
     assert code == 0, err[-2000:]
+    assert "estimating the accuracy on new photos (held-out fifth)" in err, err     # as it does
     mine, theirs = load_file(str(out / "model.safetensors")), load_file(str(tmp_path / "straight" / "model.safetensors"))
     assert mine.keys() == theirs.keys() and all((mine[k] == theirs[k]).all() for k in theirs)
     report, before = (json.loads((d / "report.json").read_text()) for d in (out, tmp_path / "straight"))

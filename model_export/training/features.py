@@ -17,7 +17,6 @@ the run's seed and the photo's content, not by its place in a list.
 """
 from __future__ import annotations
 
-import os
 import queue
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,6 +25,7 @@ from pathlib import Path
 import numpy as np
 
 from effnet_lite.backends import open_model
+from effnet_lite.cores import workers_per_core
 from effnet_lite.errors import ImageError
 from effnet_lite.preprocess import PreprocessConfig, load_image, normalize, preprocess
 from effnet_lite.progress import Progress, duration
@@ -38,13 +38,6 @@ from .augment import random_view, view_rng
 
 
 FORECAST_AFTER = 16     # photos computed before the time and disk a long run needs are forecast
-MAX_WORKERS = 4         # photos worked on at once, at most
-
-
-def workers_for(threads: int | None) -> int:
-    """Photos worked on at once: one per core (up to 4) unless --threads asks for one
-    interpreter with that many threads."""
-    return 1 if threads else max(1, min(MAX_WORKERS, os.cpu_count() or 1))
 
 
 class Backbone:
@@ -63,7 +56,7 @@ class Backbone:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(blob)
             tmp.replace(path)
-        self.path, self.threads, self.workers = path, threads, workers_for(threads)
+        self.path, self.threads, self.workers = path, threads, workers_per_core(threads)
         self.opened = 0
         self._idle: queue.SimpleQueue = queue.SimpleQueue()
         self.ready(1)             # here, so that a file that cannot load fails before any work
