@@ -135,7 +135,8 @@ def one_set(data: Path, args, seed: int) -> list[dict]:
                                      ["--seed", str(seed), *extra]))
     for r in rows:
         r.update(set=data.name if data.name not in ("train", "Dataset", "data") else data.parent.name,
-                 seed=seed, train=len(train.paths), test=len(test.paths), classes=len(photos.classes))
+                 variant=args.variant, seed=seed, train=len(train.paths), test=len(test.paths),
+                 classes=len(photos.classes))
     return rows
 
 
