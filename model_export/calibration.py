@@ -110,14 +110,25 @@ class RangeCollector:
         return out
 
 
+def input_batches(pixels: np.ndarray, graph: Graph, batch: int):
+    """The graph's float inputs for `pixels`, `batch` photos at a time (a sized iterable)."""
+    class Batches:
+        def __len__(self):
+            return -(-len(pixels) // batch)
+
+        def __iter__(self):
+            return (pixels_to_input(pixels[i:i + batch], graph) for i in range(0, len(pixels), batch))
+    return Batches()
+
+
 def collect(graph: Graph, pixels: np.ndarray, batch: int = 16) -> RangeCollector:
     collector = RangeCollector()
-    batches = [pixels[i:i + batch] for i in range(0, len(pixels), batch)]
     with torch.no_grad():
         for observe, desc in ((collector.observe_minmax, "calibrating (1/2)"),
                               (collector.observe_hist, "calibrating (2/2)")):
-            for b in track(batches, desc=desc):
-                run(graph, pixels_to_input(b, graph), observe)
+            batches = input_batches(pixels, graph, batch)
+            for x in track(batches, total=len(batches), desc=desc):
+                run(graph, x, observe)
     return collector
 
 

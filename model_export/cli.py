@@ -11,6 +11,7 @@ from effnet_lite.variants import VARIANTS, UnknownVariantError, get_variant
 
 from .calibration import ESTIMATORS, CalibrationError
 from .export import FORMATS, PRECISIONS, SUFFIX, ExportError, Exporter, check_writable
+from .rounding import ROUNDINGS
 from .weights import WEIGHT_PACKAGES, WeightsError
 
 EXAMPLES = """\
@@ -22,6 +23,8 @@ examples:
       MediaPipe's ImageClassifier, the TFLite Task Library and Android tools take as is
   effnet-export lite0 --format onnx --calib-dir photos/
       int8 ONNX (QDQ, uint8 activations: fastest in onnxruntime on x86; --io int8 for ARM)
+  effnet-export lite0 --rounding learned --calib-dir photos/ -o lite0_int8.tflite
+      learned rounding: closer to fp32 (measured: docs/export-and-quantization.md)
   effnet-export lite2 --precision fp32 --format onnx
   effnet-export lite3 --weights tf_efficientnet_lite3.pth --calib-dir photos/
   effnet-export lite0 --weights my_finetune.pth --labels labels.txt --calib-dir photos/
@@ -60,6 +63,11 @@ def parse_args(argv=None):
     p.add_argument("--calib-count", type=int, default=200, help="images to calibrate on (200)")
     p.add_argument("--estimator", choices=ESTIMATORS, default="mse",
                    help="activation range estimator (mse: best measured, see README)")
+    p.add_argument("--rounding", choices=ROUNDINGS, default="nearest",
+                   help="int8 weight rounding: nearest, or learned = each layer's integers chosen to "
+                        "reconstruct its output on the --calib-dir photos (or, data-free, on "
+                        "synthetic images): closer to fp32, about 20 s more for Lite0 on 2 cores "
+                        "(docs/export-and-quantization.md)")
     p.add_argument("--input-size", type=int, help="input resolution (default: the variant's)")
     p.add_argument("--all", type=Path, metavar="OUT_DIR",
                    help="build every variant x fp32/int8 x tflite/onnx into OUT_DIR")
@@ -138,8 +146,9 @@ def run(args) -> list:
             check_writable(path)        # fail before the slow calibration
         if any(p == "int8" for p, _ in jobs):
             start = time.perf_counter()
-            qg = exporter.calibrate(args.calib_dir, args.calib_count, args.estimator)
-            print(f"calibrated {name} ({qg.calibration['method']}, {qg.calibration['images']} images) "
+            qg = exporter.calibrate(args.calib_dir, args.calib_count, args.estimator, args.rounding)
+            print(f"calibrated {name} ({qg.calibration['method']}, {qg.calibration['images']} images, "
+                  f"{qg.calibration['rounding']} rounding) "
                   f"in {time.perf_counter() - start:.1f} s", file=sys.stderr)
         for (precision, fmt), path in zip(jobs, paths):
             print(f"writing {path} ...", file=sys.stderr)

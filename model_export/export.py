@@ -20,16 +20,19 @@ from effnet_lite.labels import imagenet_labels
 from effnet_lite.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
 from effnet_lite.metrics import softmax as softmax_rows
 from effnet_lite.preprocess import PreprocessConfig
+from effnet_lite.progress import Progress
 from effnet_lite.quiet import Captured
 from effnet_lite.tflite_metadata import STANDARD_NAME
 from effnet_lite.variants import NUM_CLASSES, QUANTIZED_MEAN
 
 from . import onnx_writer, standard_metadata, tflite_writer
-from .calibration import collect, data_free_ranges, load_calibration_images, pixels_to_input
+from .calibration import (collect, data_free_ranges, input_batches, load_calibration_images,
+                          pixels_to_input)
 from .cli_checks import output_problem
 from .folding import fold_batchnorm
 from .graph import build_graph, with_pixel_input
 from .quantize import PIXEL_SCALE, QuantizedGraph, quantize_graph
+from .rounding import MOMENT_BATCH, ROUNDINGS, second_moments
 from .weights import WEIGHT_PACKAGES, load_model
 
 FORMATS = ("tflite", "onnx")
@@ -39,6 +42,10 @@ MIN_COSINE = 0.8   # below this the written file is broken, not merely quantized
 # A file ending in SOFTMAX must give softmax(its logits twin) within this (int8: the op's
 # 1/256 output step plus its fixed-point exp; float: rounding)
 SOFTMAX_TOLERANCE = {"int8": 2.5 / 256, "fp32": 1e-5}
+
+
+VERIFICATION_IMAGES = 16      # synthetic images that check a file made without photos
+SYNTHETIC_FOR_ROUNDING = 64   # and those data-free learned rounding reconstructs on
 
 
 class ExportError(RuntimeError):
@@ -99,32 +106,51 @@ class Exporter:
         return list(labels)
 
     # ---- calibration -------------------------------------------------------------
-    def calibrate(self, calib_dir=None, count: int = 200, estimator: str = "mse") -> QuantizedGraph:
+    def calibrate(self, calib_dir=None, count: int = 200, estimator: str = "mse",
+                  rounding: str = "nearest") -> QuantizedGraph:
+        """Calibrate on a folder's photos, or data-free without one. `rounding="learned"`
+        rounds the weights to reconstruct each layer's output on the photos (rounding.py)."""
+        _check_rounding(rounding)
         pixel_graph = with_pixel_input(self.graph)
-        if calib_dir is None:
-            self.log("notice: no --calib-dir given: data-free calibration from the model's "
-                     "BatchNorm statistics (folder calibration is more accurate)")
-            ranges, means = data_free_ranges(pixel_graph)
-            info = {"method": "data-free (BatchNorm statistics)", "images": 0}
-        else:
+        if calib_dir is not None:
             return self.calibrate_on(load_calibration_images(calib_dir, count, self.config, warn=self.log),
-                                     Path(calib_dir).name, estimator)
-        return self.use_ranges(ranges, info, means)
+                                     Path(calib_dir).name, estimator, rounding)
+        self.log("notice: no --calib-dir given: data-free calibration from the model's "
+                 "BatchNorm statistics (folder calibration is more accurate)")
+        ranges, means = data_free_ranges(pixel_graph)
+        moments = None
+        if rounding == "learned":     # reconstruct on blocky synthetic images (measured to help)
+            pixels = synthetic_pixels(SYNTHETIC_FOR_ROUNDING, self.model.input_size)
+            moments = second_moments(pixel_graph, input_batches(pixels, pixel_graph, MOMENT_BATCH))
+        return self.use_ranges(ranges, {"method": "data-free (BatchNorm statistics)", "images": 0},
+                               means, moments)
 
-    def calibrate_on(self, pixels: np.ndarray, source: str, estimator: str = "mse") -> QuantizedGraph:
+    def calibrate_on(self, pixels: np.ndarray, source: str, estimator: str = "mse",
+                     rounding: str = "nearest") -> QuantizedGraph:
         """Calibrate on crops already made ((N, H, W, 3) uint8, as the runtime preprocesses);
         they are also the verification photos of the files written next."""
+        _check_rounding(rounding)
         self.samples = pixels
-        collector = collect(with_pixel_input(self.graph), pixels)
+        pixel_graph = with_pixel_input(self.graph)
+        collector = collect(pixel_graph, pixels)
         info = {"method": estimator, "images": int(len(pixels)), "source": source}
-        return self.use_ranges(collector.ranges(estimator), info, collector.channel_means())
+        moments = None
+        if rounding == "learned":
+            moments = second_moments(pixel_graph, input_batches(pixels, pixel_graph, MOMENT_BATCH))
+        return self.use_ranges(collector.ranges(estimator), info, collector.channel_means(), moments)
 
-    def use_ranges(self, ranges: dict, info: dict, channel_means: dict | None) -> QuantizedGraph:
+    def use_ranges(self, ranges: dict, info: dict, channel_means: dict | None,
+                   moments: dict | None = None) -> QuantizedGraph:
         """Quantize with activation ranges (tensor → (lo, hi) on the pixel-input graph) and,
-        for bias correction, per-channel activation means."""
+        for bias correction, per-channel activation means; with `moments` (per weighted op,
+        rounding.second_moments), learned rounding."""
         self.ranges_used = (ranges, info, channel_means)     # what a saved calibration needs
-        info = {**info, "bias_correction": channel_means is not None}
-        self.quantized = quantize_graph(with_pixel_input(self.graph), ranges, info, channel_means)
+        info = {**info, "bias_correction": channel_means is not None,
+                "rounding": "nearest" if moments is None else "learned"}
+        layers = sum(op.weight is not None for op in self.graph.ops)
+        with Progress(layers, "learned rounding (2/2): layers", enabled=None if moments else False) as bar:
+            self.quantized = quantize_graph(with_pixel_input(self.graph), ranges, info, channel_means,
+                                            moments, on_layer=bar.update)
         return self.quantized
 
     # ---- writing -----------------------------------------------------------------
@@ -214,11 +240,8 @@ class Exporter:
     def verification_pixels(self) -> tuple[np.ndarray, str]:
         if self.samples is not None:
             return self.samples, "calibration photos"
-        if self._synthetic is None:   # blocky random images: no photos were given
-            rng, size = np.random.default_rng(0), self.model.input_size
-            small = rng.integers(0, 256, (16, -(-size // 16), -(-size // 16), 3), dtype=np.uint8)
-            self._synthetic = np.ascontiguousarray(
-                np.repeat(np.repeat(small, 16, 1), 16, 2)[:, :size, :size])
+        if self._synthetic is None:   # no photos were given
+            self._synthetic = synthetic_pixels(VERIFICATION_IMAGES, self.model.input_size)
         return self._synthetic, "synthetic images"
 
     def reference_logits(self, pixels: np.ndarray) -> np.ndarray:
@@ -276,6 +299,19 @@ class Exporter:
             raise ExportError(f"written file's probabilities differ from the softmax of its logits "
                               f"by up to {error:.4f}: the export is broken")
         return result
+
+
+def _check_rounding(rounding: str) -> None:
+    if rounding not in ROUNDINGS:
+        raise ExportError(f"unknown rounding {rounding!r}: choose one of {', '.join(ROUNDINGS)}")
+
+
+def synthetic_pixels(count: int, size: int) -> np.ndarray:
+    """Blocky random images (16-pixel blocks of random colour), the same for every call:
+    the first n of a larger set are the set of n."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (count, -(-size // 16), -(-size // 16), 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(np.repeat(small, 16, 1), 16, 2)[:, :size, :size])
 
 
 def _umask() -> int:

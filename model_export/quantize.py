@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .graph import INPUT, OUTPUT, Graph
+from .rounding import round_layer
 
 # Integer input: int8 = pixel - 128, uint8 = pixel; the real value (pixel - 128)/127.5
 # (see graph.with_pixel_input).
@@ -117,10 +118,13 @@ def bias_correction(op, q_weight: np.ndarray, scales: np.ndarray, input_mean: np
 
 
 def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None,
-                   channel_means: dict | None = None) -> QuantizedGraph:
+                   channel_means: dict | None = None, second_moments: dict | None = None,
+                   on_layer=lambda: None) -> QuantizedGraph:
     """Turn float ranges per tensor into the int8 model (`graph` must take pixel input).
     With `channel_means` (per-channel input means from calibration), biases are corrected
-    for the mean error of the rounded weights."""
+    for the mean error of the rounded weights. With `second_moments` (rounding.py), each set
+    of weights (TFLite's and the pair-safe one) is rounded to reconstruct each layer's output
+    rather than to the nearest integer. `on_layer()` is called after each weighted op."""
     if not graph.pixel_input:
         raise ValueError("quantize a graph with integer pixel input (graph.with_pixel_input)")
     act = {INPUT: QParams(float(np.float32(PIXEL_SCALE)), 0)}
@@ -134,6 +138,9 @@ def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None,
         min_scales = np.abs(op.bias.astype(np.float64)) / (in_scale * BIAS_LIMIT)
         q, scales = quantize_weights(op.weight, per_channel=op.kind != "fc", pair_safe=safe,
                                      min_scales=min_scales)
+        if second_moments is not None:
+            q = round_layer(op.weight, scales, second_moments[op.output], op.kind == "dwconv",
+                            PAIR_LIMIT if safe else None)
         bias_scale = in_scale * scales.astype(np.float64)
         bias = op.bias.astype(np.float64)
         if channel_means is not None and op.inputs[0] in channel_means:
@@ -150,5 +157,6 @@ def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None,
             weights[op.output] = quantized(op, safe=False)
             pair_safe[op.output] = (weights[op.output] if op.kind == "dwconv"
                                     else quantized(op, safe=True))
+            on_layer()
     assert OUTPUT in act
     return QuantizedGraph(graph, act, weights, dict(calibration or {}), pair_safe)

@@ -1,10 +1,11 @@
 """effnet-quant-report: how good is our int8? Measured on a labelled photo folder.
 
 Calibrates on the first half of the photos (sorted by file name; 100 of the 200 dev
-photos), evaluates on the other half, and puts side by side: fp32, our int8 with each
-range estimator (TFLite and ONNX), data-free int8, onnxruntime's own quantize_static
-(MinMax, per-channel, QDQ) on the same fp32 ONNX and the same photos, and the effect of
-the integer pixel input (fp32 graph with the offset folded into the stem bias).
+photos; --both-halves: also the other way round), evaluates on the other half, and puts side by side:
+fp32, our int8 with each range estimator (TFLite and ONNX), nearest against learned weight
+rounding with the time each calibration takes, data-free int8, onnxruntime's own
+quantize_static (MinMax, per-channel, QDQ) on the same fp32 ONNX and the same photos, and
+the effect of the integer pixel input (fp32 graph with the offset folded into the stem bias).
 """
 from __future__ import annotations
 
@@ -25,10 +26,11 @@ from effnet_lite.metrics import mean_kl, softmax
 from effnet_lite.preprocess import normalize, preprocess
 from effnet_lite.progress import track
 
-from .calibration import ESTIMATORS, collect, data_free_ranges, pixels_to_input
+from .calibration import ESTIMATORS, collect, input_batches, pixels_to_input
 from .cli_checks import check_output, variant_list, write_text
 from .export import Exporter
 from .graph import run, with_pixel_input
+from .rounding import MOMENT_BATCH, second_moments
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -75,11 +77,59 @@ def ort_quantize_static(exporter: Exporter, calib: np.ndarray, eval_pixels: np.n
     return np.concatenate([sess.run(None, {"input": nchw(p)})[0] for p in eval_pixels]), out.stat().st_size
 
 
-def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_dir=None) -> dict:
+def _judge(exporter: Exporter, stem: Path, formats, eval_paths, ref, labels) -> dict:
+    """Write the exporter's int8 files and measure them on the evaluation photos."""
+    out = {}
+    for fmt in formats:
+        path = stem.with_suffix(f".{fmt}")
+        exporter.export(path, "int8", fmt, verify=False)
+        scores = _file_scores(path, eval_paths)
+        out[fmt] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
+                    "kl": mean_kl(softmax(ref), scores), "bytes": path.stat().st_size,
+                    "scores": scores, "path": path}
+    return out
+
+
+def _figures(judged: dict, fp32_top1: float) -> dict:
+    return {**{k: v for k, v in judged.items() if k not in ("scores", "path")},
+            "top1_drop": fp32_top1 - judged["top1"]}
+
+
+ROUNDING_ROWS = (("nearest", "int8_{est}", "int8_onnx", "int8_data_free", "nearest_seconds"),
+                 ("learned", "int8_learned", "int8_onnx_learned", "int8_data_free_learned", "learned_seconds"))
+
+
+def pooled(first: list, second: list) -> list:
+    """Per variant, the rounding figures of both directions pooled: over all the judged
+    photos (weighted by each direction's count); times are the mean of the two."""
+    out = []
+    for a, b in zip(first, second):
+        na, nb = a["evaluation_images"], b["evaluation_images"]
+
+        def pool(x, y):
+            return (x * na + y * nb) / (na + nb)
+        row = {"variant": a["variant"], "estimator": a["estimator"], "evaluation_images": na + nb,
+               "fp32_top1": pool(a["fp32_top1"], b["fp32_top1"])}
+        for _, *keys, secs in ROUNDING_ROWS:
+            for key in (k.format(est=a["estimator"]) for k in keys):
+                if key in a:
+                    row[key] = {f: pool(a[key][f], b[key][f]) for f in ("agreement", "top1", "top1_drop", "kl")}
+                    if "seconds" in a[key]:
+                        row[key]["seconds"] = (a[key]["seconds"] + b[key]["seconds"]) / 2
+            if secs in a:
+                row[secs] = (a[secs] + b[secs]) / 2
+        out.append(row)
+    return out
+
+
+def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_dir=None,
+                   learned: bool = False, swap: bool = False, data_free_learned: bool | None = None) -> dict:
     """All figures for one variant; with `keep_dir`, the int8 TFLite and ONNX files of the
-    first estimator are kept there (as NAME_int8.tflite / NAME_int8.onnx)."""
+    first estimator are kept there (as NAME_int8.tflite / NAME_int8.onnx). `learned` adds
+    learned rounding (rounding.py) beside nearest, data-free too unless `data_free_learned`
+    is False; `swap` calibrates on the second half of the photos and evaluates on the first."""
     half = len(items) // 2
-    calib_items, eval_items = items[:half], items[half:]
+    calib_items, eval_items = (items[half:], items[:half]) if swap else (items[:half], items[half:])
     exporter = Exporter(name, log=lambda m: None)
     cfg = exporter.config
     calib = np.stack([preprocess(p, cfg, exact=True) for p, _ in track(calib_items, desc=f"{name}: calibration photos")])
@@ -88,8 +138,9 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
     labels = np.array([label for _, label in eval_items])
     ref = exporter.reference_logits(eval_pixels)
     ref_probs = softmax(ref)
-    row = {"variant": name, "calibration_images": half, "evaluation_images": len(eval_items),
-           "fp32_top1": _top1(ref, labels)}
+    row = {"variant": name, "estimator": estimators[0], "calibration_images": len(calib_items),
+           "evaluation_images": len(eval_items),
+           "calibrated_on": "second half" if swap else "first half", "fp32_top1": _top1(ref, labels)}
     pixel_graph = with_pixel_input(exporter.graph)
     with torch.no_grad():
         shifted = run(pixel_graph, pixels_to_input(eval_pixels, pixel_graph)).numpy()
@@ -98,6 +149,7 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
     start = time.perf_counter()
     collector = collect(pixel_graph, calib)
     row["calibration_seconds"] = time.perf_counter() - start
+    info = {"images": len(calib_items)}
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for fmt in ("tflite", "onnx"):
@@ -105,38 +157,64 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
             exporter.export(path, "fp32", fmt, verify=False)
             row[f"fp32_{fmt}_bytes"] = path.stat().st_size
         for est in estimators:
-            exporter.use_ranges(collector.ranges(est), {"method": est, "images": half},
-                                collector.channel_means())
-            path = tmp / f"{est}.tflite"
-            exporter.export(path, "int8", "tflite", verify=False)
-            scores = _file_scores(path, eval_paths)
-            row[f"int8_{est}"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
-                                  "kl": mean_kl(ref_probs, scores), "bytes": path.stat().st_size}
-            if est == estimators[0]:
+            start = time.perf_counter()
+            exporter.use_ranges(collector.ranges(est), {**info, "method": est}, collector.channel_means())
+            quantize_seconds = time.perf_counter() - start
+            first = est == estimators[0]
+            judged = _judge(exporter, tmp / est, ("tflite", "onnx") if first else ("tflite",),
+                            eval_paths, ref, labels)
+            row[f"int8_{est}"] = _figures(judged["tflite"], row["fp32_top1"])
+            if first:
+                row["nearest_seconds"] = row["calibration_seconds"] + quantize_seconds
+                row["int8_onnx"] = {**_figures(judged["onnx"], row["fp32_top1"]), "same_top1_as_tflite":
+                                    _agreement(judged["onnx"]["scores"], judged["tflite"]["scores"])}
                 if keep_dir is not None:
-                    shutil.copy(path, Path(keep_dir) / f"{name}_int8.tflite")
-                onnx_path = tmp / f"{est}.onnx"
-                exporter.export(onnx_path, "int8", "onnx", verify=False)
-                onnx_scores = _file_scores(onnx_path, eval_paths)
-                row["int8_onnx"] = {"agreement": _agreement(onnx_scores, ref),
-                                    "top1": _top1(onnx_scores, labels),
-                                    "same_top1_as_tflite": _agreement(onnx_scores, scores),
-                                    "bytes": onnx_path.stat().st_size}
-                if keep_dir is not None:
-                    shutil.copy(onnx_path, Path(keep_dir) / f"{name}_int8.onnx")
-        ranges, means = data_free_ranges(pixel_graph)
-        exporter.use_ranges(ranges, {"method": "data-free", "images": 0}, means)
-        path = tmp / "datafree.tflite"
-        exporter.export(path, "int8", "tflite", verify=False)
-        scores = _file_scores(path, eval_paths)
-        row["int8_data_free"] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
-                                 "kl": mean_kl(ref_probs, scores)}
+                    for fmt in ("tflite", "onnx"):
+                        shutil.copy(judged[fmt]["path"], Path(keep_dir) / f"{name}_int8.{fmt}")
+        if learned:
+            start = time.perf_counter()
+            moments = second_moments(pixel_graph, input_batches(calib, pixel_graph, MOMENT_BATCH))
+            exporter.use_ranges(collector.ranges(estimators[0]), {**info, "method": estimators[0]},
+                                collector.channel_means(), moments)
+            row["learned_seconds"] = row["calibration_seconds"] + time.perf_counter() - start
+            judged = _judge(exporter, tmp / "learned", ("tflite", "onnx"), eval_paths, ref, labels)
+            row["int8_learned"], row["int8_onnx_learned"] = (_figures(judged["tflite"], row["fp32_top1"]),
+                                                              _figures(judged["onnx"], row["fp32_top1"]))
+        data_free_learned = learned if data_free_learned is None else data_free_learned
+        for rounding in ("nearest", "learned") if data_free_learned else ("nearest",):
+            start = time.perf_counter()
+            exporter.calibrate(None, rounding=rounding)
+            seconds = time.perf_counter() - start
+            judged = _judge(exporter, tmp / f"datafree-{rounding}", ("tflite",), eval_paths, ref, labels)
+            key = "int8_data_free" + ("_learned" if rounding == "learned" else "")
+            row[key] = {**_figures(judged["tflite"], row["fp32_top1"]), "seconds": seconds}
         if with_ort:
             ort_scores, size = ort_quantize_static(exporter, calib, eval_pixels, tmp)
             row["ort_quantize_static"] = {"agreement": _agreement(ort_scores, ref),
                                           "top1": _top1(ort_scores, labels),
                                           "kl": mean_kl(ref_probs, softmax(ort_scores)), "bytes": size}
     return row
+
+
+def _cell(d: dict) -> str:
+    """agreement / top-1 drop in points / KL"""
+    return f"{d['agreement']:.1%} / {100 * d['top1_drop']:+.1f} / {d['kl']:.5f}"
+
+
+def print_rounding_table(rows, judged_on: str) -> None:
+    """Nearest against learned rounding, each format, with the time each calibration took."""
+    print("| variant | rounding | TFLite agree / top-1 drop pt / KL | ONNX U8S8 agree / drop / KL "
+          "| data-free TFLite agree / drop / KL | calibration s (photos; data-free) |")
+    print("|---" * 6 + "|")
+    for r in rows:
+        for rounding, *keys, secs in ROUNDING_ROWS:
+            tfl, onnx, free = (k.format(est=r["estimator"]) for k in keys)
+            if tfl in r:
+                free = (_cell(r[free]), f"{r[free]['seconds']:.1f}") if free in r else ("-", "-")
+                print(f"| {r['variant']} | {rounding} | {_cell(r[tfl])} | {_cell(r[onnx])} | "
+                      f"{free[0]} | {r[secs]:.1f}; {free[1]} |")
+    print(f"\n{judged_on}; drop = fp32 top-1 minus int8 top-1, in points (negative: int8 "
+          "scored higher).")
 
 
 def print_table(rows, estimators) -> None:
@@ -160,7 +238,8 @@ def print_table(rows, estimators) -> None:
     for r in rows:
         print(f"| {r['variant']} | " + " | ".join(f(r) for _, f in cols) + " |")
     if rows:
-        print(f"\nint8 calibrated on {rows[0]['calibration_images']} photos, evaluated on the other "
+        print(f"\nint8 calibrated on the {rows[0]['calibrated_on']} ({rows[0]['calibration_images']} "
+              f"photos), evaluated on the other "
               f"{rows[0]['evaluation_images']}; 'agree' = same top-1 as fp32 PyTorch; "
               "KL = mean KL(fp32 || int8) of the class probabilities (lower is closer).")
 
@@ -175,6 +254,11 @@ def main(argv=None) -> int:
     p.add_argument("--estimators", default=",".join(ESTIMATORS),
                    help="range estimators to compare; the first is also exported to ONNX")
     p.add_argument("--no-ort", action="store_true", help="skip onnxruntime's quantize_static")
+    p.add_argument("--rounding", choices=("nearest", "both"), default="both",
+                   help="both (default): learned rounding beside nearest, with the time each takes")
+    p.add_argument("--both-halves", action="store_true",
+                   help="also calibrate on the second half and judge on the first, and pool the "
+                        "rounding figures of both directions (every photo judged once)")
     p.add_argument("--json", type=Path, help="write every figure to this file")
     args = p.parse_args(argv)
     variants = variant_list(p, args.variants, "--variants", False,
@@ -192,9 +276,26 @@ def main(argv=None) -> int:
     if len(items) < 2:
         print(f"effnet-quant-report: error: {args.data}: need at least 2 labelled photos", file=sys.stderr)
         return 2
-    rows = [report_variant(v, items, estimators, not args.no_ort) for v in variants]
+    learned = args.rounding == "both"
+    rows = [report_variant(v, items, estimators, not args.no_ort, learned=learned) for v in variants]
     print_table(rows, estimators)
-    if args.json and not write_text(args.json, json.dumps(rows, indent=2), "effnet-quant-report"):
+    if learned:
+        print()
+        print_rounding_table(rows, f"calibrated on the first half ({rows[0]['calibration_images']} "
+                                   f"photos), judged on the other {rows[0]['evaluation_images']}")
+    document = rows
+    if args.both_halves:
+        second = [report_variant(v, items, estimators, not args.no_ort, learned=learned, swap=True)
+                  for v in variants]
+        print()
+        print_table(second, estimators)
+        document = {"first_half": rows, "second_half": second}
+        if learned:
+            document["pooled"] = both = pooled(rows, second)
+            print()
+            print_rounding_table(both, f"both directions pooled: each of the {both[0]['evaluation_images']} "
+                                       "photos judged once, by the files calibrated on the other half")
+    if args.json and not write_text(args.json, json.dumps(document, indent=2), "effnet-quant-report"):
         return 2
     return 0
 

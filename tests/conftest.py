@@ -162,14 +162,15 @@ def photos():
 
 @pytest.fixture(scope="session")
 def lite0_dev_report(tmp_path_factory):
-    """The quantization report's figures for Lite0 on the dev photos, with its int8 files."""
+    """The quantization report's figures for Lite0 on the dev photos (learned rounding beside
+    nearest), with its int8 files (nearest rounding)."""
     from effnet_lite.model_export.report import report_variant
     from effnet_lite.dataset import labelled_images
     dev_rows()
 
     def build(keep: Path) -> None:
         row = report_variant("lite0", labelled_images(DEV_DIR), estimators=("mse",), with_ort=True,
-                             keep_dir=keep)
+                             keep_dir=keep, learned=True, data_free_learned=False)
         (keep / "row.json").write_text(json.dumps(row))
     keep = built_once("lite0-report", build)
     return json.loads((keep / "row.json").read_text()), keep

@@ -21,7 +21,7 @@ def test_cli_exports_a_working_int8_tflite(photos_dir, tmp_path, capsys):
     assert main(["lite0", "--calib-dir", str(photos_dir), "--calib-count", "4", "-o", str(out)]) == 0
     printed = capsys.readouterr()
     assert "lite0_int8.tflite" in printed.out and "top-1 agree" in printed.out
-    assert "calibrated lite0 (mse, 4 images)" in printed.err
+    assert "calibrated lite0 (mse, 4 images, nearest rounding)" in printed.err
     clf = Classifier.from_file(out)
     assert clf.metadata.calibration["images"] == 4
     assert clf.classify(photos_dir / "coffee.jpg").categories[0].index == 967
