@@ -110,25 +110,14 @@ class RangeCollector:
         return out
 
 
-def input_batches(pixels: np.ndarray, graph: Graph, batch: int):
-    """The graph's float inputs for `pixels`, `batch` photos at a time (a sized iterable)."""
-    class Batches:
-        def __len__(self):
-            return -(-len(pixels) // batch)
-
-        def __iter__(self):
-            return (pixels_to_input(pixels[i:i + batch], graph) for i in range(0, len(pixels), batch))
-    return Batches()
-
-
 def collect(graph: Graph, pixels: np.ndarray, batch: int = 16) -> RangeCollector:
     collector = RangeCollector()
+    batches = [pixels[i:i + batch] for i in range(0, len(pixels), batch)]
     with torch.no_grad():
         for observe, desc in ((collector.observe_minmax, "calibrating (1/2)"),
                               (collector.observe_hist, "calibrating (2/2)")):
-            batches = input_batches(pixels, graph, batch)
-            for x in track(batches, total=len(batches), desc=desc):
-                run(graph, x, observe)
+            for b in track(batches, desc=desc):
+                run(graph, pixels_to_input(b, graph), observe)
     return collector
 
 
@@ -168,6 +157,14 @@ def mse_errors(hist: np.ndarray, centers: np.ndarray, los: np.ndarray, his: np.n
     above = (c2[-1] - c2[b]) - 2 * h * (c1[-1] - c1[b]) + h * h * (c0[-1] - c0[b])
     inside = (c0[b] - c0[a]) * ((h - l) / 255.0) ** 2 / 12
     return below + above + inside
+
+
+def synthetic_pixels(count: int, size: int) -> np.ndarray:
+    """Blocky random images (16-pixel blocks of random colour), the same for every call:
+    the first n of a larger set are the set of n."""
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (count, -(-size // 16), -(-size // 16), 3), dtype=np.uint8)
+    return np.ascontiguousarray(np.repeat(np.repeat(small, 16, 1), 16, 2)[:, :size, :size])
 
 
 def data_free_ranges(graph: Graph, sigmas: float = 3.0, samples: int = 2000,

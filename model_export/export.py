@@ -26,13 +26,13 @@ from effnet_lite.tflite_metadata import STANDARD_NAME
 from effnet_lite.variants import NUM_CLASSES, QUANTIZED_MEAN
 
 from . import onnx_writer, standard_metadata, tflite_writer
-from .calibration import (collect, data_free_ranges, input_batches, load_calibration_images,
-                          pixels_to_input)
+from .calibration import (collect, data_free_ranges, load_calibration_images, pixels_to_input,
+                          synthetic_pixels)
 from .cli_checks import output_problem
 from .folding import fold_batchnorm
 from .graph import build_graph, with_pixel_input
 from .quantize import PIXEL_SCALE, QuantizedGraph, quantize_graph
-from .rounding import MOMENT_BATCH, ROUNDINGS, second_moments
+from .rounding import ROUNDINGS, second_moments
 from .weights import WEIGHT_PACKAGES, load_model
 
 FORMATS = ("tflite", "onnx")
@@ -120,8 +120,8 @@ class Exporter:
         ranges, means = data_free_ranges(pixel_graph)
         moments = None
         if rounding == "learned":     # reconstruct on blocky synthetic images (measured to help)
-            pixels = synthetic_pixels(SYNTHETIC_FOR_ROUNDING, self.model.input_size)
-            moments = second_moments(pixel_graph, input_batches(pixels, pixel_graph, MOMENT_BATCH))
+            moments = second_moments(pixel_graph, synthetic_pixels(SYNTHETIC_FOR_ROUNDING,
+                                                                   self.model.input_size))
         return self.use_ranges(ranges, {"method": "data-free (BatchNorm statistics)", "images": 0},
                                means, moments)
 
@@ -134,9 +134,7 @@ class Exporter:
         pixel_graph = with_pixel_input(self.graph)
         collector = collect(pixel_graph, pixels)
         info = {"method": estimator, "images": int(len(pixels)), "source": source}
-        moments = None
-        if rounding == "learned":
-            moments = second_moments(pixel_graph, input_batches(pixels, pixel_graph, MOMENT_BATCH))
+        moments = second_moments(pixel_graph, pixels) if rounding == "learned" else None
         return self.use_ranges(collector.ranges(estimator), info, collector.channel_means(), moments)
 
     def use_ranges(self, ranges: dict, info: dict, channel_means: dict | None,
@@ -304,14 +302,6 @@ class Exporter:
 def _check_rounding(rounding: str) -> None:
     if rounding not in ROUNDINGS:
         raise ExportError(f"unknown rounding {rounding!r}: choose one of {', '.join(ROUNDINGS)}")
-
-
-def synthetic_pixels(count: int, size: int) -> np.ndarray:
-    """Blocky random images (16-pixel blocks of random colour), the same for every call:
-    the first n of a larger set are the set of n."""
-    rng = np.random.default_rng(0)
-    small = rng.integers(0, 256, (count, -(-size // 16), -(-size // 16), 3), dtype=np.uint8)
-    return np.ascontiguousarray(np.repeat(np.repeat(small, 16, 1), 16, 2)[:, :size, :size])
 
 
 def _umask() -> int:

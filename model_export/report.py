@@ -26,11 +26,11 @@ from effnet_lite.metrics import mean_kl, softmax
 from effnet_lite.preprocess import normalize, preprocess
 from effnet_lite.progress import track
 
-from .calibration import ESTIMATORS, collect, input_batches, pixels_to_input
+from .calibration import ESTIMATORS, collect, pixels_to_input
 from .cli_checks import check_output, variant_list, write_text
 from .export import Exporter
 from .graph import run, with_pixel_input
-from .rounding import MOMENT_BATCH, second_moments
+from .rounding import second_moments
 
 
 def _agreement(a: np.ndarray, b: np.ndarray) -> float:
@@ -77,22 +77,19 @@ def ort_quantize_static(exporter: Exporter, calib: np.ndarray, eval_pixels: np.n
     return np.concatenate([sess.run(None, {"input": nchw(p)})[0] for p in eval_pixels]), out.stat().st_size
 
 
-def _judge(exporter: Exporter, stem: Path, formats, eval_paths, ref, labels) -> dict:
-    """Write the exporter's int8 files and measure them on the evaluation photos."""
-    out = {}
+def _judge(exporter: Exporter, stem: Path, formats, eval_paths, ref, ref_probs, labels,
+           fp32_top1: float) -> tuple[dict, dict, dict]:
+    """Write the exporter's int8 files and measure them on the evaluation photos: per
+    format, (figures, scores, path)."""
+    figures, scores, paths = {}, {}, {}
     for fmt in formats:
-        path = stem.with_suffix(f".{fmt}")
+        paths[fmt] = path = stem.with_suffix(f".{fmt}")
         exporter.export(path, "int8", fmt, verify=False)
-        scores = _file_scores(path, eval_paths)
-        out[fmt] = {"agreement": _agreement(scores, ref), "top1": _top1(scores, labels),
-                    "kl": mean_kl(softmax(ref), scores), "bytes": path.stat().st_size,
-                    "scores": scores, "path": path}
-    return out
-
-
-def _figures(judged: dict, fp32_top1: float) -> dict:
-    return {**{k: v for k, v in judged.items() if k not in ("scores", "path")},
-            "top1_drop": fp32_top1 - judged["top1"]}
+        scores[fmt] = s = _file_scores(path, eval_paths)
+        figures[fmt] = {"agreement": _agreement(s, ref), "top1": _top1(s, labels),
+                        "top1_drop": fp32_top1 - _top1(s, labels), "kl": mean_kl(ref_probs, s),
+                        "bytes": path.stat().st_size}
+    return figures, scores, paths
 
 
 ROUNDING_ROWS = (("nearest", "int8_{est}", "int8_onnx", "int8_data_free", "nearest_seconds"),
@@ -150,6 +147,10 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
     collector = collect(pixel_graph, calib)
     row["calibration_seconds"] = time.perf_counter() - start
     info = {"images": len(calib_items)}
+
+    def judge(stem, formats):
+        return _judge(exporter, stem, formats, eval_paths, ref, ref_probs, labels, row["fp32_top1"])
+
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         for fmt in ("tflite", "onnx"):
@@ -161,33 +162,30 @@ def report_variant(name: str, items, estimators=ESTIMATORS, with_ort=True, keep_
             exporter.use_ranges(collector.ranges(est), {**info, "method": est}, collector.channel_means())
             quantize_seconds = time.perf_counter() - start
             first = est == estimators[0]
-            judged = _judge(exporter, tmp / est, ("tflite", "onnx") if first else ("tflite",),
-                            eval_paths, ref, labels)
-            row[f"int8_{est}"] = _figures(judged["tflite"], row["fp32_top1"])
+            figures, scores, paths = judge(tmp / est, ("tflite", "onnx") if first else ("tflite",))
+            row[f"int8_{est}"] = figures["tflite"]
             if first:
                 row["nearest_seconds"] = row["calibration_seconds"] + quantize_seconds
-                row["int8_onnx"] = {**_figures(judged["onnx"], row["fp32_top1"]), "same_top1_as_tflite":
-                                    _agreement(judged["onnx"]["scores"], judged["tflite"]["scores"])}
+                row["int8_onnx"] = {**figures["onnx"],
+                                    "same_top1_as_tflite": _agreement(scores["onnx"], scores["tflite"])}
                 if keep_dir is not None:
                     for fmt in ("tflite", "onnx"):
-                        shutil.copy(judged[fmt]["path"], Path(keep_dir) / f"{name}_int8.{fmt}")
+                        shutil.copy(paths[fmt], Path(keep_dir) / f"{name}_int8.{fmt}")
         if learned:
             start = time.perf_counter()
-            moments = second_moments(pixel_graph, input_batches(calib, pixel_graph, MOMENT_BATCH))
+            moments = second_moments(pixel_graph, calib)
             exporter.use_ranges(collector.ranges(estimators[0]), {**info, "method": estimators[0]},
                                 collector.channel_means(), moments)
             row["learned_seconds"] = row["calibration_seconds"] + time.perf_counter() - start
-            judged = _judge(exporter, tmp / "learned", ("tflite", "onnx"), eval_paths, ref, labels)
-            row["int8_learned"], row["int8_onnx_learned"] = (_figures(judged["tflite"], row["fp32_top1"]),
-                                                              _figures(judged["onnx"], row["fp32_top1"]))
+            figures = judge(tmp / "learned", ("tflite", "onnx"))[0]
+            row["int8_learned"], row["int8_onnx_learned"] = figures["tflite"], figures["onnx"]
         data_free_learned = learned if data_free_learned is None else data_free_learned
         for rounding in ("nearest", "learned") if data_free_learned else ("nearest",):
             start = time.perf_counter()
             exporter.calibrate(None, rounding=rounding)
             seconds = time.perf_counter() - start
-            judged = _judge(exporter, tmp / f"datafree-{rounding}", ("tflite",), eval_paths, ref, labels)
             key = "int8_data_free" + ("_learned" if rounding == "learned" else "")
-            row[key] = {**_figures(judged["tflite"], row["fp32_top1"]), "seconds": seconds}
+            row[key] = {**judge(tmp / f"datafree-{rounding}", ("tflite",))[0]["tflite"], "seconds": seconds}
         if with_ort:
             ort_scores, size = ort_quantize_static(exporter, calib, eval_pixels, tmp)
             row["ort_quantize_static"] = {"agreement": _agreement(ort_scores, ref),
@@ -210,9 +208,10 @@ def print_rounding_table(rows, judged_on: str) -> None:
         for rounding, *keys, secs in ROUNDING_ROWS:
             tfl, onnx, free = (k.format(est=r["estimator"]) for k in keys)
             if tfl in r:
-                free = (_cell(r[free]), f"{r[free]['seconds']:.1f}") if free in r else ("-", "-")
+                free_cell, free_secs = ((_cell(r[free]), f"{r[free]['seconds']:.1f}") if free in r
+                                        else ("-", "-"))
                 print(f"| {r['variant']} | {rounding} | {_cell(r[tfl])} | {_cell(r[onnx])} | "
-                      f"{free[0]} | {r[secs]:.1f}; {free[1]} |")
+                      f"{free_cell} | {r[secs]:.1f}; {free_secs} |")
     print(f"\n{judged_on}; drop = fp32 top-1 minus int8 top-1, in points (negative: int8 "
           "scored higher).")
 

@@ -23,6 +23,7 @@ import torch.nn.functional as F
 
 from effnet_lite.progress import track
 
+from .calibration import pixels_to_input
 from .graph import Graph, run
 
 ROUNDINGS = ("nearest", "learned")
@@ -57,9 +58,10 @@ def _input_moments(op, x: torch.Tensor) -> tuple[torch.Tensor, int]:
     return taps @ taps.transpose(1, 2), taps.shape[2]
 
 
-def second_moments(graph: Graph, batches, desc: str = "learned rounding (1/2): input statistics") -> dict:
-    """op output → E[x xᵀ] of the op's input rows (float64), over every photo of `batches`
-    (float NCHW tensors for `graph`): (K, K), or (C, k, k) for depthwise ops."""
+def second_moments(graph: Graph, pixels: np.ndarray, batch: int = MOMENT_BATCH,
+                   desc: str = "learned rounding (1/2): input statistics") -> dict:
+    """op output → E[x xᵀ] of the op's input rows (float64), over every crop of `pixels`
+    ((N, H, W, 3) uint8, as calibration takes them): (K, K), or (C, k, k) for depthwise ops."""
     consumers: dict = {}
     for op in graph.ops:
         if op.weight is not None:
@@ -73,9 +75,10 @@ def second_moments(graph: Graph, batches, desc: str = "learned rounding (1/2): i
             sums[op.output] = sums.get(op.output, 0) + h.double()
             rows[op.output] = rows.get(op.output, 0) + n
 
+    batches = [pixels[i:i + batch] for i in range(0, len(pixels), batch)]
     with torch.no_grad():
-        for x in track(batches, total=len(batches), desc=desc):
-            run(graph, x, observe)
+        for b in track(batches, desc=desc):
+            run(graph, pixels_to_input(b, graph), observe)
     return {name: (sums[name] / rows[name]).numpy() for name in sums}
 
 

@@ -9,6 +9,7 @@ from effnet_lite import Classifier
 from effnet_lite.model_export.cli import main
 from effnet_lite.model_export.export import Exporter
 from effnet_lite.model_export.folding import fold_batchnorm
+from effnet_lite.model_export.calibration import pixels_to_input
 from effnet_lite.model_export.graph import build_graph, run, with_pixel_input
 from effnet_lite.model_export.quantize import PAIR_LIMIT, pair_sum, quantize_graph, quantize_weights
 from effnet_lite.model_export.rounding import _input_moments, round_layer, second_moments
@@ -79,7 +80,8 @@ def test_second_moments_are_those_of_the_ops_input_patches():
     the op's weights), on a small Lite0."""
     graph = with_pixel_input(build_graph(fold_batchnorm(load_model("lite0", random_init=True,
                                                                    input_size=64))))
-    x = torch.rand(2, 3, 64, 64) * 2 - 1
+    pixels = np.random.default_rng(3).integers(0, 256, (2, 64, 64, 3), dtype=np.uint8)
+    x = pixels_to_input(pixels, graph)
     values = {}
     with torch.no_grad():
         run(graph, x, values.__setitem__)
@@ -102,7 +104,7 @@ def test_second_moments_are_those_of_the_ops_input_patches():
         assert torch.allclose(h.double(), ref, rtol=1e-4, atol=1e-4 * float(ref.abs().max())), op.output
         kinds.add((op.kind, kh, op.stride))
     assert {("conv", 3, 2), ("conv", 1, 1), ("dwconv", 3, 1), ("dwconv", 3, 2), ("dwconv", 5, 2)} <= kinds
-    moments = second_moments(graph, [x[:1], x[1:]])
+    moments = second_moments(graph, pixels, batch=1)
     assert moments["logits"].shape == (1280, 1280)
     pooled = values["pooled"].double()
     assert np.allclose(moments["logits"], (pooled.T @ pooled / 2).numpy(), rtol=1e-4, atol=1e-7)
