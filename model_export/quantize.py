@@ -8,12 +8,16 @@ FULLY_CONNECTED op also loads in tflite-runtime 2.14 (the Raspberry Pi runtime).
 ONNX files get a second set of weights, *pair-safe*: x86 int8 kernels without VNNI
 (onnxruntime's AVX2 and AVX-512BW GEMMs) multiply uint8 activations by int8 weights with
 vpmaddubsw, which adds two neighbouring products in a saturating int16. With activations up to
-255, that sum stays in range for every pairing the kernel may choose if, in each output channel,
-the two largest positive weights add up to at most 128 and the two largest negative ones to at
-least -128. Each channel keeps its 8-bit scale unless that rule binds, and then takes the
-smallest scale that meets it (a 7-bit scale at worst). Depthwise kernels widen to 16 bits
-before adding, so depthwise weights stay as TFLite's. XNNPACK widens too: .tflite files keep
-the plain 8-bit weights.
+255, that sum stays in range if each such pair of same-sign weights adds up to at most 128 in
+magnitude. Which weights are neighbours depends on the kernel's packing: for a pointwise (1x1)
+convolution every kernel packs four consecutive input channels per 32-bit lane, so the pairs are
+input channels (2i, 2i+1) (tests/test_onnx_int8.py checks it under an emulated Haswell: such a
+pair saturates, any other does not); for the stem's 3x3 convolution and the classifier the
+rule covers every pair a kernel may choose (the two largest positive weights of a channel, and
+the two largest negative ones). Each channel keeps its 8-bit scale unless the rule binds, and
+then takes the smallest scale that meets it (a 7-bit scale at worst). Depthwise kernels widen
+to 16 bits before adding, so depthwise weights stay as TFLite's. XNNPACK widens too: .tflite
+files keep the plain 8-bit weights.
 """
 from __future__ import annotations
 
@@ -66,30 +70,41 @@ class QuantizedGraph:
     pair_safe: dict = field(default_factory=dict)   # the same for ONNX (see the module doc)
 
 
-def _top2(q: np.ndarray) -> np.ndarray:
-    """Per row, the larger of (sum of the two largest positive values) and (the same of the
-    negative values, as a magnitude): the largest pair sum in units of the activation."""
+def adjacent_pairs(op) -> bool:
+    """Whether the op's pair rule is on input channels (2i, 2i+1) (pointwise convolutions),
+    rather than on any two weights of a channel (see the module doc)."""
+    return op.kind == "conv" and op.weight.shape[2:] == (1, 1)
+
+
+def _pair_max(q: np.ndarray, adjacent: bool) -> np.ndarray:
+    """Per row of (out, K) weights, the largest same-sign pair sum as a magnitude: over the
+    pairs (2i, 2i+1), or (not `adjacent`) over any two weights (the two largest of each sign)."""
+    if adjacent:
+        pairs = np.pad(q, ((0, 0), (0, q.shape[1] % 2))).reshape(q.shape[0], -1, 2)
+        return np.maximum(np.maximum(pairs, 0).sum(2).max(1), np.maximum(-pairs, 0).sum(2).max(1))
     pos = np.sort(np.maximum(q, 0), axis=1)[:, -2:].sum(1)
     neg = np.sort(np.maximum(-q, 0), axis=1)[:, -2:].sum(1)
     return np.maximum(pos, neg)
 
 
-def pair_sum(q_weight: np.ndarray) -> np.ndarray:
-    """The largest same-sign pair of integer weights per output channel (|sum|)."""
-    return _top2(q_weight.astype(np.int64).reshape(q_weight.shape[0], -1))
+def pair_sum(q_weight: np.ndarray, adjacent: bool = False) -> np.ndarray:
+    """The largest same-sign pair of integer weights per output channel (|sum|), among the
+    pairs the rule covers (`adjacent`: input channels (2i, 2i+1) of a pointwise weight)."""
+    return _pair_max(q_weight.astype(np.int64).reshape(q_weight.shape[0], -1), adjacent)
 
 
 def quantize_weights(weight: np.ndarray, per_channel: bool = True, pair_safe: bool = False,
-                     min_scales: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-    """Symmetric int8 weights and their scales; `pair_safe` also bounds every same-sign
-    pair per output channel by PAIR_LIMIT (see the module doc); `min_scales` are lower
-    bounds per output channel."""
+                     min_scales: np.ndarray | None = None,
+                     adjacent: bool = False) -> tuple[np.ndarray, np.ndarray]:
+    """Symmetric int8 weights and their scales; `pair_safe` also bounds each same-sign pair
+    per output channel by PAIR_LIMIT (any two weights, or with `adjacent` input channels
+    (2i, 2i+1): see the module doc); `min_scales` are lower bounds per output channel."""
     w = weight.astype(np.float64).reshape(weight.shape[0], -1)
     scales = np.maximum(np.abs(w).max(1), 1e-12) / 127.0
     if min_scales is not None:
         scales = np.maximum(scales, min_scales)
     if pair_safe:
-        scales = np.maximum(scales, _top2(w) / PAIR_LIMIT)
+        scales = np.maximum(scales, _pair_max(w, adjacent) / PAIR_LIMIT)
     if not per_channel:
         scales = np.full(w.shape[0], scales.max())
 
@@ -98,7 +113,7 @@ def quantize_weights(weight: np.ndarray, per_channel: bool = True, pair_safe: bo
         return np.clip(np.round(w / sc[:, None]), -127, 127), sc
 
     q, scales = rounded(scales)
-    while pair_safe and (over := _top2(q) > PAIR_LIMIT).any():  # rounding up can break the bound
+    while pair_safe and (over := _pair_max(q, adjacent) > PAIR_LIMIT).any():  # rounding up can break the bound
         scales = scales * np.where(over if per_channel else True, 1 + 2**-10, 1)
         q, scales = rounded(scales)
     q = q.astype(np.int8).reshape(weight.shape)
@@ -136,11 +151,12 @@ def quantize_graph(graph: Graph, ranges: dict, calibration: dict | None = None,
         # channel) would need an int32 bias past 2^31: a coarser weight scale keeps it within
         # 2^30, leaving the accumulator room for the products (at most K x 255 x 128 < 2^27)
         min_scales = np.abs(op.bias.astype(np.float64)) / (in_scale * BIAS_LIMIT)
+        adjacent = safe and adjacent_pairs(op)
         q, scales = quantize_weights(op.weight, per_channel=op.kind != "fc", pair_safe=safe,
-                                     min_scales=min_scales)
+                                     min_scales=min_scales, adjacent=adjacent)
         if second_moments is not None:
             q = round_layer(op.weight, scales, second_moments[op.output], op.kind == "dwconv",
-                            PAIR_LIMIT if safe else None)
+                            PAIR_LIMIT if safe else None, adjacent)
         bias_scale = in_scale * scales.astype(np.float64)
         bias = op.bias.astype(np.float64)
         if channel_means is not None and op.inputs[0] in channel_means:

@@ -11,7 +11,8 @@ minutes (measured: docs/export-and-quantization.md, "Learned rounding").
 
 Each file keeps its scales: TFLite's 8-bit ones, and for ONNX the pair-safe ones
 (quantize.py), where the pair rule is also enforced while the columns are chosen (a weight
-that would break it is clamped, and the error of the clamp is compensated like any other).
+that would break it with a weight already rounded is clamped, and the error of the clamp is
+compensated like any other).
 One set of integers for both would put TFLite on the pair-safe scales, which measured worse
 than its nearest rounding (docs/export-and-quantization.md).
 """
@@ -83,22 +84,25 @@ def second_moments(graph: Graph, pixels: np.ndarray, batch: int = MOMENT_BATCH,
 
 
 def round_layer(weight: np.ndarray, scales: np.ndarray, hessian: np.ndarray, depthwise: bool,
-                pair_limit: int | None) -> np.ndarray:
+                pair_limit: int | None, adjacent: bool = False) -> np.ndarray:
     """int8 weights (the op's layout) for per-output-channel `scales` (one for per-tensor)
     that minimise the layer's output error under `hessian`; with `pair_limit`, every
-    same-sign pair of a row sums to at most that (quantize.py's pair rule)."""
+    same-sign pair of a row (with `adjacent`, every pair of columns (2i, 2i+1)) sums to at
+    most that in magnitude (quantize.py's pair rule)."""
     out = weight.shape[0]
     scale = np.broadcast_to(np.asarray(scales, np.float64).reshape(-1), (out,))
     target = weight.astype(np.float64).reshape(out, -1) / scale[:, None]   # in integer steps
     if depthwise:      # one small problem per channel, solved side by side
         q = _gptq(target[:, None, :], hessian, pair_limit=None)[:, 0, :]
     else:
-        q = _gptq(target[None], hessian[None], pair_limit)[0]
+        q = _gptq(target[None], hessian[None], pair_limit, adjacent)[0]
     return q.astype(np.int8).reshape(weight.shape)
 
 
-def _gptq(w: np.ndarray, h: np.ndarray, pair_limit: int | None) -> np.ndarray:
-    """Rounded (G, O, K) targets `w`, each group g under its own (K, K) second moments h[g]."""
+def _gptq(w: np.ndarray, h: np.ndarray, pair_limit: int | None, adjacent: bool = False) -> np.ndarray:
+    """Rounded (G, O, K) targets `w`, each group g under its own (K, K) second moments h[g].
+    The pair rule (`pair_limit`) bounds each new integer by the largest one of its sign so far
+    or, `adjacent`, by its partner column (2i, 2i+1) if that is rounded already."""
     w = w.copy()
     k = w.shape[2]
     h = h.copy()
@@ -116,13 +120,22 @@ def _gptq(w: np.ndarray, h: np.ndarray, pair_limit: int | None) -> np.ndarray:
     q = np.zeros_like(w)
     top_pos = np.zeros(w.shape[:2])        # the largest positive / negative integer so far
     top_neg = np.zeros(w.shape[:2])
+    position = np.argsort(order, axis=1)   # column → its place in `order`
+    groups = np.arange(w.shape[0])
     for start in range(0, k, BLOCK):
         end = min(start + BLOCK, k)
         block_err = np.zeros(w.shape[:2] + (end - start,))
         for i in range(start, end):
             col = w[:, :, i]
             hi = lo = QMAX
-            if pair_limit is not None:
+            if pair_limit is not None and adjacent:
+                partner = order[:, i] ^ 1
+                at = position[groups, np.minimum(partner, k - 1)]
+                rounded = ((partner < k) & (at < i))[:, None]
+                other = np.where(rounded, q[groups, :, at], 0)
+                hi, lo = (np.minimum(QMAX, pair_limit - np.maximum(other, 0)),
+                          np.minimum(QMAX, pair_limit - np.maximum(-other, 0)))
+            elif pair_limit is not None:
                 hi, lo = np.minimum(QMAX, pair_limit - top_pos), np.minimum(QMAX, pair_limit - top_neg)
             qi = np.clip(np.round(col), -lo, hi)
             if pair_limit is not None:
@@ -132,8 +145,7 @@ def _gptq(w: np.ndarray, h: np.ndarray, pair_limit: int | None) -> np.ndarray:
             w[:, :, i + 1:end] -= err[:, :, None] * u[:, None, i, i + 1:end]
             block_err[:, :, i - start] = err
         w[:, :, end:] -= block_err @ u[:, start:end, end:]
-    back = np.argsort(order, axis=1)
-    return np.take_along_axis(q, back[:, None, :], axis=2)
+    return np.take_along_axis(q, position[:, None, :], axis=2)
 
 
 def _upper_cholesky_of_inverse(h: np.ndarray) -> np.ndarray:

@@ -19,6 +19,7 @@ from . import metadata_schema_generated as md
 
 LABELS_FILE = "labels.txt"
 MIN_PARSER_VERSION = "1.0.0"    # every field written here exists since schema 1.0.0
+ZIP_DATE = (1980, 1, 1, 0, 0, 0)   # the earliest a zip entry can carry
 _IO_RANGE = {"uint8": (0.0, 255.0), "int8": (-128.0, 127.0)}
 
 
@@ -95,10 +96,13 @@ def build(meta: ModelMetadata, input_type: str, output_type: str, name: str, des
 
 def pack_files(model: bytes, files: dict[str, bytes]) -> bytes:
     """Append `files` to the flatbuffer as a zip (readers find a zip by its end record, so
-    the TFLite interpreter and zip readers both see what they expect)."""
+    the TFLite interpreter and zip readers both see what they expect). Entries carry a fixed
+    date, so that the same model exported twice gives the same bytes."""
     buf = io.BytesIO(model)
     buf.seek(0, io.SEEK_END)
     with zipfile.ZipFile(buf, "a") as z:
         for fname, blob in files.items():
-            z.writestr(fname, blob)
+            entry = zipfile.ZipInfo(fname, date_time=ZIP_DATE)
+            entry.external_attr = 0o644 << 16          # a regular file, readable once extracted
+            z.writestr(entry, blob)
     return buf.getvalue()

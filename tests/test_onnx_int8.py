@@ -20,7 +20,7 @@ import pytest
 from conftest import DEV_DIR, calibrated_lite0, dev_rows, skimage_photos, write_plain_int8_onnx
 from effnet_lite import Classifier, ClassifierOptions
 from effnet_lite.cpu import classify, int8_class
-from effnet_lite.model_export.quantize import PAIR_LIMIT, pair_sum
+from effnet_lite.model_export.quantize import PAIR_LIMIT, adjacent_pairs, pair_sum
 from tests_helpers import require_module, run_module, unavailable
 
 require_module("onnxruntime", "int8 ONNX files need onnxruntime (onnx extra)")
@@ -79,9 +79,10 @@ def logit_step(exporter) -> float:
 
 
 def test_pair_safe_rule(files):
-    """Every non-depthwise op of the ONNX weights keeps each same-sign pair within int16 for
-    uint8 activations (255 x 128 <= 32767); the rule binds (TFLite's 8-bit weights break it)
-    and costs at most one bit; depthwise weights stay 8-bit."""
+    """Every non-depthwise op of the ONNX weights keeps each same-sign pair the kernels add in
+    int16 within range for uint8 activations (255 x 128 <= 32767): neighbour input channels of
+    pointwise weights, any two weights of the others. The rule binds (TFLite's 8-bit weights
+    break it) and costs at most one bit; depthwise weights stay 8-bit."""
     qg = files["exporter"].quantized
     assert 255 * PAIR_LIMIT <= 32767 < 255 * (PAIR_LIMIT + 1)
     broken = bound = 0
@@ -92,10 +93,10 @@ def test_pair_safe_rule(files):
         if op.kind == "dwconv":
             assert safe is plain
             continue
-        assert (pair_sum(safe.weight) <= PAIR_LIMIT).all(), op.output
+        assert (pair_sum(safe.weight, adjacent_pairs(op)) <= PAIR_LIMIT).all(), op.output
         assert np.abs(safe.weight.astype(int)).max() <= 127
         assert (safe.scales >= plain.scales).all() and (safe.scales <= 2.01 * plain.scales).all()
-        broken += int((pair_sum(plain.weight) > PAIR_LIMIT).sum())
+        broken += int((pair_sum(plain.weight, adjacent_pairs(op)) > PAIR_LIMIT).sum())
         bound += int((safe.scales > plain.scales).sum())
     assert broken > 0 and bound > 0, (broken, bound)
 
@@ -227,6 +228,59 @@ def test_other_x86_classes_under_qemu(files, crops, tmp_path, cpu, expected):
             assert steps > 2 * MAX_STEPS, steps
         else:                                # SSE4 kernels widen to 16 bits: no saturation
             assert steps <= MAX_STEPS, steps
+
+
+def _pair_probe(channels: int, pair: tuple) -> bytes:
+    """A QDQ pointwise convolution with weight 100 on two input channels (0 elsewhere): fed 255
+    everywhere its exact output is 51,000, past int16, so a kernel that adds those two
+    products in int16 saturates (to 32,767, 33,000 at the output's step of 1,000)."""
+    from onnx import TensorProto, helper, numpy_helper
+    w = np.zeros((16, channels, 1, 1), np.int8)
+    w[:, list(pair)] = 100
+    arrays = {"s": np.float32(1), "zp": np.uint8(0), "wq": w, "ws": np.ones(16, np.float32),
+              "wzp": np.zeros(16, np.int8), "os": np.float32(1000), "ozp": np.uint8(0)}
+    nodes = [helper.make_node("DequantizeLinear", ["x", "s", "zp"], ["xf"]),
+             helper.make_node("DequantizeLinear", ["wq", "ws", "wzp"], ["wf"], axis=0),
+             helper.make_node("Conv", ["xf", "wf"], ["yf"], kernel_shape=[1, 1]),
+             helper.make_node("QuantizeLinear", ["yf", "os", "ozp"], ["yq"]),
+             helper.make_node("DequantizeLinear", ["yq", "os", "ozp"], ["y"])]
+    graph = helper.make_graph(nodes, "pair_probe", [helper.make_tensor_value_info("x", TensorProto.UINT8,
+                                                                                 [1, channels, 8, 8])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 16, 8, 8])],
+                              [numpy_helper.from_array(np.asarray(a), n) for n, a in arrays.items()])
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)], ir_version=8).SerializeToString()
+
+
+PAIR_PROBE = """
+import json, sys
+import numpy as np, onnxruntime as ort
+out = {}
+for path in sys.argv[2:]:
+    s = ort.InferenceSession(path, providers=["CPUExecutionProvider"])
+    x = np.full(s.get_inputs()[0].shape, 255, np.uint8)
+    out[path] = float(s.run(None, {"x": x})[0].max())
+open(sys.argv[1], "w").write(json.dumps(out))
+"""
+
+
+def test_saturating_kernels_pair_neighbour_input_channels(tmp_path):
+    """What the pointwise pair rule rests on (quantize.py): onnxruntime's AVX2 kernels add the
+    products of input channels (2i, 2i+1) in int16, and no others. Under an emulated Haswell
+    two large weights on such a pair saturate; on any other two channels they do not (if the
+    kernels ever paired differently, the second half of this fails)."""
+    qemu = _qemu()
+    cases = {(c, pair): tmp_path / f"probe_{c}_{pair[0]}_{pair[1]}.onnx"
+             for c in (16, 96) for pair in ((0, 1), (6, 7), (0, 2), (1, 2), (3, 4), (0, 9))}
+    for (c, pair), path in cases.items():
+        path.write_bytes(_pair_probe(c, pair))
+    done = subprocess.run([qemu, "-cpu", "Haswell-noTSX", sys.executable, "-c", PAIR_PROBE,
+                           str(tmp_path / "out.json"), *map(str, cases.values())],
+                          capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    got = json.loads((tmp_path / "out.json").read_text())
+    for (c, pair), path in cases.items():
+        expected = 33000.0 if pair[1] == pair[0] + 1 and pair[0] % 2 == 0 else 51000.0
+        assert got[str(path)] == expected, (c, pair, got[str(path)])
 
 
 def test_cpu_classes():

@@ -11,7 +11,8 @@ from effnet_lite.model_export.export import Exporter
 from effnet_lite.model_export.folding import fold_batchnorm
 from effnet_lite.model_export.calibration import pixels_to_input
 from effnet_lite.model_export.graph import build_graph, run, with_pixel_input
-from effnet_lite.model_export.quantize import PAIR_LIMIT, pair_sum, quantize_graph, quantize_weights
+from effnet_lite.model_export.quantize import (PAIR_LIMIT, adjacent_pairs, pair_sum, quantize_graph,
+                                               quantize_weights)
 from effnet_lite.model_export.rounding import _input_moments, round_layer, second_moments
 from effnet_lite.model_export.weights import load_model
 
@@ -41,6 +42,31 @@ def test_pair_rule_flags_one_overflowing_pair():
     q_safe, _ = quantize_weights(w, pair_safe=True)
     q_plain, _ = quantize_weights(w, pair_safe=False)
     assert (pair_sum(q_safe) <= PAIR_LIMIT).all() and (pair_sum(q_plain) > PAIR_LIMIT).all()
+
+
+def test_adjacent_pair_rule_flags_one_overflowing_neighbour_pair():
+    """Pointwise weights: only input channels (2i, 2i+1) share an int16 (quantize.py), so
+    large weights may sit apart, but one neighbour pair past 128 is flagged."""
+    q = np.zeros((3, 8), np.int8)
+    q[0, [0, 2, 4, 7]] = [127, 127, -128, -128]   # apart: 127 per pair, though any two add to 254
+    q[1, 2:4] = [100, 28]
+    q[2, 4:6] = [-100, -29]      # 129: one neighbour pair too many
+    assert list(pair_sum(q, adjacent=True)) == [128, 128, 129]
+    assert (pair_sum(q, adjacent=True) > PAIR_LIMIT).tolist() == [False, False, True]
+    assert (pair_sum(q) > PAIR_LIMIT).tolist() == [True, False, True]     # any pair: row 0 breaks
+    q_odd = np.zeros((1, 5), np.int8)
+    q_odd[0, 4] = 127            # a last channel without a partner
+    assert list(pair_sum(q_odd, adjacent=True)) == [127]
+    w = np.clip(np.random.default_rng(1).normal(size=(64, 32)), -1, 1)
+    w[:, :2] = 3.0               # a large neighbour pair in every row: the rule binds
+    q_safe, s_safe = quantize_weights(w, pair_safe=True, adjacent=True)
+    _, s_any = quantize_weights(w, pair_safe=True)
+    q_plain, _ = quantize_weights(w, pair_safe=False)
+    assert (pair_sum(q_safe, True) <= PAIR_LIMIT).all() and (pair_sum(q_plain, True) > PAIR_LIMIT).all()
+    assert (s_safe <= s_any).all()
+    w[:, 1] = 0.0                # the largest weights now apart: the neighbour rule costs nothing
+    _, s_apart = quantize_weights(w, pair_safe=True, adjacent=True)
+    assert np.allclose(s_apart, quantize_weights(w)[1]) and (s_apart < s_any).all()
 
 
 def test_learned_rounding_lowers_the_output_error():
@@ -73,6 +99,16 @@ def test_learned_rounding_keeps_the_pair_rule():
     bound = round_layer(w, scales, h, False, PAIR_LIMIT)
     assert (pair_sum(free) > PAIR_LIMIT).any()             # compensation alone would break it
     assert (pair_sum(bound) <= PAIR_LIMIT).all() and np.abs(bound.astype(int)).max() <= 127
+    # neighbour pairs (pointwise weights): clamped by the partner only, on their own scales
+    w[:, 2:4] = np.abs(w[:, 2:4]) + 2.0        # a second large pair, apart from the first
+    _, scales = quantize_weights(w, pair_safe=True, adjacent=True)
+    free = round_layer(w, scales, h, False, None)
+    bound = round_layer(w, scales, h, False, PAIR_LIMIT, adjacent=True)
+    assert (pair_sum(free, True) > PAIR_LIMIT).any()
+    assert (pair_sum(bound, True) <= PAIR_LIMIT).all() and np.abs(bound.astype(int)).max() <= 127
+    assert (pair_sum(bound) > PAIR_LIMIT).any()        # what the any-pair rule would forbid
+    assert output_error(w, bound, scales, h) < output_error(w, quantize_weights(w, pair_safe=True,
+                                                                              adjacent=True)[0], scales, h)
 
 
 def test_second_moments_are_those_of_the_ops_input_patches():
@@ -146,7 +182,7 @@ def test_one_learned_export_writes_both_formats(photos, tmp_path):
         if op.kind == "dwconv":
             assert np.array_equal(onnx_q, tfl_q), op.output
         else:
-            assert (pair_sum(onnx_q) <= PAIR_LIMIT).all(), op.output
+            assert (pair_sum(onnx_q, adjacent_pairs(op)) <= PAIR_LIMIT).all(), op.output
         changed += int((tfl_q != nearest.weights[op.output].weight).sum())
         total += tfl_q.size
     assert 0.001 < changed / total < 0.5, (changed, total)

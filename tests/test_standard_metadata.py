@@ -318,3 +318,18 @@ def test_json_entry_holds_only_what_the_standard_lacks(files):
     own = json.loads(read_metadata(files["uint8_softmax.tflite"].read_bytes())[METADATA_NAME])
     assert {"labels", "mean", "std", "input_scale"}.isdisjoint(own)
     assert own["crop_pct"] == 0.875 and own["interpolation"] == "bicubic" and own["output"] == "probabilities"
+
+
+def test_packed_files_do_not_carry_the_time_of_writing(monkeypatch):
+    """The same model packed an hour apart gives the same bytes (a zip entry's date would
+    otherwise make two identical exports differ); the labels still unpack as written."""
+    import time
+    from effnet_lite.model_export.standard_metadata import pack_files
+    model, files = b"flatbuffer bytes", {"labels.txt": "tench\ngoldfish\n".encode()}
+    first = pack_files(model, files)
+    now = time.time()
+    monkeypatch.setattr(time, "time", lambda: now + 3600)
+    assert pack_files(model, files) == first
+    with zipfile.ZipFile(io.BytesIO(first)) as z:
+        assert z.read("labels.txt") == files["labels.txt"]
+        assert (z.getinfo("labels.txt").external_attr >> 16) & 0o444 == 0o444

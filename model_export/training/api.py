@@ -193,7 +193,7 @@ class _Run:
         o, k = self.o, len(self.classes)
         self.tail = Tail(self.model, self.cut + 1) if o.fine_tune else None
         x = self._pooled(self.store, self.train.digests)
-        held_out = o.fine_tune or len(self.y) > selection.LARGE       # (nested folds: five fine-tunings)
+        held_out = o.fine_tune or selection.held_out(len(self.y))     # (nested folds: five fine-tunings)
         self.log(f"estimating the accuracy on new photos ({'held-out fifth' if held_out else 'nested cross-validation'})")
         if o.fine_tune:
             self.estimate = self._estimate_fine_tune(x)

@@ -83,12 +83,17 @@ class Estimate:
     strengths: list                  # the penalty each outer model chose
 
 
+def held_out(n: int) -> bool:
+    """Whether the estimate of `n` photos comes from one held-out fifth, not nested folds."""
+    return n > LARGE
+
+
 def estimate(x: np.ndarray, y: np.ndarray, classes: int, opts: head_mod.HeadOptions, seed: int,
              prior=None, progress=None) -> Estimate:
     n = len(y)
     k = max(2, min(FOLDS, int(np.bincount(y, minlength=classes).max())))
     fold = stratified_folds(y, k, seed + 1)
-    outer = [0] if n > LARGE else list(range(k))
+    outer = [0] if held_out(n) else list(range(k))
     probs, answered, chosen = np.zeros((n, classes), np.float32), [], []
     for f in outer:
         tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
@@ -100,7 +105,7 @@ def estimate(x: np.ndarray, y: np.ndarray, classes: int, opts: head_mod.HeadOpti
         if progress:
             progress()
     idx = np.sort(np.concatenate(answered))
-    method = "held-out fifth (chose nothing)" if n > LARGE else f"{k}-fold nested cross-validation"
+    method = "held-out fifth (chose nothing)" if held_out(n) else f"{k}-fold nested cross-validation"
     return Estimate(method, idx, probs[idx], chosen)
 
 
