@@ -109,7 +109,7 @@ def two_class_data(folder: Path) -> None:
     for hidden in ("@eaDir", ".thumbnails"):                                         # a photo manager's thumbnails
         (data / "bird" / hidden).mkdir()
         shutil.copy(dogs[3], data / "bird" / hidden / "thumb.jpg")
-    run_into(folder, data, "--views", "2")
+    run_into(folder, data, "--views", "2", "--rounding", "nearest")
 
 
 @pytest.fixture(scope="module")
@@ -224,16 +224,16 @@ def test_checkpoint_is_timm_format_without_pickles(trained, tmp_path):
 
 def test_python_api_evaluates_and_exports(trained, tmp_path):
     """TrainResult from a finished folder: evaluate() on the test folder gives the report's test
-    figures, export() writes another file the runtime loads with the classes."""
+    figures, export() writes another file the runtime loads with the classes (rounded as asked)."""
     from effnet_lite import Classifier
     from effnet_lite.model_export.training import TrainResult
     folder, report, _ = trained
     result = TrainResult.load(folder / "out")
     ev = result.evaluate(folder / "test")
     assert ev["top1"] == pytest.approx(report["test"]["tflite"]["top1"]) and ev["photos"] == 101
-    path = result.export(tmp_path / "model.onnx")
+    path = result.export(tmp_path / "model.onnx", rounding="nearest")
     with Classifier.from_file(path) as clf:
-        assert clf.labels == sorted(GROUPS)
+        assert clf.labels == sorted(GROUPS) and clf.metadata.calibration["rounding"] == "nearest"
 
 
 def test_mediapipe_names_the_classes(trained):
@@ -296,6 +296,24 @@ def test_two_class_model_everywhere(two_class, tmp_path):
     assert code == 1 and "errors 1" in err, err        # zz_notes.jpg is recorded, not fatal
     rows = [json.loads(line) for p in sorted((tmp_path / "lab").glob("part-*.jsonl")) for line in p.read_text().splitlines()]
     assert len(rows) == 13 and all(len(r["labels"]) == 2 for r in rows if r["error"] is None)
+
+
+def test_int8_files_are_rounded_as_asked(trained, two_class):
+    """effnet-train's int8 files carry learned rounding by default (their metadata says so, as
+    do the report and its text); --rounding nearest gives nearest rounding."""
+    from effnet_lite import Classifier
+    _, report, _ = trained
+    assert report["rounding"] == "learned"
+    int8 = [k for k in report["files"] if k != "fp32"]
+    assert sorted(int8) == ["mediapipe", "onnx", "tflite"]
+    for key in int8:
+        with Classifier.from_file(report["files"][key]) as clf:
+            assert clf.metadata.calibration["rounding"] == "learned", key
+    _, out, stdout, _ = two_class
+    assert json.loads((out / "report.json").read_text())["rounding"] == "nearest"
+    assert "int8 weights by nearest rounding" in stdout
+    with Classifier.from_file(out / "lite0_int8.tflite") as clf:
+        assert clf.metadata.calibration["rounding"] == "nearest"
 
 
 def test_init_adds_a_class_and_keeps_the_old_ones(two_class, tmp_path):

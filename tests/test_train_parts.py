@@ -2,6 +2,8 @@
 nested cross-validation on noise, duplicate detection on real photos, the feature cache."""
 from __future__ import annotations
 
+import re
+
 import numpy as np
 import pytest
 from PIL import Image
@@ -195,3 +197,15 @@ def test_a_long_fine_tuning_says_how_long_it_will_take(tmp_path, monkeypatch):
     [line] = said(0.0)
     assert line.startswith("fine-tuning the final model: 3 epoch(s) of 20 batches, about ") and \
         line.endswith(" s more (measured on the first 10 batches)"), line
+
+
+def test_options_name_what_is_wrong():
+    """TrainOptions (the Python API's) refuse a bad setting in one line naming it."""
+    from effnet_lite.model_export.training import TrainOptions
+    from effnet_lite.model_export.training.run_folder import TrainError
+    TrainOptions().check()
+    for bad, says in ((dict(rounding="fancy"), "rounding must be one of nearest, learned, not 'fancy'"),
+                      (dict(views=0), "views must be between 1 and 64"),
+                      (dict(class_weights="some"), "class weights must be 'none' or 'balanced'")):
+        with pytest.raises(TrainError, match=re.escape(says)):
+            TrainOptions(**bad).check()

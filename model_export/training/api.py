@@ -253,7 +253,7 @@ class _Run:
     def _export(self):
         exporter = Exporter(self.variant.name, weights=self.out / CHECKPOINT, labels=self.classes, log=self.log)
         crops = centre_crops(every_class_in_turn(self.train, self.o.seed), exporter.config, CALIB_MAX)
-        exporter.calibrate_on(crops, "training photos")
+        exporter.calibrate_on(crops, "training photos", rounding=self.o.rounding)
         self.files = {}
         for key in self.o.export:
             suffix, precision, fmt, io, softmax = EXPORTS[key]
@@ -305,7 +305,7 @@ class _Run:
                                  "(these figures chose the setting: they are not an estimate)",
                            "l2_strength": self.choice.strength, "table": self.choice.table},
                 "views": self.views, "files": {k: str(p) for k, p in self.files.items()},
-                "checkpoint": str(self.out / CHECKPOINT),
+                "rounding": self.o.rounding, "checkpoint": str(self.out / CHECKPOINT),
                 "seconds": self.seconds, "config": self.t.config(), "version": __version__}
 
 

@@ -27,10 +27,11 @@ from effnet_lite.variants import VARIANTS
 
 from ..calibration import CalibrationError
 from ..export import ExportError
+from ..rounding import ROUNDINGS
 from ..weights import WeightsError
 from . import data as data_mod
 from .api import Trainer
-from .options import EXPORTS, TrainOptions
+from .options import EXPORTS, ROUNDING, TrainOptions
 from .checkpoint import CHECKPOINT, load_state
 from .report import text
 from .run_folder import WORK, TrainError
@@ -79,6 +80,9 @@ def parse_args(argv=None):
                    help="balanced: weigh each class by 1/its share of the photos (imbalanced data)")
     p.add_argument("--export", default="tflite", metavar="LIST",
                    help=f"comma-separated, of {', '.join(EXPORTS)}, or 'all' (tflite)")
+    p.add_argument("--rounding", choices=ROUNDINGS, default=ROUNDING,
+                   help="int8 weights of the exported files: learned (default: each layer's integers fitted "
+                        "to its output on the calibration photos, closer to fp32, about 17 s more) or nearest")
     p.add_argument("--seed", type=int, default=0, help="everything random follows from it (0)")
     p.add_argument("--threads", type=int, default=None,
                    help="CPU threads (default: all cores, the features one photo per core; N: one photo at a "
@@ -126,7 +130,7 @@ def main(argv=None) -> int:
     options = TrainOptions(variant=args.variant, weights=args.weights, init=args.init, views=args.views,
                            fine_tune=args.fine_tune, label_smoothing=args.label_smoothing,
                            class_weights=args.class_weights, seed=args.seed, threads=args.threads,
-                           export=tuple(args.export))
+                           export=tuple(args.export), rounding=args.rounding)
     try:
         result = Trainer.from_folder(args.data, options, test=args.test, log=log).train(args.output, args.resume)
     except (TrainError, data_mod.DataError, WeightsError, ExportError, CalibrationError, ModelError) as e:

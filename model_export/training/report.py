@@ -79,7 +79,7 @@ def text(report: dict) -> str:
     """The report as a user reads it on stdout."""
     classes = report["classes"]
     lines = headline(report)
-    lines += ["", "the files (through this runtime):"]
+    lines += ["", f"the files (through this runtime; int8 weights by {report.get('rounding', 'nearest')} rounding):"]
     width = max(len(Path(f).name) for f in report["files"].values())
     for key, path in report["files"].items():
         a = report["agreement"][key]

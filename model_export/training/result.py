@@ -10,7 +10,7 @@ from ..export import Exporter
 from . import data as data_mod
 from .checkpoint import CHECKPOINT
 from .judge import centre_crops, evaluate_file
-from .options import CALIB_MAX
+from .options import CALIB_MAX, ROUNDING
 from .report import text
 from .run_folder import TrainError
 
@@ -50,18 +50,19 @@ class TrainResult:
         return evaluate_file(self.files[file], photos, self.files[file].name, self.threads)
 
     def export(self, path, precision: str = "int8", fmt: str | None = None, io: str | None = None,
-               softmax: bool = False, calibration=None) -> Path:
+               softmax: bool = False, calibration=None, rounding: str = ROUNDING) -> Path:
         """Another file of the trained model (calibrated on `calibration`, a folder, or on the
-        training photos' centre crops)."""
+        training photos' centre crops; int8 weights by `rounding`, learned or nearest)."""
         path = Path(path)
         fmt = fmt or ("onnx" if path.suffix == ".onnx" else "tflite")
         exporter = Exporter(self.report["variant"], weights=self.folder / CHECKPOINT, labels=self.classes)
         if precision == "int8":
             if calibration is not None:
-                exporter.calibrate(calibration, CALIB_MAX)
+                exporter.calibrate(calibration, CALIB_MAX, rounding=rounding)
             else:
                 with open(self.folder / "split.csv", newline="", encoding="utf-8") as f:
                     paths = [Path(r["path"]) for r in csv.DictReader(f) if r["set"] == "train"]
-                exporter.calibrate_on(centre_crops(paths, exporter.config, CALIB_MAX), "training photos")
+                exporter.calibrate_on(centre_crops(paths, exporter.config, CALIB_MAX), "training photos",
+                                      rounding=rounding)
         exporter.export(path, precision, fmt, io, softmax=softmax)
         return path
