@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import json
-import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -37,6 +35,7 @@ from ..model_export.training.duplicates import fingerprints
 from ..model_export.training.head import Linear
 from ..model_export.weights import load_model
 from .machine import machine_info
+from .peak_memory import run_with_peak_rss
 
 
 def sample(photos: data_mod.Photos, train: int, test: int, seed: int) -> tuple[data_mod.Photos, data_mod.Photos]:
@@ -98,16 +97,12 @@ def linear_probe(variant: str, train, test, work: Path) -> dict:
 
 def run_effnet_train(args: list, out: Path, who: str) -> tuple[dict, float, float]:
     """`effnet-train ARGS --output OUT -q` as a user runs it: (its report, wall seconds, peak RSS
-    in MB of the whole process, as the kernel counts it)."""
-    t0 = time.perf_counter()
-    proc = subprocess.Popen([sys.executable, "-m", "effnet_lite.model_export.training.cli", *map(str, args),
-                             "--output", str(out), "-q"], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    seconds = time.perf_counter() - t0
-    if status != 0:
+    in MB of its own process, as the kernel counts it: peak_memory.py)."""
+    code, err, seconds, rss = run_with_peak_rss([sys.executable, "-m", "effnet_lite.model_export.training.cli",
+                                                 *args, "--output", out, "-q"])
+    if code != 0:
         raise SystemExit(f"{who}: effnet-train {' '.join(map(str, args))} failed:\n{err[-2000:]}")
-    return json.loads((out / "report.json").read_text()), seconds, usage.ru_maxrss / 1024
+    return json.loads((out / "report.json").read_text()), seconds, rss
 
 
 def effnet_train(name: str, train_csv: Path, test_csv: Path, out: Path, variant: str, extra: list) -> dict:

@@ -329,3 +329,19 @@ def test_arm_emulation_refuses_bad_arguments_in_one_line(lite0_files, tmp_path):
         code, out, err = run_module("effnet_lite.benchmarks.arm_emulation", *args)
         last = err.strip().splitlines()[-1]
         assert code == 2 and not out and expected in last and "Traceback" not in err, (args, err)
+
+
+def test_peak_rss_is_the_commands_own():
+    """A command's peak memory does not include its caller's: from this process holding 600 MB,
+    a bare Python measures tens of MB and one that touches 300 MB measures at least that
+    (started straight from here, both would report this process's 600 MB and more)."""
+    import sys
+    from effnet_lite.benchmarks.peak_memory import run_with_peak_rss
+    held = np.ones(600 * 2**20, np.uint8)          # touched: resident in this process
+    code, _, seconds, bare = run_with_peak_rss([sys.executable, "-c", "pass"], timeout=60)
+    assert code == 0 and seconds > 0 and bare < 100, bare
+    code, _, _, big = run_with_peak_rss([sys.executable, "-c", "b = bytearray(300 * 2**20)"], timeout=60)
+    assert code == 0 and 300 <= big < 500, big
+    code, err, _, _ = run_with_peak_rss([sys.executable, "-c", "import sys; sys.exit('no: 3')"], timeout=60)
+    assert code == 1 and "no: 3" in err
+    assert held[-1] == 1

@@ -25,6 +25,7 @@ import pytest
 from PIL import Image
 
 from conftest import DEV_DIR, built_once, superclass_rows
+from effnet_lite.benchmarks.peak_memory import run_with_peak_rss
 from tests_helpers import require_module, run_module, wait_for
 
 GROUPS = ("bird", "dog", "fish", "invertebrate", "object", "other_mammal", "reptile_amphibian")
@@ -69,12 +70,9 @@ def run_into(folder: Path, data: Path, *args) -> None:
 
 
 def run_with_rss(cmd: list) -> tuple[int, str, float]:
-    """(exit code, stderr, peak RSS in MB) of a command."""
-    proc = subprocess.Popen([str(c) for c in cmd], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    err = proc.stderr.read()
-    _, status, usage = os.wait4(proc.pid, 0)
-    proc.returncode = os.waitstatus_to_exitcode(status)
-    return proc.returncode, err, usage.ru_maxrss / 1024
+    """(exit code, stderr, peak RSS in MB of the command's own process: not this worker's)."""
+    code, err, _, rss = run_with_peak_rss(cmd, timeout=900)
+    return code, err, rss
 
 
 def half_data(folder: Path) -> None:
