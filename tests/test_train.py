@@ -296,9 +296,10 @@ def test_two_class_model_everywhere(two_class, tmp_path):
     assert len(rows) == 13 and all(len(r["labels"]) == 2 for r in rows if r["error"] is None)
 
 
-def test_int8_files_are_rounded_as_asked(trained, two_class):
+def test_int8_files_are_rounded_as_asked(trained, two_class, tmp_path):
     """effnet-train's int8 files carry learned rounding by default (their metadata says so, as
-    do the report and its text); --rounding nearest gives nearest rounding."""
+    do the report and its text); --rounding nearest gives nearest rounding, and so does a file
+    the Python API exports later from that run."""
     from effnet_lite import Classifier
     _, report, _ = trained
     assert report["rounding"] == "learned"
@@ -312,6 +313,9 @@ def test_int8_files_are_rounded_as_asked(trained, two_class):
     assert "int8 weights by nearest rounding" in stdout
     with Classifier.from_file(out / "lite0_int8.tflite") as clf:
         assert clf.metadata.calibration["rounding"] == "nearest"
+    from effnet_lite.model_export.training import TrainResult      # another file: as the run's own
+    with Classifier.from_file(TrainResult.load(out).export(tmp_path / "again.tflite")) as clf:
+        assert clf.metadata.calibration["rounding"] == "nearest"
 
 
 def test_init_adds_a_class_and_keeps_the_old_ones(two_class, tmp_path):
@@ -324,7 +328,8 @@ def test_init_adds_a_class_and_keeps_the_old_ones(two_class, tmp_path):
     more = class_folders(tmp_path / "more", [r for g in ("bird", "dog", "reptile_amphibian")
                                               for r in [r for r in rows if r["superclass"] == g][:6]])
     out = tmp_path / "three"
-    code, _, err = train(more, "--output", out, "--init", old_out / "model.safetensors", "--views", "1")
+    code, _, err = train(more, "--output", out, "--init", old_out / "model.safetensors", "--views", "1",
+                         "--rounding", "nearest")       # (the rounding plays no part here)
     assert code == 0, err[-2000:]
     old, new = Classifier.from_file(old_out / "lite0_int8.tflite"), Classifier.from_file(out / "lite0_int8.tflite")
     assert new.labels == ["bird", "dog", "reptile_amphibian"]

@@ -10,7 +10,7 @@ from ..export import Exporter
 from . import data as data_mod
 from .checkpoint import CHECKPOINT
 from .judge import centre_crops, evaluate_file
-from .options import CALIB_MAX, ROUNDING
+from .options import CALIB_MAX
 from .report import text
 from .run_folder import TrainError
 
@@ -50,9 +50,11 @@ class TrainResult:
         return evaluate_file(self.files[file], photos, self.files[file].name, self.threads)
 
     def export(self, path, precision: str = "int8", fmt: str | None = None, io: str | None = None,
-               softmax: bool = False, calibration=None, rounding: str = ROUNDING) -> Path:
+               softmax: bool = False, calibration=None, rounding: str | None = None) -> Path:
         """Another file of the trained model (calibrated on `calibration`, a folder, or on the
-        training photos' centre crops; int8 weights by `rounding`, learned or nearest)."""
+        training photos' centre crops; int8 weights by `rounding`, learned or nearest: by
+        default as the run's own files)."""
+        rounding = rounding or self.report.get("rounding", "nearest")
         path = Path(path)
         fmt = fmt or ("onnx" if path.suffix == ".onnx" else "tflite")
         exporter = Exporter(self.report["variant"], weights=self.folder / CHECKPOINT, labels=self.classes)
