@@ -222,16 +222,18 @@ def test_checkpoint_is_timm_format_without_pickles(trained, tmp_path):
 
 def test_python_api_evaluates_and_exports(trained, tmp_path):
     """TrainResult from a finished folder: evaluate() on the test folder gives the report's test
-    figures, export() writes another file the runtime loads with the classes (rounded as asked)."""
+    figures, export() writes another file the runtime loads with the classes: by default the
+    very file the run wrote (the same calibration photos and rounding)."""
     from effnet_lite import Classifier
     from effnet_lite.model_export.training import TrainResult
     folder, report, _ = trained
     result = TrainResult.load(folder / "out")
     ev = result.evaluate(folder / "test")
     assert ev["top1"] == pytest.approx(report["test"]["tflite"]["top1"]) and ev["photos"] == 101
-    path = result.export(tmp_path / "model.onnx", rounding="nearest")
+    path = result.export(tmp_path / "model.onnx")
     with Classifier.from_file(path) as clf:
-        assert clf.labels == sorted(GROUPS) and clf.metadata.calibration["rounding"] == "nearest"
+        assert clf.labels == sorted(GROUPS) and clf.metadata.calibration["rounding"] == "learned"
+    assert path.read_bytes() == Path(report["files"]["onnx"]).read_bytes()     # the run's own file again
 
 
 def test_mediapipe_names_the_classes(trained):

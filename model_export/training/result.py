@@ -9,7 +9,7 @@ from pathlib import Path
 from ..export import Exporter
 from . import data as data_mod
 from .checkpoint import CHECKPOINT
-from .judge import centre_crops, evaluate_file
+from .judge import centre_crops, evaluate_file, every_class_in_turn
 from .options import CALIB_MAX
 from .report import text
 from .run_folder import TrainError
@@ -52,8 +52,8 @@ class TrainResult:
     def export(self, path, precision: str = "int8", fmt: str | None = None, io: str | None = None,
                softmax: bool = False, calibration=None, rounding: str | None = None) -> Path:
         """Another file of the trained model (calibrated on `calibration`, a folder, or on the
-        training photos' centre crops; int8 weights by `rounding`, learned or nearest: by
-        default as the run's own files)."""
+        training photos' centre crops, chosen as the run chose them; int8 weights by `rounding`,
+        learned or nearest: by default as the run's own files)."""
         rounding = rounding or self.report.get("rounding", "nearest")
         path = Path(path)
         fmt = fmt or ("onnx" if path.suffix == ".onnx" else "tflite")
@@ -63,7 +63,9 @@ class TrainResult:
                 exporter.calibrate(calibration, CALIB_MAX, rounding=rounding)
             else:
                 with open(self.folder / "split.csv", newline="", encoding="utf-8") as f:
-                    paths = [Path(r["path"]) for r in csv.DictReader(f) if r["set"] == "train"]
+                    rows = [(r["path"], r["label"]) for r in csv.DictReader(f) if r["set"] == "train"]
+                train = data_mod.same_classes(data_mod.from_pairs(rows), self.classes, self.folder / "split.csv")
+                paths = every_class_in_turn(train, self.report["config"]["seed"])     # as the run chose them
                 exporter.calibrate_on(centre_crops(paths, exporter.config, CALIB_MAX), "training photos",
                                       rounding=rounding)
         exporter.export(path, precision, fmt, io, softmax=softmax)
