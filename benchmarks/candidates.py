@@ -106,20 +106,15 @@ def peak_rss_mb(candidate: Candidate) -> float | None:
     import json
     import subprocess
     import sys
-    code = ("import json, resource, sys\n"
+    code = ("import json, sys\n"
             "from effnet_lite.benchmarks.candidates import FileCandidate, TorchCandidate\n"
             "from pathlib import Path\n"
             "c = json.loads(sys.argv[1]); cls = TorchCandidate if c['kind'] == 'torch' else FileCandidate\n"
             "cand = cls(c['label'], c['kind'], c['threads'], c['backend'], variant=c['variant'],"
             " path=Path(c['path']) if c['path'] else None, extra=c['extra'])\n"
             "cand.load(); [cand.invoke() for _ in range(3)]\n"
-            # VmHWM belongs to this process's own address space; ru_maxrss would carry the
-            # parent's peak across fork/exec on Linux
-            "try:\n"
-            "    hwm = [l for l in open('/proc/self/status') if l.startswith('VmHWM')][0]\n"
-            "    print(int(hwm.split()[1]) / 1024)\n"
-            "except (OSError, IndexError):\n"
-            "    print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024)\n")
+            "from effnet_lite.benchmarks.peak_memory import own_peak_rss_mb\n"
+            "print(own_peak_rss_mb())\n")
     spec = {"label": candidate.label, "kind": candidate.kind, "threads": candidate.threads,
             "backend": candidate.backend, "variant": candidate.variant,
             "path": str(candidate.path) if candidate.path else "", "extra": candidate.extra}

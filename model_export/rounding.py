@@ -138,7 +138,7 @@ def _gptq(w: np.ndarray, h: np.ndarray, pair_limit: int | None, adjacent: bool =
             elif pair_limit is not None:
                 hi, lo = np.minimum(QMAX, pair_limit - top_pos), np.minimum(QMAX, pair_limit - top_neg)
             qi = np.clip(np.round(col), -lo, hi)
-            if pair_limit is not None:
+            if pair_limit is not None and not adjacent:
                 top_pos, top_neg = np.maximum(top_pos, qi), np.maximum(top_neg, -qi)
             q[:, :, i] = qi
             err = (col - qi) / u[:, i, i][:, None]

@@ -75,11 +75,16 @@ def headline(report: dict) -> list[str]:
     return lines
 
 
+def files_rounding(report: dict) -> str:
+    """How the run's int8 files were rounded (reports from before the choice: nearest)."""
+    return report.get("rounding", "nearest")
+
+
 def text(report: dict) -> str:
     """The report as a user reads it on stdout."""
     classes = report["classes"]
     lines = headline(report)
-    lines += ["", f"the files (through this runtime; int8 weights by {report.get('rounding', 'nearest')} rounding):"]
+    lines += ["", f"the files (through this runtime; int8 weights by {files_rounding(report)} rounding):"]
     width = max(len(Path(f).name) for f in report["files"].values())
     for key, path in report["files"].items():
         a = report["agreement"][key]

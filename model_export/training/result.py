@@ -11,7 +11,7 @@ from . import data as data_mod
 from .checkpoint import CHECKPOINT
 from .judge import centre_crops, evaluate_file, every_class_in_turn
 from .options import CALIB_MAX
-from .report import text
+from .report import files_rounding, text
 from .run_folder import TrainError
 
 
@@ -54,7 +54,7 @@ class TrainResult:
         """Another file of the trained model (calibrated on `calibration`, a folder, or on the
         training photos' centre crops, chosen as the run chose them; int8 weights by `rounding`,
         learned or nearest: by default as the run's own files)."""
-        rounding = rounding or self.report.get("rounding", "nearest")
+        rounding = rounding or files_rounding(self.report)
         path = Path(path)
         fmt = fmt or ("onnx" if path.suffix == ".onnx" else "tflite")
         exporter = Exporter(self.report["variant"], weights=self.folder / CHECKPOINT, labels=self.classes)
