@@ -36,8 +36,8 @@ from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .duplicates import fingerprints, remember
 from .features import Backbone, FeatureStore
 from .fit import STAGES as FINE_TUNE_STAGES, FineTuneOptions, RowReader, Tail, fine_tune, pooled_features
-from .judge import agreement, centre_crops, evaluate_file, every_class_in_turn
-from .options import AGREE_MAX, CALIB_MAX, EXPORTS, TrainOptions, auto_views
+from .judge import agreement, calibrate_on_training, evaluate_file, every_class_in_turn
+from .options import AGREE_MAX, EXPORTS, TrainOptions, auto_views
 from .report import evaluation, pictures
 from .result import TrainResult
 from .run_folder import WORK, TrainError, prepare_output, write_split
@@ -252,8 +252,7 @@ class _Run:
 
     def _export(self):
         exporter = Exporter(self.variant.name, weights=self.out / CHECKPOINT, labels=self.classes, log=self.log)
-        crops = centre_crops(every_class_in_turn(self.train, self.o.seed), exporter.config, CALIB_MAX)
-        exporter.calibrate_on(crops, "training photos", rounding=self.o.rounding)
+        calibrate_on_training(exporter, self.train, self.o.seed, self.o.rounding)
         self.files = {}
         for key in self.o.export:
             suffix, precision, fmt, io, softmax = EXPORTS[key]

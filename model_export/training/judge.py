@@ -13,6 +13,7 @@ from effnet_lite.errors import ImageError
 from effnet_lite.preprocess import preprocess
 from effnet_lite.quiet import Captured
 
+from .options import CALIB_MAX
 from .report import evaluation
 
 
@@ -23,6 +24,13 @@ def every_class_in_turn(photos, seed: int) -> list:
     members = [rng.permutation(np.flatnonzero(labels == c)).tolist() for c in range(len(photos.classes))]
     order = [m[i] for i in range(max(map(len, members))) for m in members if i < len(m)]
     return [photos.paths[i] for i in order]
+
+
+def calibrate_on_training(exporter, photos, seed: int, rounding: str) -> None:
+    """Calibrate `exporter` on the centre crops of up to CALIB_MAX training photos, every class in
+    turn: the run and a later TrainResult.export both call this, so they write the same file."""
+    crops = centre_crops(every_class_in_turn(photos, seed), exporter.config, CALIB_MAX)
+    exporter.calibrate_on(crops, "training photos", rounding=rounding)
 
 
 def centre_crops(paths, config, limit) -> np.ndarray:

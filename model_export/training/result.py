@@ -9,7 +9,7 @@ from pathlib import Path
 from ..export import Exporter
 from . import data as data_mod
 from .checkpoint import CHECKPOINT
-from .judge import centre_crops, evaluate_file, every_class_in_turn
+from .judge import calibrate_on_training, evaluate_file
 from .options import CALIB_MAX
 from .report import files_rounding, text
 from .run_folder import TrainError
@@ -65,8 +65,6 @@ class TrainResult:
                 with open(self.folder / "split.csv", newline="", encoding="utf-8") as f:
                     rows = [(r["path"], r["label"]) for r in csv.DictReader(f) if r["set"] == "train"]
                 train = data_mod.same_classes(data_mod.from_pairs(rows), self.classes, self.folder / "split.csv")
-                paths = every_class_in_turn(train, self.report["config"]["seed"])     # as the run chose them
-                exporter.calibrate_on(centre_crops(paths, exporter.config, CALIB_MAX), "training photos",
-                                      rounding=rounding)
+                calibrate_on_training(exporter, train, self.report["config"]["seed"], rounding)   # as the run did
         exporter.export(path, precision, fmt, io, softmax=softmax)
         return path
