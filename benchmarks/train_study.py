@@ -71,7 +71,7 @@ def linear_probe(variant: str, train, test, work: Path) -> dict:
     t0 = time.perf_counter()
     model = load_model(variant)
     config = PreprocessConfig.for_variant(model.variant, model.input_size)
-    store = FeatureStore(Backbone(model, "pooled", work, None), config, 0, 0, work / "probe")
+    store = FeatureStore(Backbone(model, work, None), config, 0, 0, work / "probe")
 
     def features(photos):       # (read once already by distinct(): every photo has its digest)
         store.compute(list(zip(photos.paths, photos.digests)), "probe: features", print)

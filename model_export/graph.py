@@ -39,7 +39,6 @@ class Graph:
     shapes: dict                     # tensor name → NCHW shape
     pixel_input: bool = False        # input is (pixel - 128) / 127.5, see with_pixel_input
     bn_stats: dict = field(default_factory=dict)  # tensor → (mean, std) per channel, pre-ReLU
-    stage_outputs: list = field(default_factory=list)   # the tensor each block stage ends in
 
     @property
     def input_shape(self):
@@ -70,7 +69,6 @@ def build_graph(folded: EfficientNetLite, bn_source: EfficientNetLite | None = N
         return dst
 
     src_mods = dict(bn_source.named_modules()) if bn_source is not None else {}
-    stage_outputs: list[str] = []
     x = conv(folded.conv_stem, src_mods.get("bn1"), INPUT, True)
     for name, block in folded.blocks.named_children():
         for bname, b in block.named_children():
@@ -88,14 +86,13 @@ def build_graph(folded: EfficientNetLite, bn_source: EfficientNetLite | None = N
                 ops.append(Op("add", [inp, y], out))
                 y = out
             x = y
-        stage_outputs.append(x)
     x = conv(folded.conv_head, src_mods.get("bn2"), x, True)
     ops.append(Op("mean", [x], "pooled"))
     fc = folded.classifier
     ops.append(Op("fc", ["pooled"], OUTPUT, fc.weight.detach().numpy().astype(np.float32).copy(),
                   fc.bias.detach().numpy().astype(np.float32).copy()))
     size = folded.input_size
-    graph = Graph(folded.variant.name, size, ops, {}, bn_stats=stats, stage_outputs=stage_outputs)
+    graph = Graph(folded.variant.name, size, ops, {}, bn_stats=stats)
     with torch.no_grad():
         run(graph, torch.zeros(1, 3, size, size), lambda n, t: graph.shapes.__setitem__(n, tuple(t.shape)))
     return graph

@@ -110,7 +110,6 @@ def test_copies_are_one_photo_and_others_are_not(tmp_path):
 def test_feature_cache_recomputes_a_damaged_file(tmp_path):
     """A cached photo's .npy cut short (a kill, a full disk) is made again, the same."""
     from effnet_lite.model_export.training.features import FeatureStore
-    from effnet_lite.model_export.training.fit import RowReader
     from effnet_lite.preprocess import PreprocessConfig
     from effnet_lite.variants import get_variant
 
@@ -132,8 +131,6 @@ def test_feature_cache_recomputes_a_damaged_file(tmp_path):
     store.path(items[1][1]).write_bytes(store.path(items[1][1]).read_bytes()[:90])
     store.compute(items, "", print)
     assert (store.stack([d for _, d in items]) == first).all()
-    reader = RowReader([store.path(d) for _, d in items])
-    assert all((reader.row(i, r) == first[i, r]).all() for i in range(3) for r in range(4))
 
 
 def test_feature_rows_are_the_same_from_one_or_several_workers(tmp_path):
@@ -150,7 +147,7 @@ def test_feature_rows_are_the_same_from_one_or_several_workers(tmp_path):
     items = [(p, f"{i:064x}") for i, p in enumerate(sorted(tmp_path.glob("*.jpg")))]
     rows = {}
     for workers in (1, 3):
-        backbone = Backbone(model, "pooled", tmp_path, threads=None)
+        backbone = Backbone(model, tmp_path, threads=None)
         backbone.workers = workers
         store = FeatureStore(backbone, config, 2, 0, tmp_path / f"cache{workers}")
         assert store.compute(items, "", print) == []
@@ -174,29 +171,97 @@ def test_a_feature_the_photos_barely_vary_gets_no_outsized_weight():
     assert np.abs(model.weight[:, 7]).max() < 10 * np.abs(model.weight[:, :7]).max(), model.weight
 
 
-def test_a_long_fine_tuning_says_how_long_it_will_take(tmp_path, monkeypatch):
-    """After its first batches, a fine-tuning that will run past a minute logs the epochs, the
-    batches and the time left; a short one says nothing."""
+def _tiny_network():
+    """A stand-in for the network in the fine-tuning's own tests: a convolution, a BatchNorm
+    (whose statistics must stay as they are) and a classifier."""
     import torch
+    from torch import nn
+
+    class Tiny(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn, self.fc = nn.Conv2d(3, 4, 16, stride=16), nn.BatchNorm2d(4), nn.Linear(4, 2)
+            self.bn.running_mean.fill_(0.1)
+
+        def forward(self, x):
+            return self.fc(torch.relu(self.bn(self.conv(x))).mean((2, 3)))
+    torch.manual_seed(0)
+    return Tiny()
+
+
+def _photo_batches(tmp_path, n: int):
+    """n real photos (scikit-image's, mirrored and cut differently) as fit.Photos, labels 0/1."""
+    from effnet_lite.model_export.training.fit import Photos
+    from effnet_lite.preprocess import PreprocessConfig
+    from effnet_lite.variants import get_variant
+    originals = list(skimage_photos().values())
+    items = []
+    for i in range(n):
+        pixels = originals[i % len(originals)]
+        pixels = pixels[:, ::-1] if i // len(originals) % 2 else pixels
+        Image.fromarray(np.ascontiguousarray(pixels[i:])).save(tmp_path / f"{i}.jpg")
+        items.append((tmp_path / f"{i}.jpg", f"{i:064x}"))
+    v = get_variant("lite0")
+    return Photos(items, PreprocessConfig.for_variant(v), v.mean, v.std, seed=0), np.arange(n) % 2
+
+
+def test_fine_tuning_interrupted_then_resumed_ends_bit_for_bit(tmp_path):
+    """Interrupted after two of four epochs and resumed from its saved state, the fine-tuning
+    ends with the uninterrupted run's weights, bit for bit: the views, the optimizer and the
+    learning-rate schedule carry on where they were (a schedule started again would not).
+    BatchNorm statistics stay as they were, and the averaged weights are what it returns."""
+    import copy
     from effnet_lite.model_export.training import fit
-    rng = np.random.default_rng(0)
-    paths = []
-    for i in range(40):
-        np.save(tmp_path / f"{i}.npy", rng.normal(size=(2, 4)).astype(np.float16))
-        paths.append(tmp_path / f"{i}.npy")
-    labels = np.arange(40) % 2
-    opts = fit.FineTuneOptions(epochs=3, average_from=2, batch=4)
+    photos, labels = _photo_batches(tmp_path, 6)
+    opts = fit.FineTuneOptions(epochs=4, batch=4, lr=0.05)
+    start = _tiny_network()
+    straight = copy.deepcopy(start)
+    fit.fine_tune(straight, photos, labels, opts, 0, tmp_path / "straight", "k")
+
+    class Interrupted(fit.Photos):
+        def views(self, idx, epoch):
+            if epoch == 2:
+                raise KeyboardInterrupt
+            return super().views(idx, epoch)
+    stopped = copy.deepcopy(start)
+    with pytest.raises(KeyboardInterrupt):
+        fit.fine_tune(stopped, Interrupted(photos.items, photos.config, photos.mean, photos.std, 0), labels, opts, 0,
+                      tmp_path / "resumed", "k")
+    resumed = copy.deepcopy(start)
+    fit.fine_tune(resumed, photos, labels, opts, 0, tmp_path / "resumed", "k")
+    a, b = straight.state_dict(), resumed.state_dict()
+    assert all(a[k].equal(b[k]) for k in a)
+    assert not a["conv.weight"].equal(start.state_dict()["conv.weight"])
+    assert a["bn.running_mean"].equal(start.bn.running_mean)
+    from effnet_lite.model_export.training.checkpoint import load_state
+    tensors, info = load_state(tmp_path / "straight")
+    assert info["epoch"] == 3 and info["averaged"] == 2
+    assert a["fc.weight"].equal(tensors["avg.fc.weight"]) and not a["fc.weight"].equal(tensors["now.fc.weight"])
+
+
+def test_a_long_fine_tuning_says_how_long_it_will_take(tmp_path, monkeypatch):
+    """After its first batches (counted over epochs: small data has fewer in one), a fine-tuning
+    that will run past a minute logs the epochs, the batches and the time left; a short one
+    says nothing."""
+    from effnet_lite.model_export.training import fit
+    photos, labels = _photo_batches(tmp_path, 6)
+    opts = fit.FineTuneOptions(epochs=3, batch=1)
 
     def said(over: float) -> list[str]:
         monkeypatch.setattr(fit, "FORECAST_OVER", over)
         lines: list[str] = []
-        fit.fine_tune(torch.nn.Linear(4, 2), fit.RowReader(paths), labels, 2, opts, 0, None, "k", lines.append,
-                      "fine-tuning the final model")
+        fit.fine_tune(_tiny_network(), photos, labels, opts, 0, None, "k", lines.append, "fine-tuning the final model")
         return lines
     assert said(60.0) == []
     [line] = said(0.0)
-    assert line.startswith("fine-tuning the final model: 3 epoch(s) of 20 batches, about ") and \
+    assert line.startswith("fine-tuning the final model: 3 epoch(s) of 6 batches, about ") and \
         line.endswith(" s more (measured on the first 10 batches)"), line
+
+
+def test_fine_tuning_epochs_shrink_as_the_photos_grow():
+    """10 epochs (as measured) for small data; fewer for more photos, never under 3."""
+    from effnet_lite.model_export.training.fit import epochs_for
+    assert [epochs_for(n) for n in (20, 250, 500, 1000, 3000, 10000)] == [10, 10, 10, 5, 3, 3]
 
 
 def test_options_name_what_is_wrong():

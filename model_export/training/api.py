@@ -35,7 +35,7 @@ from . import selection
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .duplicates import fingerprints, remember
 from .features import Backbone, FeatureStore
-from .fit import STAGES as FINE_TUNE_STAGES, FineTuneOptions, RowReader, Tail, fine_tune, pooled_features
+from .fit import FineTuneOptions, Photos, epochs_for, fine_tune, predict
 from .judge import agreement, calibrate_on_training, evaluate_file, every_class_in_turn
 from .options import AGREE_MAX, EXPORTS, TrainOptions, auto_views
 from .report import evaluation, pictures
@@ -163,36 +163,41 @@ class _Run:
 
     def _features(self):
         o = self.o
-        # --fine-tune: the frozen part ends before the last STAGES block stages, which learn
-        self.cut = len(self.model.stages) - 1 - FINE_TUNE_STAGES if o.fine_tune else "pooled"
-        backbone = Backbone(self.model, self.cut, self.work, o.threads)
+        backbone = Backbone(self.model, self.work, o.threads)
         n = len(self.train.paths)
         self.views = o.views or auto_views(n)
         self.log(f"{n} photos x {1 + self.views} crops (the centre and {self.views} augmented view(s)"
                  + ("" if o.views else ", --views to choose") + ")"
                  + (f", {len(self.test.paths)} test photos" if self.test else ""))
-        dtype = np.float16 if o.fine_tune else np.float32     # activations: half the disk, same answers
-        self.store = FeatureStore(backbone, self.config_pp, self.views, o.seed, self.work / "features", dtype)
+        self.store = FeatureStore(backbone, self.config_pp, self.views, o.seed, self.work / "features")
         bad = self.store.compute(list(zip(self.train.paths, self.train.digests)), "features of the photos", self.log)
-        if self.test is not None:
-            self.test_store = FeatureStore(backbone, self.config_pp, 0, o.seed, self.work / "features", dtype)
+        if self.test is not None and not o.fine_tune:      # (after --fine-tune the trained network judges)
+            self.test_store = FeatureStore(backbone, self.config_pp, 0, o.seed, self.work / "features")
             bad += self.test_store.compute(list(zip(self.test.paths, self.test.digests)),
                                            "features of the test photos", self.log)
         if bad:        # read once already: a photo changed or vanished since
             raise TrainError(f"{bad[0][0]}: changed or removed during the run; run again with --resume")
 
-    def _pooled(self, store, digests) -> np.ndarray:
-        if self.cut == "pooled":
-            return store.stack(digests)
-        return pooled_features(self.tail, RowReader([store.path(d) for d in digests]), len(digests),
-                               1 + store.views)
+    def _photos_of(self, data: data_mod.Photos, idx=None) -> Photos:
+        """Photos of `data` (all, or those at `idx`) decoded batch by batch for the network."""
+        idx = range(len(data.paths)) if idx is None else idx
+        v = self.variant
+        return Photos([(data.paths[i], data.digests[i]) for i in idx], self.config_pp, v.mean, v.std,
+                      self.o.seed, self.o.threads)
+
+    def _probs(self, photos, store, digests) -> np.ndarray:
+        """The fp32 model's softmax of the photos' centre crops: from the cached features, or
+        after --fine-tune from the trained network itself."""
+        if self.o.fine_tune:
+            return predict(self.model, photos)
+        with torch.no_grad():
+            return torch.softmax(self.model.classifier(torch.from_numpy(store.stack(digests)[:, 0])), 1).numpy()
 
     def _fit(self):
         """The estimate (nothing chosen on the photos it is measured on), the choice of the
         penalty on all the photos, then the final model trained on all of them."""
         o, k = self.o, len(self.classes)
-        self.tail = Tail(self.model, self.cut + 1) if o.fine_tune else None
-        x = self._pooled(self.store, self.train.digests)
+        x = self.store.stack(self.train.digests)
         held_out = o.fine_tune or selection.held_out(len(self.y))     # (nested folds: five fine-tunings)
         self.log(f"estimating the accuracy on new photos ({'held-out fifth' if held_out else 'nested cross-validation'})")
         if o.fine_tune:
@@ -215,38 +220,30 @@ class _Run:
             head.weight.copy_(torch.from_numpy(lin.weight))
             head.bias.copy_(torch.from_numpy(lin.bias))
         self.model.classifier = head
-        if self.tail is not None:
-            self.tail.classifier = head
 
     def _fine_tune(self, idx: np.ndarray, name: str):
+        opts = FineTuneOptions(epochs=epochs_for(len(idx)), label_smoothing=self.o.label_smoothing,
+                               class_weights=self.head_opts.class_weights)
         digests = [self.train.digests[i] for i in idx]
-        key = hashlib.sha256(json.dumps([name, digests, asdict(self.ft_opts())]).encode()).hexdigest()
-        fine_tune(self.tail, RowReader([self.store.path(d) for d in digests]), self.y[idx], 1 + self.views,
-                  self.ft_opts(), self.o.seed, self.work / f"fine-tune-{name}", key, self.log,
+        key = hashlib.sha256(json.dumps([name, digests, asdict(opts)]).encode()).hexdigest()
+        fine_tune(self.model, self._photos_of(self.train, idx), self.y[idx], opts, self.o.seed,
+                  self.work / f"fine-tune-{name}", key, self.log,
                   "fine-tuning the estimate's model" if name == "estimate" else "fine-tuning the final model")
-
-    def ft_opts(self) -> FineTuneOptions:
-        return FineTuneOptions(label_smoothing=self.o.label_smoothing, class_weights=self.head_opts.class_weights)
 
     def _estimate_fine_tune(self, x) -> selection.Estimate:
         """The whole --fine-tune procedure on four fifths, judged on the last fifth (nested
-        folds would cost five fine-tunings). The tail's starting weights are restored after, but for
-        the classifier, which the final head replaces."""
+        folds would cost five fine-tunings). The network's starting weights are restored after, but
+        for the classifier, which the final head replaces."""
         k = len(self.classes)
         fold = selection.stratified_folds(self.y, selection.FOLDS, self.o.seed + 1)
         tr, te = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
-        start = {n: v.clone() for n, v in self.tail.state_dict().items() if not n.startswith("classifier.")}
+        start = {n: v.clone() for n, v in self.model.state_dict().items() if not n.startswith("classifier.")}
         c = selection.choose(x[tr], self.y[tr], k, self.head_opts, self.o.seed, prior=self.prior)
         self._set_head(head_mod.fit(x[tr].reshape(-1, x.shape[-1]), np.repeat(self.y[tr], x.shape[1]), k,
                                     c.strength, self.head_opts, prior=self.prior))
         self._fine_tune(tr, "estimate")
-        reader = RowReader([self.store.path(self.train.digests[i]) for i in te])
-        with torch.no_grad():
-            self.tail.eval()
-            logits = torch.cat([self.tail(torch.from_numpy(reader.row(j, 0)[None].astype(np.float32)))
-                                for j in range(len(te))])
-        probs = torch.softmax(logits, 1).numpy()
-        missing, _ = self.tail.load_state_dict(start, strict=False)     # (the final head replaces the classifier)
+        probs = predict(self.model, self._photos_of(self.train, te))
+        missing, _ = self.model.load_state_dict(start, strict=False)     # (the final head replaces the classifier)
         assert all(n.startswith("classifier.") for n in missing), missing
         return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c.strength])
 
@@ -265,8 +262,8 @@ class _Run:
         top-1 against the fp32 model's on training photos (agreement: no labels needed)."""
         self.test_evals = {}
         if self.test is not None:
-            x = self._pooled(self.test_store, self.test.digests)[:, 0]
-            probs = self._fp32_probs(x)
+            probs = self._probs(self._photos_of(self.test), None if self.o.fine_tune else self.test_store,
+                                self.test.digests)
             self.test_evals["fp32-pytorch"] = evaluation("fp32 model (checkpoint)", np.asarray(self.test.labels), probs,
                                                          self.classes, self.test.paths)
             for key, path in self.files.items():
@@ -274,12 +271,8 @@ class _Run:
         sample = every_class_in_turn(self.train, self.o.seed)[:AGREE_MAX]
         where = {p: i for i, p in enumerate(self.train.paths)}
         idx = [where[p] for p in sample]
-        fp32 = self._fp32_probs(self._pooled(self.store, [self.train.digests[i] for i in idx])[:, 0]).argmax(1)
+        fp32 = self._probs(self._photos_of(self.train, idx), self.store, [self.train.digests[i] for i in idx]).argmax(1)
         self.agreement = {key: agreement(path, sample, fp32, self.o.threads) for key, path in self.files.items()}
-
-    def _fp32_probs(self, pooled: np.ndarray) -> np.ndarray:
-        with torch.no_grad():
-            return torch.softmax(self.model.classifier(torch.from_numpy(pooled)), 1).numpy()
 
     def _report(self) -> dict:
         e = self.estimate

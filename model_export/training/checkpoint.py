@@ -83,7 +83,8 @@ def load_state(folder: Path, log=None) -> tuple[dict, dict] | None:
 
 
 def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
-    """An optimizer's state as flat tensors plus JSON (for save_state)."""
+    """An optimizer's state as flat tensors plus JSON (for save_state): the per-parameter state,
+    and each group's settings (a learning-rate schedule changes them as it goes)."""
     sd = opt.state_dict()
     tensors, scalars = {}, {}
     for pid, st in sd["state"].items():
@@ -92,18 +93,21 @@ def optimizer_tensors(opt: torch.optim.Optimizer) -> tuple[dict, dict]:
                 tensors[f"opt.{pid}.{k}"] = v
             else:
                 scalars[f"{pid}.{k}"] = v
-    return tensors, scalars
+    groups = [{k: v for k, v in g.items() if k != "params"} for g in sd["param_groups"]]
+    return tensors, {"state": scalars, "groups": groups}
 
 
-def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, scalars: dict) -> None:
+def restore_optimizer(opt: torch.optim.Optimizer, tensors: dict, saved: dict) -> None:
     sd = opt.state_dict()
     state = {}
     for name, v in tensors.items():
         if name.startswith("opt."):
             _, pid, k = name.split(".", 2)
             state.setdefault(int(pid), {})[k] = v
-    for name, v in scalars.items():
+    for name, v in saved["state"].items():
         pid, k = name.split(".", 1)
         state.setdefault(int(pid), {})[k] = v
     sd["state"] = state
+    sd["param_groups"] = [{**g, **{k: tuple(v) if isinstance(v, list) else v for k, v in s.items()}}
+                          for g, s in zip(sd["param_groups"], saved["groups"])]
     opt.load_state_dict(sd)

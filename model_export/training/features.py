@@ -1,8 +1,8 @@
 """What the frozen part of the backbone makes of each photo, computed once and cached.
 
-The frozen part runs as an fp32 TFLite file of our own graph, cut where training starts
-(the pooled features, or a stage's output for --fine-tune), through the runtime's backend:
-on 2 cores that is 3-4x faster than PyTorch, and within 1e-5 of it. Photos are worked on by
+The frozen part runs as an fp32 TFLite file of our own graph, cut at the pooled features,
+through the runtime's backend: on 2 cores that is 3-4x faster than PyTorch, and within 1e-5
+of it (--fine-tune then trains the whole network in PyTorch: fit.py). Photos are worked on by
 one thread per core, each with its own single-threaded interpreter (decoding and the
 interpreter release the GIL): measured on 2 cores, 84 ms a photo at 9 crops against 165 in
 one thread, where one interpreter on 2 threads leaves the decoding serial. Without --threads
@@ -41,17 +41,15 @@ FORECAST_AFTER = 16     # photos computed before the time and disk a long run ne
 
 
 class Backbone:
-    """The model's layers up to `cut` ("pooled", or a stage index: its output), as rows of
-    uint8 crops. Interpreters are opened in the calling thread (opening one silences fd 2
-    for a moment, which must not overlap another thread's output), then lent to the worker
-    threads one photo at a time."""
+    """The model's layers up to the pooled features, as rows of uint8 crops. Interpreters are
+    opened in the calling thread (opening one silences fd 2 for a moment, which must not
+    overlap another thread's output), then lent to the worker threads one photo at a time."""
 
-    def __init__(self, model, cut, folder: Path, threads: int | None):
+    def __init__(self, model, folder: Path, threads: int | None):
         graph = build_graph(fold_batchnorm(model), model)
-        self.tensor = "pooled" if cut == "pooled" else graph.stage_outputs[int(cut)]
-        self.name = f"{model.variant.name}-{self.tensor}"
+        self.name = f"{model.variant.name}-pooled"
         path = folder / f"backbone-{self.name}.tflite"
-        blob = tflite_writer.write_fp32(truncated(graph, self.tensor), {}, "effnet-train frozen layers")
+        blob = tflite_writer.write_fp32(truncated(graph, "pooled"), {}, "effnet-train frozen layers")
         if not path.is_file() or path.read_bytes() != blob:
             tmp = path.with_suffix(".tmp")
             tmp.write_bytes(blob)
@@ -95,9 +93,8 @@ def crops_of(path: Path, digest: str, config: PreprocessConfig, views: int, seed
 class FeatureStore:
     """Rows of the frozen layers per photo: row 0 the centre crop, rows 1.. the views."""
 
-    def __init__(self, backbone: Backbone, config: PreprocessConfig, views: int, seed: int, cache: Path,
-                 dtype=np.float32):
-        self.backbone, self.config, self.views, self.seed, self.dtype = backbone, config, views, seed, dtype
+    def __init__(self, backbone: Backbone, config: PreprocessConfig, views: int, seed: int, cache: Path):
+        self.backbone, self.config, self.views, self.seed = backbone, config, views, seed
         self.folder = cache / f"{backbone.name}-views{views}-seed{seed}"
         self.folder.mkdir(parents=True, exist_ok=True)
 
@@ -150,7 +147,7 @@ class FeatureStore:
             crops = crops_of(path, digest, self.config, self.views, self.seed)
         except ImageError as e:
             return str(e), 0
-        rows = self.backbone.rows(crops).astype(self.dtype)
+        rows = self.backbone.rows(crops).astype(np.float32)
         tmp = self.folder / f".{digest}.tmp.npy"
         np.save(tmp, rows)
         tmp.replace(self.path(digest))
