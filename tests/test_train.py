@@ -421,9 +421,9 @@ def test_killed_in_each_phase_resumes_to_the_uninterrupted_result(tmp_path, trai
     x = np.stack([normalize(preprocess(p, config, exact=True), model.variant.mean, model.variant.std) for p in photos])
     with torch.no_grad():
         fp32 = model(torch.from_numpy(x).permute(0, 3, 1, 2)).argmax(1).numpy()
-    clf = Classifier.from_file(tmp_path / "straight" / "lite0_int8.tflite")
     labels = (tmp_path / "straight" / "labels.txt").read_text().split()
-    same = sum(clf.classify(str(p)).categories[0].label == labels[k] for p, k in zip(photos, fp32))
+    with Classifier.from_file(tmp_path / "straight" / "lite0_int8.tflite") as clf:
+        same = sum(clf.classify(str(p)).categories[0].label == labels[k] for p, k in zip(photos, fp32))
     assert before["agreement"]["tflite"] == {"photos": len(photos), "agree": same}
 
 

@@ -171,7 +171,8 @@ class _Run:
                  + (f", {len(self.test.paths)} test photos" if self.test else ""))
         self.store = FeatureStore(backbone, self.config_pp, self.views, o.seed, self.work / "features")
         bad = self.store.compute(list(zip(self.train.paths, self.train.digests)), "features of the photos", self.log)
-        if self.test is not None and not o.fine_tune:      # (after --fine-tune the trained network judges)
+        self.test_store = None                             # (after --fine-tune the trained network judges)
+        if self.test is not None and not o.fine_tune:
             self.test_store = FeatureStore(backbone, self.config_pp, 0, o.seed, self.work / "features")
             bad += self.test_store.compute(list(zip(self.test.paths, self.test.digests)),
                                            "features of the test photos", self.log)
@@ -185,11 +186,12 @@ class _Run:
         return Photos([(data.paths[i], data.digests[i]) for i in idx], self.config_pp, v.mean, v.std,
                       self.o.seed, self.o.threads)
 
-    def _probs(self, photos, store, digests) -> np.ndarray:
-        """The fp32 model's softmax of the photos' centre crops: from the cached features, or
-        after --fine-tune from the trained network itself."""
+    def _probs(self, data: data_mod.Photos, store, idx=None) -> np.ndarray:
+        """The fp32 model's softmax of the centre crops of `data` (all, or those at `idx`): from
+        the cached features in `store`, or after --fine-tune from the trained network itself."""
         if self.o.fine_tune:
-            return predict(self.model, photos)
+            return predict(self.model, self._photos_of(data, idx))
+        digests = data.digests if idx is None else [data.digests[i] for i in idx]
         with torch.no_grad():
             return torch.softmax(self.model.classifier(torch.from_numpy(store.stack(digests)[:, 0])), 1).numpy()
 
@@ -262,8 +264,7 @@ class _Run:
         top-1 against the fp32 model's on training photos (agreement: no labels needed)."""
         self.test_evals = {}
         if self.test is not None:
-            probs = self._probs(self._photos_of(self.test), None if self.o.fine_tune else self.test_store,
-                                self.test.digests)
+            probs = self._probs(self.test, self.test_store)
             self.test_evals["fp32-pytorch"] = evaluation("fp32 model (checkpoint)", np.asarray(self.test.labels), probs,
                                                          self.classes, self.test.paths)
             for key, path in self.files.items():
@@ -271,7 +272,7 @@ class _Run:
         sample = every_class_in_turn(self.train, self.o.seed)[:AGREE_MAX]
         where = {p: i for i, p in enumerate(self.train.paths)}
         idx = [where[p] for p in sample]
-        fp32 = self._probs(self._photos_of(self.train, idx), self.store, [self.train.digests[i] for i in idx]).argmax(1)
+        fp32 = self._probs(self.train, self.store, idx).argmax(1)
         self.agreement = {key: agreement(path, sample, fp32, self.o.threads) for key, path in self.files.items()}
 
     def _report(self) -> dict:

@@ -14,8 +14,9 @@ RATIO = (3 / 4, 4 / 3)
 COLOUR = 0.2                 # brightness, contrast and saturation vary by up to ±20 %
 
 
-def view_rng(seed: int, photo: int, view: int) -> np.random.Generator:
-    return np.random.default_rng([seed, photo, view])
+def view_rng(seed: int, digest: str, view: int) -> np.random.Generator:
+    """The generator of one view of a photo, keyed by its content (SHA-256 hex digest)."""
+    return np.random.default_rng([seed, int(digest[:15], 16), view])
 
 
 def random_view(img: Image.Image, config: PreprocessConfig, rng: np.random.Generator) -> np.ndarray:

@@ -86,8 +86,7 @@ def crops_of(path: Path, digest: str, config: PreprocessConfig, views: int, seed
     if not views:
         return [centre]
     img = load_image(path, config, draft=True)
-    key = int(digest[:15], 16)
-    return [centre] + [random_view(img, config, view_rng(seed, key, v)) for v in range(views)]
+    return [centre] + [random_view(img, config, view_rng(seed, digest, v)) for v in range(views)]
 
 
 class FeatureStore:

@@ -4,9 +4,9 @@ epoch, the classifier starting from the linear head (LP-FT) and BatchNorm statis
 Measured on the train study's sets (250 photos, 499 new ones judging, Lite0, two samples
 each; docs/train.md): +6.6 / +7.2 points over the linear probe on hand signs, +0.0 / -1.8 on
 clothing: within the noise of training the last two stages on cached activations (which this
-replaced), in half the time. Nothing is chosen on held-out photos: a one-cycle learning rate over a fixed
-number of epochs, and the weights averaged over the last half of them (stochastic weight
-averaging), which needs no early stopping.
+replaced), in half the time. Nothing is chosen on held-out photos: a one-cycle learning rate
+over a fixed number of epochs, and the weights averaged over the last half of them (stochastic
+weight averaging), which needs no early stopping.
 
 Photos are decoded batch by batch, so memory is the network's and one batch's, whatever the
 number of photos. A view is seeded by the run's seed, the photo's content and the epoch, and
@@ -91,7 +91,7 @@ class Photos:
     def views(self, idx, epoch: int) -> torch.Tensor:
         def view(item):
             path, digest = item
-            rng = view_rng(self.seed, int(digest[:15], 16), FIRST_VIEW + epoch)
+            rng = view_rng(self.seed, digest, FIRST_VIEW + epoch)
             return random_view(load_image(path, self.config, draft=True), self.config, rng)
         return self._load(view, idx)
 
