@@ -7,6 +7,7 @@ import time
 from pathlib import Path
 
 from effnet_lite import __version__
+from effnet_lite.metadata import CROP_PCT_RANGE
 from effnet_lite.variants import VARIANTS, UnknownVariantError, get_variant
 
 from .calibration import ESTIMATORS, CalibrationError
@@ -29,6 +30,8 @@ examples:
   effnet-export lite3 --weights tf_efficientnet_lite3.pth --calib-dir photos/
   effnet-export lite0 --weights my_finetune.pth --labels labels.txt --calib-dir photos/
       your own classes: a timm-format fine-tune (any number of classes) and its names
+  effnet-export lite0 --weights my_model/model.safetensors --calib-dir photos/
+      an effnet-train model: its class names and centre crop come from the checkpoint
   effnet-export --all models/ --calib-dir photos/
       Lite0-2 x fp32/int8 x tflite/onnx, with a summary table
 
@@ -53,7 +56,8 @@ def parse_args(argv=None):
                    help="timm-format checkpoint (.pth/.pt/.safetensors); with --all: VARIANT=CKPT")
     p.add_argument("--labels", type=Path, metavar="FILE",
                    help="class names, one per line in output order (UTF-8); needed for a "
-                        "checkpoint whose classifier is not the 1000 ImageNet classes")
+                        "checkpoint whose classifier is not the 1000 ImageNet classes, unless "
+                        "effnet-train wrote it (its names are inside)")
     p.add_argument("--softmax", action="store_true",
                    help="end the model in a softmax so it outputs probabilities (int8: TFLite's "
                         "1/256 steps), as MediaPipe and the TFLite Task Library expect")
@@ -69,6 +73,10 @@ def parse_args(argv=None):
                         "synthetic images): closer to fp32, about 20 s more for Lite0 on 2 cores "
                         "(docs/export-and-quantization.md)")
     p.add_argument("--input-size", type=int, help="input resolution (default: the variant's)")
+    p.add_argument("--crop-pct", type=float, metavar="F",
+                   help="the share of the photo's shorter side the centre crop keeps, written into the "
+                        "file for every runtime (default: the checkpoint's if effnet-train wrote it, "
+                        "else the variant's, 0.875)")
     p.add_argument("--all", type=Path, metavar="OUT_DIR",
                    help="build every variant x fp32/int8 x tflite/onnx into OUT_DIR")
     p.add_argument("--version", action="version", version=f"effnet-export {__version__}")
@@ -79,6 +87,8 @@ def parse_args(argv=None):
         p.error("--calib-count must be at least 1")
     if args.input_size is not None and not 32 <= args.input_size <= 2048:
         p.error("--input-size must be between 32 and 2048")
+    if args.crop_pct is not None and not CROP_PCT_RANGE[0] <= args.crop_pct <= CROP_PCT_RANGE[1]:
+        p.error("--crop-pct must be between {} and {}".format(*CROP_PCT_RANGE))
     return args
 
 
@@ -137,7 +147,7 @@ def run(args) -> list:
                   file=sys.stderr)
             continue
         exporter = Exporter(name, weights.get(name), args.random_init and name not in weights
-                            and name not in WEIGHT_PACKAGES, args.input_size, labels)
+                            and name not in WEIGHT_PACKAGES, args.input_size, labels, crop_pct=args.crop_pct)
         jobs = ([(p, f) for p in PRECISIONS for f in FORMATS] if args.all
                 else [(args.precision, args.fmt)])
         paths = [args.all / f"{name}_{p}{SUFFIX[f]}" if args.all

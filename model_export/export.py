@@ -5,11 +5,12 @@ file written from it (ONNX and TFLite, any I/O type) serializes those same param
 """
 from __future__ import annotations
 
+import json
 import os
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -17,7 +18,7 @@ import torch
 
 from effnet_lite import Classifier, ClassifierOptions, __version__, integrity
 from effnet_lite.labels import imagenet_labels
-from effnet_lite.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
+from effnet_lite.metadata import CROP_PCT_RANGE, METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
 from effnet_lite.metrics import softmax as softmax_rows
 from effnet_lite.preprocess import PreprocessConfig
 from effnet_lite.progress import Progress
@@ -33,7 +34,7 @@ from .folding import fold_batchnorm
 from .graph import build_graph, with_pixel_input
 from .quantize import PIXEL_SCALE, QuantizedGraph, quantize_graph
 from .rounding import ROUNDINGS, second_moments
-from .weights import WEIGHT_PACKAGES, load_model
+from .weights import WEIGHT_PACKAGES, checkpoint_metadata, load_model
 
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "int8")
@@ -75,11 +76,13 @@ def check_writable(path: Path) -> None:
 
 class Exporter:
     def __init__(self, variant: str, weights=None, random_init: bool = False, input_size=None,
-                 labels: list | None = None, log=lambda msg: print(msg, file=sys.stderr)):
+                 labels: list | None = None, log=lambda msg: print(msg, file=sys.stderr), crop_pct=None):
         self.log = log
         self.model = load_model(variant, weights, random_init, input_size)
         self.variant = self.model.variant
         self.own_weights = weights is not None or self.variant.name not in WEIGHT_PACKAGES
+        # an effnet-train checkpoint names its classes and the centre crop it was trained for
+        labels, crop_pct = self._from_checkpoint(weights, labels, crop_pct)
         self.labels = self._labels(labels, self.model.classifier.out_features)
         self.untrained = bool(getattr(self.model, "untrained", False))
         if self.untrained:
@@ -87,11 +90,31 @@ class Exporter:
                 "its files are for latency measurements only")
         self.graph = build_graph(fold_batchnorm(self.model), self.model)
         self.config = PreprocessConfig.for_variant(self.variant, self.model.input_size)
+        if crop_pct is not None:
+            lo, hi = CROP_PCT_RANGE
+            if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not lo <= crop_pct <= hi:
+                raise ExportError(f"{weights or 'crop_pct'}: crop_pct {crop_pct!r}: not a number from {lo} to {hi}")
+            self.config = replace(self.config, crop_pct=float(crop_pct))
         self.samples: np.ndarray | None = None
         self.quantized: QuantizedGraph | None = None
         self.ranges_used: tuple | None = None
         self._reference = None
         self._synthetic = None
+
+    @staticmethod
+    def _from_checkpoint(weights, labels, crop_pct) -> tuple:
+        """What the caller did not give, from the checkpoint's metadata where it has them."""
+        meta = checkpoint_metadata(weights) if weights is not None else {}
+        try:
+            if labels is None and "labels" in meta:
+                labels = json.loads(meta["labels"])
+                if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
+                    raise ValueError("its class names are not a list of names")
+            if crop_pct is None and "crop_pct" in meta:
+                crop_pct = json.loads(meta["crop_pct"])
+        except ValueError as e:
+            raise ExportError(f"{weights}: unreadable checkpoint metadata ({e})") from None
+        return labels, crop_pct
 
     @staticmethod
     def _labels(labels: list | None, classes: int) -> list:
@@ -156,7 +179,7 @@ class Exporter:
         v = self.variant
         meta = ModelMetadata(
             variant=v.name, input_size=self.model.input_size,
-            layout="NHWC" if fmt == "tflite" else "NCHW", crop_pct=v.crop_pct,
+            layout="NHWC" if fmt == "tflite" else "NCHW", crop_pct=self.config.crop_pct,
             interpolation=v.interpolation, mean=list(v.mean), std=list(v.std), precision=precision,
             output="probabilities" if softmax else "logits", input_dtype="float32",
             labels=self.labels, exporter=f"effnet-lite-edge {__version__}", untrained=self.untrained)

@@ -74,6 +74,20 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in sd.items()}
 
 
+def checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The string metadata of a .safetensors checkpoint (effnet-train writes its class names,
+    variant and chosen centre crop there as JSON); other formats have none."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        return {}
+    from safetensors import safe_open
+    try:
+        with safe_open(str(path), "pt") as f:
+            return dict(f.metadata() or {})
+    except Exception as e:  # noqa: BLE001 - any parse failure means "not a checkpoint"
+        raise WeightsError(f"{path}: unreadable checkpoint metadata ({first_line(e)})") from None
+
+
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
         "_bn1": "bn2", "_fc": "classifier"}
 _DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}

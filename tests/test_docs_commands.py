@@ -77,13 +77,17 @@ def write_photos(folder: Path, paths: list[Path]) -> None:
 
 
 def write_checkpoint(work: Path, classes: list[str]) -> None:
-    """my_finetune.pth: Lite0's ImageNet network with a new head of `classes` (timm format)."""
+    """my_finetune.pth: Lite0's ImageNet network with a new head of `classes` (timm format);
+    my_model/model.safetensors: the same as effnet-train writes it (names and crop inside)."""
     import torch
+    from effnet_lite.model_export.training.checkpoint import save_checkpoint
     from effnet_lite.model_export.weights import load_model
     model = load_model("lite0")
     model.classifier = torch.nn.Linear(model.classifier.in_features, len(classes))
     torch.save(model.state_dict(), work / "my_finetune.pth")
     (work / "labels.txt").write_text("\n".join(classes) + "\n")
+    (work / "my_model").mkdir()
+    save_checkpoint(work / "my_model" / "model.safetensors", model.state_dict(), classes, "lite0", {"crop_pct": 1.0})
 
 
 @pytest.fixture

@@ -1,5 +1,6 @@
 """effnet-export's command line and its failures: one clear line, no partial file."""
 import os
+from dataclasses import replace
 
 import pytest
 
@@ -41,12 +42,66 @@ def test_cli_data_free_notice(tmp_path, capsys):
     ([], "give a VARIANT or --all"),
     (["lite0", "--input-size", "0"], "--input-size must be between 32 and 2048"),
     (["lite0", "--calib-count", "0"], "--calib-count must be at least 1"),
+    (["lite0", "--crop-pct", "0.1"], "--crop-pct must be between 0.3 and 1.0"),
 ])
 def test_cli_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
         main(argv)
     assert exit_info.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_cli_writes_the_centre_crop_asked_for(tmp_path, photos_dir):
+    """--crop-pct (a model trained for another crop) goes into the file, and the runtime cuts
+    the photo so: its input is then the reference crop at that share, not the variant's."""
+    from effnet_lite.preprocess import preprocess
+    out = tmp_path / "whole.tflite"
+    assert main(["lite0", "--precision", "fp32", "--crop-pct", "1", "-o", str(out)]) == 0
+    photo = photos_dir / "coffee.jpg"
+    with Classifier.from_file(out) as clf:
+        assert clf.metadata.crop_pct == 1.0
+        top = clf.classify(photo).categories[0]
+        scores = {pct: clf.io.to_scores(clf.backend.run(clf.io.to_input(
+            preprocess(photo, replace(clf.io.config, crop_pct=pct)))))[top.index] for pct in (1.0, 0.875)}
+    assert top.score == pytest.approx(scores[1.0], abs=1e-6) and abs(top.score - scores[0.875]) > 1e-3, (top, scores)
+
+
+def _trained_checkpoint(path, **meta):
+    """A checkpoint as effnet-train writes it: 3 classes, their names and a crop in its metadata."""
+    from effnet_lite.model_export.model import create_model
+    from effnet_lite.model_export.training.checkpoint import save_checkpoint
+    save_checkpoint(path, create_model("lite0", None, 3).state_dict(), ["ant", "bee", "wasp"], "lite0", meta)
+    return path
+
+
+def test_cli_takes_a_trained_checkpoints_classes_and_crop(tmp_path, capsys):
+    """effnet-export --weights my_model/model.safetensors: the class names and the centre crop
+    come from the checkpoint (what effnet-train chose), unless the command line gives them."""
+    ckpt = _trained_checkpoint(tmp_path / "model.safetensors", crop_pct=1.0)
+    base = ["lite0", "--weights", str(ckpt), "--precision", "fp32"]
+    assert main(base + ["-o", str(tmp_path / "own.tflite")]) == 0
+    with Classifier.from_file(tmp_path / "own.tflite") as clf:
+        assert (clf.metadata.labels, clf.metadata.crop_pct) == (["ant", "bee", "wasp"], 1.0)
+    names = tmp_path / "names.txt"
+    names.write_text("a\nb\nc\n")
+    assert main(base + ["--labels", str(names), "--crop-pct", "0.9", "-o", str(tmp_path / "given.tflite")]) == 0
+    with Classifier.from_file(tmp_path / "given.tflite") as clf:
+        assert (clf.metadata.labels, clf.metadata.crop_pct) == (["a", "b", "c"], 0.9)
+
+
+@pytest.mark.parametrize("crop, problem", [("7", "crop_pct 7: "), ('"whole"', "crop_pct 'whole': "),
+                                           ("[1", "unreadable checkpoint metadata")])
+def test_cli_rejects_a_checkpoints_bad_crop_in_one_line(crop, problem, tmp_path, capsys):
+    ckpt = tmp_path / "model.safetensors"
+    from effnet_lite.model_export.model import create_model
+    from safetensors.torch import save_file
+    save_file(create_model("lite0", None, 3).state_dict(), str(ckpt),
+              metadata={"labels": '["ant", "bee", "wasp"]', "crop_pct": crop})
+    out = tmp_path / "m.tflite"
+    assert main(["lite0", "--weights", str(ckpt), "--precision", "fp32", "-o", str(out)]) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"effnet-export: error: {ckpt}: ") and problem in err[0], err
+    assert not out.exists()
 
 
 def test_cli_unknown_variant(capsys):

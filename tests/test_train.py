@@ -181,6 +181,14 @@ def test_report_leads_with_what_chose_nothing(trained, two_class):
             assert min(im.size) > 200
     assert (out / "labels.txt").read_text().splitlines() == sorted(GROUPS)
     assert report["chosen"]["l2_strength"] in [r["strength"] for r in report["chosen"]["table"]]
+    # the centre crop: the one of lowest cross-validated log-loss, and every file cuts photos so
+    from effnet_lite import Classifier
+    crops = report["chosen"]["crops"]
+    assert [r["crop_pct"] for r in crops] == [0.875, 1.0]
+    assert report["chosen"]["crop_pct"] == min(crops, key=lambda r: r["cv_log_loss"])["crop_pct"]
+    for path in report["files"].values():
+        with Classifier.from_file(path) as clf:
+            assert clf.metadata.crop_pct == report["chosen"]["crop_pct"], path
     # the default views (99 photos: 8) are said, and the lines after the features (made by worker
     # threads, each interpreter opened with fd 2 silenced for a moment) still reach stderr
     from effnet_lite.model_export.training.report import text
@@ -194,7 +202,9 @@ def test_peak_memory_is_the_fixed_cost_plus_the_features(trained):
     """What grows with the data is the frozen features (5 KB a crop, in memory for the head);
     the rest is fixed (torch, the model, the exporters, a calibration of at most 100 photos).
     The 99-photo run with 9 crops a photo stays within the same photos' run with 2 crops a photo
-    plus three copies of the difference in features and 100 MB."""
+    plus three copies of the difference in features, 100 MB, and the spread of one command's
+    peak between identical runs (2026-12-05: the 2-crop command three times gave 1378, 1387 and
+    1511 MB; the 9-crop one 1369-1519 MB over 24 runs of this suite): 150 MB."""
     folder, _, _ = trained
     rss = float((folder / "rss.txt").read_text())
     code, err, fewer = run_with_rss([sys.executable, "-m", TRAIN, folder / "train", "--test", folder / "test",
@@ -202,7 +212,7 @@ def test_peak_memory_is_the_fixed_cost_plus_the_features(trained):
                                      "--seed", "3", "-q"])
     assert code == 0, err[-2000:]
     more_mb = 99 * (9 - 2) * 1280 * 4 / 2**20
-    assert rss <= fewer + 3 * more_mb + 100, (rss, fewer)
+    assert rss <= fewer + 3 * more_mb + 100 + 150, (rss, fewer)
 
 
 def test_checkpoint_is_timm_format_without_pickles(trained, tmp_path):

@@ -70,12 +70,33 @@ def test_nested_estimate_of_noise_is_chance_where_the_fit_is_perfect():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(80, 3, 200)).astype(np.float32)
     y = rng.integers(0, 2, 80)
-    e = estimate(x, y, 2, HeadOptions(), 0)
+    e = estimate({0.875: x}, y, 2, HeadOptions(), 0)
     right = int((e.probs.argmax(1) == y[e.photos]).sum())
     lo, hi = wilson(right, len(e.photos))
     assert len(e.photos) == 80 and lo <= 0.5 <= hi, (right, lo, hi)
     model = fit(x.reshape(-1, 200), np.repeat(y, 3), 2, min(e.strengths), HeadOptions())
     assert (model.logits(x[:, 0]).argmax(1) == y).mean() > hi        # what the photos that chose would say
+
+
+def test_the_centre_crop_whose_rows_tell_the_classes_apart_is_chosen():
+    """Two crops whose features differ in the centre row only: where one crop's centre rows
+    carry the label and the other's are noise, cross-validation keeps the first, whichever
+    order they come in, and the nested estimate's folds choose it too; the same rows under two
+    names are a tie, kept by the first named."""
+    from effnet_lite.model_export.training.head import HeadOptions
+    from effnet_lite.model_export.training.selection import choose_crop, estimate
+    rng = np.random.default_rng(0)
+    y = rng.integers(0, 3, 90)
+    views = rng.normal(size=(90, 3, 40)).astype(np.float32)
+    views[:, 1:, :3] += 0.5 * np.eye(3, dtype=np.float32)[y][:, None]       # the views: a weak signal
+    told, noise = views.copy(), views.copy()
+    told[:, 0, :3] += 3 * np.eye(3, dtype=np.float32)[y]
+    for xs, want in (({0.875: noise, 1.0: told}, 1.0), ({1.0: noise, 0.875: told}, 0.875)):
+        c = choose_crop(xs, y, 3, HeadOptions(), 0)
+        assert c.crop == want and [r["crop_pct"] for r in c.crops] == list(xs)
+        assert c.chosen["cv_log_loss"] == min(r["cv_log_loss"] for r in c.crops) < max(r["cv_log_loss"] for r in c.crops)
+        assert estimate(xs, y, 3, HeadOptions(), 0).crops == [want] * 5       # (five outer folds)
+    assert choose_crop({1.0: told, 0.875: told.copy()}, y, 3, HeadOptions(), 0).crop == 1.0
 
 
 def test_copies_are_one_photo_and_others_are_not(tmp_path):

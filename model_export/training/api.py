@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 
 import numpy as np
@@ -37,7 +37,7 @@ from .duplicates import fingerprints, remember
 from .features import Backbone, FeatureStore
 from .fit import FineTuneOptions, Photos, epochs_for, fine_tune, predict
 from .judge import agreement, calibrate_on_training, evaluate_file, every_class_in_turn
-from .options import AGREE_MAX, EXPORTS, TrainOptions, auto_views
+from .options import AGREE_MAX, EXPORTS, WHOLE_CROP, TrainOptions, auto_views
 from .report import evaluation, pictures
 from .result import TrainResult
 from .run_folder import WORK, TrainError, prepare_output, write_split
@@ -99,6 +99,8 @@ class _Run:
         self.model, self.prior = self._base_model()
         self.variant = self.model.variant
         self.config_pp = PreprocessConfig.for_variant(self.variant, self.model.input_size)
+        # the centre crops tried (the deployed file's, chosen with the penalty): the variant's, and whole
+        self.crops = list(dict.fromkeys([self.config_pp.crop_pct, WHOLE_CROP]))
         self._photos()
         self.seconds["data"] = time.perf_counter() - t0
         self._timed("features", self._features)
@@ -163,34 +165,53 @@ class _Run:
 
     def _features(self):
         o = self.o
-        backbone = Backbone(self.model, self.work, o.threads)
+        self.backbone = Backbone(self.model, self.work, o.threads)
         n = len(self.train.paths)
         self.views = o.views or auto_views(n)
+        others = self.crops[1:]
         self.log(f"{n} photos x {1 + self.views} crops (the centre and {self.views} augmented view(s)"
                  + ("" if o.views else ", --views to choose") + ")"
+                 + "".join(f", and the centre cut at {c:.0%} of the photo" for c in others)
                  + (f", {len(self.test.paths)} test photos" if self.test else ""))
-        self.store = FeatureStore(backbone, self.config_pp, self.views, o.seed, self.work / "features")
-        bad = self.store.compute(list(zip(self.train.paths, self.train.digests)), "features of the photos", self.log)
-        self.test_store = None                             # (after --fine-tune the trained network judges)
-        if self.test is not None and not o.fine_tune:
-            self.test_store = FeatureStore(backbone, self.config_pp, 0, o.seed, self.work / "features")
-            bad += self.test_store.compute(list(zip(self.test.paths, self.test.digests)),
-                                           "features of the test photos", self.log)
-        if bad:        # read once already: a photo changed or vanished since
-            raise TrainError(f"{bad[0][0]}: changed or removed during the run; run again with --resume")
+        items = list(zip(self.train.paths, self.train.digests))
+        self.store = FeatureStore(self.backbone, self.config_pp, self.views, o.seed, self.work / "features")
+        bad = self.store.compute(items, "features of the photos", self.log)
+        # the centre crop's rows (row 0) for each crop tried: the views' store holds the variant's
+        self.centre_stores = {self.crops[0]: self.store}
+        for c in others:
+            self.centre_stores[c] = FeatureStore(self.backbone, replace(self.config_pp, crop_pct=c), 0, o.seed,
+                                                 self.work / "features")
+            bad += self.centre_stores[c].compute(items, f"features of the photos' centre at {c:.0%}", self.log)
+        _changed(bad)
 
-    def _photos_of(self, data: data_mod.Photos, idx=None) -> Photos:
-        """Photos of `data` (all, or those at `idx`) decoded batch by batch for the network."""
+    def _test_features(self):
+        """The test photos' centre crops as the chosen crop cuts them (after --fine-tune the
+        trained network judges instead)."""
+        self.test_store = None
+        if self.test is not None and not self.o.fine_tune:
+            self.test_store = FeatureStore(self.backbone, self._config(self.crop), 0, self.o.seed,
+                                           self.work / "features")
+            _changed(self.test_store.compute(list(zip(self.test.paths, self.test.digests)),
+                                             "features of the test photos", self.log))
+
+    def _config(self, crop: float) -> PreprocessConfig:
+        return replace(self.config_pp, crop_pct=crop)
+
+    def _photos_of(self, data: data_mod.Photos, idx=None, crop: float | None = None) -> Photos:
+        """Photos of `data` (all, or those at `idx`) decoded batch by batch for the network: their
+        views, and their centre crops cut at `crop`."""
         idx = range(len(data.paths)) if idx is None else idx
         v = self.variant
         return Photos([(data.paths[i], data.digests[i]) for i in idx], self.config_pp, v.mean, v.std,
-                      self.o.seed, self.o.threads)
+                      self.o.seed, self.o.threads, centre=self._config(crop) if crop else None)
 
-    def _probs(self, data: data_mod.Photos, store, idx=None) -> np.ndarray:
-        """The fp32 model's softmax of the centre crops of `data` (all, or those at `idx`): from
-        the cached features in `store`, or after --fine-tune from the trained network itself."""
+    def _probs(self, data: data_mod.Photos, idx=None) -> np.ndarray:
+        """The fp32 model's softmax of the chosen centre crops of `data` (the training or the test
+        photos; all, or those at `idx`): from the cached features, or after --fine-tune from the
+        trained network itself."""
         if self.o.fine_tune:
-            return predict(self.model, self._photos_of(data, idx))
+            return predict(self.model, self._photos_of(data, idx, self.crop))
+        store = self.centre_stores[self.crop] if data is self.train else self.test_store
         digests = data.digests if idx is None else [data.digests[i] for i in idx]
         with torch.no_grad():
             return torch.softmax(self.model.classifier(torch.from_numpy(store.stack(digests)[:, 0])), 1).numpy()
@@ -200,13 +221,19 @@ class _Run:
         penalty on all the photos, then the final model trained on all of them."""
         o, k = self.o, len(self.classes)
         x = self.store.stack(self.train.digests)
+        xs = {self.crops[0]: x}
+        for c in self.crops[1:]:          # the same views, another centre crop
+            xs[c] = x.copy()
+            xs[c][:, 0] = self.centre_stores[c].stack(self.train.digests)[:, 0]
         held_out = o.fine_tune or selection.held_out(len(self.y))     # (nested folds: five fine-tunings)
         self.log(f"estimating the accuracy on new photos ({'held-out fifth' if held_out else 'nested cross-validation'})")
         if o.fine_tune:
-            self.estimate = self._estimate_fine_tune(x)
+            self.estimate = self._estimate_fine_tune(xs)
         else:
-            self.estimate = selection.estimate(x, self.y, k, self.head_opts, o.seed, self.prior)
-        self.choice = selection.choose(x, self.y, k, self.head_opts, o.seed, prior=self.prior)
+            self.estimate = selection.estimate(xs, self.y, k, self.head_opts, o.seed, self.prior)
+        self.choice = selection.choose_crop(xs, self.y, k, self.head_opts, o.seed, prior=self.prior)
+        self.crop = self.choice.crop
+        x = xs[self.crop]
         final = head_mod.fit(x.reshape(-1, x.shape[-1]), np.repeat(self.y, x.shape[1]), k, self.choice.strength,
                              self.head_opts, prior=self.prior)
         self._set_head(final)
@@ -214,7 +241,7 @@ class _Run:
             self._fine_tune(np.arange(len(self.y)), "final")
         self.model.eval()
         save_checkpoint(self.out / CHECKPOINT, self.model.state_dict(), self.classes, self.variant.name,
-                        {"l2_strength": self.choice.strength})
+                        {"l2_strength": self.choice.strength, "crop_pct": self.crop})
 
     def _set_head(self, lin: head_mod.Linear):
         head = torch.nn.Linear(lin.weight.shape[1], lin.weight.shape[0])
@@ -232,7 +259,7 @@ class _Run:
                   self.work / f"fine-tune-{name}", key, self.log,
                   "fine-tuning the estimate's model" if name == "estimate" else "fine-tuning the final model")
 
-    def _estimate_fine_tune(self, x) -> selection.Estimate:
+    def _estimate_fine_tune(self, xs) -> selection.Estimate:
         """The whole --fine-tune procedure on four fifths, judged on the last fifth (nested
         folds would cost five fine-tunings). The network's starting weights are restored after, but
         for the classifier, which the final head replaces."""
@@ -240,14 +267,16 @@ class _Run:
         fold = selection.stratified_folds(self.y, selection.FOLDS, self.o.seed + 1)
         tr, te = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
         start = {n: v.clone() for n, v in self.model.state_dict().items() if not n.startswith("classifier.")}
-        c = selection.choose(x[tr], self.y[tr], k, self.head_opts, self.o.seed, prior=self.prior)
+        c = selection.choose_crop({crop: x[tr] for crop, x in xs.items()}, self.y[tr], k, self.head_opts,
+                                  self.o.seed, prior=self.prior)
+        x = xs[c.crop]
         self._set_head(head_mod.fit(x[tr].reshape(-1, x.shape[-1]), np.repeat(self.y[tr], x.shape[1]), k,
                                     c.strength, self.head_opts, prior=self.prior))
         self._fine_tune(tr, "estimate")
-        probs = predict(self.model, self._photos_of(self.train, te))
+        probs = predict(self.model, self._photos_of(self.train, te, c.crop))
         missing, _ = self.model.load_state_dict(start, strict=False)     # (the final head replaces the classifier)
         assert all(n.startswith("classifier.") for n in missing), missing
-        return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c.strength])
+        return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c.strength], [c.crop])
 
     def _export(self):
         exporter = Exporter(self.variant.name, weights=self.out / CHECKPOINT, labels=self.classes, log=self.log)
@@ -263,8 +292,9 @@ class _Run:
         """Every file through the runtime, once: on the test photos when there are any, and its
         top-1 against the fp32 model's on training photos (agreement: no labels needed)."""
         self.test_evals = {}
+        self._test_features()
         if self.test is not None:
-            probs = self._probs(self.test, self.test_store)
+            probs = self._probs(self.test)
             self.test_evals["fp32-pytorch"] = evaluation("fp32 model (checkpoint)", np.asarray(self.test.labels), probs,
                                                          self.classes, self.test.paths)
             for key, path in self.files.items():
@@ -272,7 +302,7 @@ class _Run:
         sample = every_class_in_turn(self.train, self.o.seed)[:AGREE_MAX]
         where = {p: i for i, p in enumerate(self.train.paths)}
         idx = [where[p] for p in sample]
-        fp32 = self._probs(self.train, self.store, idx).argmax(1)
+        fp32 = self._probs(self.train, idx).argmax(1)
         self.agreement = {key: agreement(path, sample, fp32, self.o.threads) for key, path in self.files.items()}
 
     def _report(self) -> dict:
@@ -281,7 +311,7 @@ class _Run:
         est = evaluation(f"estimate: {e.method}", y, e.probs, self.classes, [self.train.paths[i] for i in e.photos])
         right = int(round(est["top1"] * est["photos"]))
         est["interval"] = selection.wilson(right, est["photos"])
-        est["strengths"] = e.strengths
+        est["strengths"], est["crops"] = e.strengths, e.crops
         if self.test_evals:
             t = self.test_evals["tflite"]
             t["interval"] = selection.wilson(int(round(t["top1"] * t["photos"])), t["photos"])
@@ -296,10 +326,16 @@ class _Run:
                 "estimate": est, "test": self.test_evals, "agreement": self.agreement,
                 "chosen": {"by": f"{selection.FOLDS}-fold cross-validation on all {len(self.y)} photos "
                                  "(these figures chose the setting: they are not an estimate)",
-                           "l2_strength": self.choice.strength, "table": self.choice.table},
+                           "l2_strength": self.choice.strength, "table": self.choice.table,
+                           "crop_pct": self.crop, "crops": self.choice.crops},
                 "views": self.views, "files": {k: str(p) for k, p in self.files.items()},
                 "rounding": self.o.rounding, "checkpoint": str(self.out / CHECKPOINT),
                 "seconds": self.seconds, "config": self.t.config(), "version": __version__}
+
+
+def _changed(bad: list) -> None:
+    if bad:        # read once already: a photo changed or vanished since
+        raise TrainError(f"{bad[0][0]}: changed or removed during the run; run again with --resume")
 
 
 def _finite(v):

@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..weights import WeightsError, read_state_dict
+from ..weights import WeightsError, checkpoint_metadata, read_state_dict
 
 CHECKPOINT = "model.safetensors"
 
@@ -33,15 +33,12 @@ def load_checkpoint(path: Path) -> tuple[dict, list[str] | None, str | None]:
     """(state_dict, class names, variant) of a checkpoint: ours carry the names and the
     variant in their metadata; for others, a labels.txt beside the file gives the names."""
     sd = read_state_dict(path)
-    labels = variant = None
-    if path.suffix == ".safetensors":
-        try:
-            with safe_open(str(path), "pt") as f:
-                meta = f.metadata() or {}
-            labels = json.loads(meta["labels"]) if "labels" in meta else None
-            variant = meta.get("variant")
-        except (OSError, ValueError, KeyError) as e:
-            raise WeightsError(f"{path}: unreadable checkpoint metadata ({e})") from None
+    meta = checkpoint_metadata(path)
+    try:
+        labels = json.loads(meta["labels"]) if "labels" in meta else None
+    except ValueError as e:
+        raise WeightsError(f"{path}: unreadable checkpoint metadata ({e})") from None
+    variant = meta.get("variant")
     beside = path.with_name("labels.txt")
     if labels is None and beside.is_file():
         labels = [line.strip() for line in beside.read_text(encoding="utf-8").splitlines() if line.strip()]

@@ -90,11 +90,12 @@ def crops_of(path: Path, digest: str, config: PreprocessConfig, views: int, seed
 
 
 class FeatureStore:
-    """Rows of the frozen layers per photo: row 0 the centre crop, rows 1.. the views."""
+    """Rows of the frozen layers per photo: row 0 the centre crop (`config.crop_pct` of the
+    photo), rows 1.. the views (of the whole photo, whatever the crop)."""
 
     def __init__(self, backbone: Backbone, config: PreprocessConfig, views: int, seed: int, cache: Path):
         self.backbone, self.config, self.views, self.seed = backbone, config, views, seed
-        self.folder = cache / f"{backbone.name}-views{views}-seed{seed}"
+        self.folder = cache / f"{backbone.name}-views{views}-seed{seed}-crop{config.crop_pct:g}"
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:

@@ -71,8 +71,9 @@ class Photos:
     augmented views for training, the centre crop (as the runtime makes it) for judging."""
 
     def __init__(self, items: list[tuple[Path, str]], config: PreprocessConfig, mean, std, seed: int,
-                 threads: int | None = None):
+                 threads: int | None = None, centre: PreprocessConfig | None = None):
         self.items, self.config, self.mean, self.std, self.seed = items, config, mean, std, seed
+        self.centre = centre or config          # the centre crop's (the views' stay the same whatever it is)
         self.workers = workers_per_core(threads)
 
     def __len__(self):
@@ -96,7 +97,7 @@ class Photos:
         return self._load(view, idx)
 
     def centres(self, idx) -> torch.Tensor:
-        return self._load(lambda item: preprocess(item[0], self.config, exact=True), idx)
+        return self._load(lambda item: preprocess(item[0], self.centre, exact=True), idx)
 
 
 def frozen_statistics(model: nn.Module) -> nn.Module:
