@@ -181,11 +181,13 @@ def test_report_leads_with_what_chose_nothing(trained, two_class):
             assert min(im.size) > 200
     assert (out / "labels.txt").read_text().splitlines() == sorted(GROUPS)
     assert report["chosen"]["l2_strength"] in [r["strength"] for r in report["chosen"]["table"]]
-    # the centre crop: the one of lowest cross-validated log-loss, and every file cuts photos so
+    # the centre crop and scaling: those of lowest cross-validated log-loss, and every file cuts photos so
     from effnet_lite import Classifier
-    crops = report["chosen"]["crops"]
-    assert [r["crop_pct"] for r in crops] == [0.875, 1.0]
-    assert report["chosen"]["crop_pct"] == min(crops, key=lambda r: r["cv_log_loss"])["crop_pct"]
+    forms = report["chosen"]["forms"]
+    assert [(r["crop_pct"], r["scaling"]) for r in forms] == [(0.875, "feature"), (0.875, "shared"),
+                                                              (1.0, "feature"), (1.0, "shared")]
+    best = min(forms, key=lambda r: r["cv_log_loss"])
+    assert (report["chosen"]["crop_pct"], report["chosen"]["scaling"]) == (best["crop_pct"], best["scaling"])
     for path in report["files"].values():
         with Classifier.from_file(path) as clf:
             assert clf.metadata.crop_pct == report["chosen"]["crop_pct"], path

@@ -84,7 +84,7 @@ def test_the_centre_crop_whose_rows_tell_the_classes_apart_is_chosen():
     order they come in, and the nested estimate's folds choose it too; the same rows under two
     names are a tie, kept by the first named."""
     from effnet_lite.model_export.training.head import HeadOptions
-    from effnet_lite.model_export.training.selection import choose_crop, estimate
+    from effnet_lite.model_export.training.selection import choose_form, estimate
     rng = np.random.default_rng(0)
     y = rng.integers(0, 3, 90)
     views = rng.normal(size=(90, 3, 40)).astype(np.float32)
@@ -92,11 +92,30 @@ def test_the_centre_crop_whose_rows_tell_the_classes_apart_is_chosen():
     told, noise = views.copy(), views.copy()
     told[:, 0, :3] += 3 * np.eye(3, dtype=np.float32)[y]
     for xs, want in (({0.875: noise, 1.0: told}, 1.0), ({1.0: noise, 0.875: told}, 0.875)):
-        c = choose_crop(xs, y, 3, HeadOptions(), 0)
-        assert c.crop == want and [r["crop_pct"] for r in c.crops] == list(xs)
-        assert c.chosen["cv_log_loss"] == min(r["cv_log_loss"] for r in c.crops) < max(r["cv_log_loss"] for r in c.crops)
+        c = choose_form(xs, y, 3, HeadOptions(), 0)
+        assert c.crop == want and list(dict.fromkeys(r["crop_pct"] for r in c.forms)) == list(xs)
+        assert c.chosen["cv_log_loss"] == min(r["cv_log_loss"] for r in c.forms) < max(r["cv_log_loss"] for r in c.forms)
         assert estimate(xs, y, 3, HeadOptions(), 0).crops == [want] * 5       # (five outer folds)
-    assert choose_crop({1.0: told, 0.875: told.copy()}, y, 3, HeadOptions(), 0).crop == 1.0
+    assert choose_form({1.0: told, 0.875: told.copy()}, y, 3, HeadOptions(), 0).crop == 1.0
+
+
+def test_the_scaling_that_suits_the_features_is_chosen():
+    """Three features carry the class among 57 of noise. Where the signal's features vary the
+    most, scaling each feature by its own spread blows the faint noise up to the signal's size,
+    and one shared scale wins; where they vary the least, their own scale is what lifts them
+    above the noise, and it wins. Cross-validation tells them apart, in the folds of the
+    nested estimate too, and the head it fits answers the photos it chose on."""
+    from effnet_lite.model_export.training.head import HeadOptions
+    from effnet_lite.model_export.training.selection import choose_form, estimate, fit_chosen
+    rng = np.random.default_rng(1)
+    y = rng.integers(0, 3, 90)
+    signal = np.eye(3, dtype=np.float32)[y][:, None] + rng.normal(0, 0.6, (90, 2, 3)).astype(np.float32)
+    for signal_scale, noise_scale, want in ((1.0, 0.05, "shared"), (0.05, 1.0, "feature")):
+        x = np.concatenate([signal_scale * signal, rng.normal(0, noise_scale, (90, 2, 57)).astype(np.float32)], 2)
+        c = choose_form({0.875: x}, y, 3, HeadOptions(), 0)
+        assert c.scaling == want and [r["scaling"] for r in c.forms] == ["feature", "shared"], c.forms
+        assert estimate({0.875: x}, y, 3, HeadOptions(), 0).scalings == [want] * 5
+        assert (fit_chosen(x, y, np.arange(90), 3, c, HeadOptions()).logits(x[:, 0]).argmax(1) == y).mean() > 0.8
 
 
 def test_copies_are_one_photo_and_others_are_not(tmp_path):

@@ -231,17 +231,15 @@ class _Run:
             self.estimate = self._estimate_fine_tune(xs)
         else:
             self.estimate = selection.estimate(xs, self.y, k, self.head_opts, o.seed, self.prior)
-        self.choice = selection.choose_crop(xs, self.y, k, self.head_opts, o.seed, prior=self.prior)
+        self.choice = selection.choose_form(xs, self.y, k, self.head_opts, o.seed, prior=self.prior)
         self.crop = self.choice.crop
-        x = xs[self.crop]
-        final = head_mod.fit(x.reshape(-1, x.shape[-1]), np.repeat(self.y, x.shape[1]), k, self.choice.strength,
-                             self.head_opts, prior=self.prior)
-        self._set_head(final)
+        self._set_head(selection.fit_chosen(xs[self.crop], self.y, np.arange(len(self.y)), k, self.choice,
+                                            self.head_opts, self.prior))
         if o.fine_tune:
             self._fine_tune(np.arange(len(self.y)), "final")
         self.model.eval()
         save_checkpoint(self.out / CHECKPOINT, self.model.state_dict(), self.classes, self.variant.name,
-                        {"l2_strength": self.choice.strength, "crop_pct": self.crop})
+                        {"l2_strength": self.choice.strength, "crop_pct": self.crop, "scaling": self.choice.scaling})
 
     def _set_head(self, lin: head_mod.Linear):
         head = torch.nn.Linear(lin.weight.shape[1], lin.weight.shape[0])
@@ -267,16 +265,14 @@ class _Run:
         fold = selection.stratified_folds(self.y, selection.FOLDS, self.o.seed + 1)
         tr, te = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
         start = {n: v.clone() for n, v in self.model.state_dict().items() if not n.startswith("classifier.")}
-        c = selection.choose_crop({crop: x[tr] for crop, x in xs.items()}, self.y[tr], k, self.head_opts,
+        c = selection.choose_form({crop: x[tr] for crop, x in xs.items()}, self.y[tr], k, self.head_opts,
                                   self.o.seed, prior=self.prior)
-        x = xs[c.crop]
-        self._set_head(head_mod.fit(x[tr].reshape(-1, x.shape[-1]), np.repeat(self.y[tr], x.shape[1]), k,
-                                    c.strength, self.head_opts, prior=self.prior))
+        self._set_head(selection.fit_chosen(xs[c.crop], self.y, tr, k, c, self.head_opts, self.prior))
         self._fine_tune(tr, "estimate")
         probs = predict(self.model, self._photos_of(self.train, te, c.crop))
         missing, _ = self.model.load_state_dict(start, strict=False)     # (the final head replaces the classifier)
         assert all(n.startswith("classifier.") for n in missing), missing
-        return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c.strength], [c.crop])
+        return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c.strength], [c.crop], [c.scaling])
 
     def _export(self):
         exporter = Exporter(self.variant.name, weights=self.out / CHECKPOINT, labels=self.classes, log=self.log)
@@ -311,7 +307,7 @@ class _Run:
         est = evaluation(f"estimate: {e.method}", y, e.probs, self.classes, [self.train.paths[i] for i in e.photos])
         right = int(round(est["top1"] * est["photos"]))
         est["interval"] = selection.wilson(right, est["photos"])
-        est["strengths"], est["crops"] = e.strengths, e.crops
+        est["strengths"], est["crops"], est["scalings"] = e.strengths, e.crops, e.scalings
         if self.test_evals:
             t = self.test_evals["tflite"]
             t["interval"] = selection.wilson(int(round(t["top1"] * t["photos"])), t["photos"])
@@ -327,7 +323,7 @@ class _Run:
                 "chosen": {"by": f"{selection.FOLDS}-fold cross-validation on all {len(self.y)} photos "
                                  "(these figures chose the setting: they are not an estimate)",
                            "l2_strength": self.choice.strength, "table": self.choice.table,
-                           "crop_pct": self.crop, "crops": self.choice.crops},
+                           "crop_pct": self.crop, "scaling": self.choice.scaling, "forms": self.choice.forms},
                 "views": self.views, "files": {k: str(p) for k, p in self.files.items()},
                 "rounding": self.o.rounding, "checkpoint": str(self.out / CHECKPOINT),
                 "seconds": self.seconds, "config": self.t.config(), "version": __version__}

@@ -4,7 +4,9 @@ DATA is a folder with one sub-folder per class (the class is the sub-folder's na
 of path,label. Every photo is read once first: unreadable files, copies of one photo, and a
 photo filed under two classes are named and left out. The backbone (ImageNet weights) stays
 frozen: a new head (L2-regularised logistic regression) learns from cached features of the
-centre crop and several augmented views of each photo. --fine-tune then trains the whole
+centre crop and several augmented views of each photo; cross-validation chooses its penalty,
+how the features are scaled, and the centre crop (87.5 % or all of the photo's shorter side,
+written into the files). --fine-tune then trains the whole
 network from that head, on a new augmented view of each photo every epoch (BatchNorm
 statistics frozen): slower, and better where the frozen features fall short.
 

@@ -1,10 +1,13 @@
 """The new classifier on frozen features: multinomial logistic regression with an L2 penalty,
 fitted to convergence (L-BFGS, full batch). The fit is convex: one optimum, no epochs or
-learning rate to choose, no early stopping; only the penalty's strength is chosen, by
-cross-validation (selection.py).
+learning rate to choose, no early stopping; only the penalty's strength and the scaling below
+are chosen, by cross-validation (selection.py).
 
-Features are standardised inside the fit (so one penalty suits every variant's features) and
-the scaling is folded back into the returned weights: logits = x @ weight.T + bias.
+Features are centred and scaled inside the fit (so one penalty grid suits every variant's
+features), each by its own spread ("feature": every feature weighs the same to the penalty) or
+all by their mean spread ("shared": the features' own proportions kept, the probe's view; the
+better of the two differs by set, so cross-validation chooses), and the scaling is folded back
+into the returned weights: logits = x @ weight.T + bias.
 With `prior` (--init), known classes are pulled towards their earlier weights instead of
 towards zero.
 """
@@ -35,6 +38,10 @@ class HeadOptions:
     label_smoothing: float = 0.0
     class_weights: list | None = None      # per class (balanced: n / (classes x count))
     max_iter: int = 100
+    scaling: str = "feature"               # one of SCALINGS
+
+
+SCALINGS = ("feature", "shared")
 
 
 def fit(x: np.ndarray, y: np.ndarray, classes: int, strength: float, opts: HeadOptions,
@@ -43,10 +50,13 @@ def fit(x: np.ndarray, y: np.ndarray, classes: int, strength: float, opts: HeadO
     rows `x` (n, d); `start` warm-starts the search (the optimum is the same)."""
     mu = x.mean(0)
     spread = x.std(0)
-    # floored at a tenth of the median feature's: a feature the training photos barely vary would
-    # otherwise get a weight of w/1e-6 in the file (measured: 473 against a median 0.06 on 30
-    # photos), and the classifier's int8 scale, set by its largest weight, would erase the rest
-    sd = np.maximum(spread, 0.1 * np.median(spread)) + 1e-6
+    if opts.scaling == "shared":
+        sd = np.full_like(spread, spread.mean()) + 1e-6
+    else:
+        # floored at a tenth of the median feature's: a feature the training photos barely vary would
+        # otherwise get a weight of w/1e-6 in the file (measured: 473 against a median 0.06 on 30
+        # photos), and the classifier's int8 scale, set by its largest weight, would erase the rest
+        sd = np.maximum(spread, 0.1 * np.median(spread)) + 1e-6
     X = ((x - mu) / sd).astype(np.float32)   # the products in numpy: its BLAS is ~3x torch's on these shapes
     n, d = X.shape
     eps = opts.label_smoothing

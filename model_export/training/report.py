@@ -9,6 +9,7 @@ from pathlib import Path
 import numpy as np
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
+SCALED = {"feature": "each by its own spread", "shared": "by one shared spread"}     # head.SCALINGS
 
 
 def per_class(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[dict]:
@@ -97,9 +98,11 @@ def text(report: dict) -> str:
     lines += ["", f"chosen by {c['by']}:",
               f"  L2 strength {c['l2_strength']:g} (cross-validated log-loss {best['cv_log_loss']:.3f}, "
               f"top-1 {100 * best['cv_top1']:.1f} %)"]
-    if c.get("crops"):          # (reports before 2026-12-05 have no crop choice)
-        lines.append(f"  centre crop {c['crop_pct']:.0%} of the photo, written into the files; tried: " + ", ".join(
-            f"{r['crop_pct']:.0%} (log-loss {r['cv_log_loss']:.3f}, top-1 {100 * r['cv_top1']:.1f} %)" for r in c["crops"]))
+    if c.get("forms"):          # (reports before 2026-12-05 have no crop or scaling choice)
+        lines.append(f"  centre crop {c['crop_pct']:.0%} of the photo (written into the files), features scaled "
+                     f"{SCALED[c['scaling']]}; tried: " + ", ".join(
+                         f"{r['crop_pct']:.0%} {r['scaling']} (log-loss {r['cv_log_loss']:.3f}, top-1 "
+                         f"{100 * r['cv_top1']:.1f} %)" for r in c["forms"]))
     if "views" in report:
         lines.append(f"  {report['views']} augmented view(s) of each photo, besides its centre crop"
                      + ("" if report["config"]["views"] else " (by the number of photos; --views to set)"))

@@ -3,8 +3,9 @@ chosen on.
 
 - `choose`: k-fold cross-validation over the penalty grid on the photos given; the figures it
   computes chose the setting, so they are reported as such, never as what users will get.
-- `choose_crop`: the same for each centre crop tried (the share of the photo the deployed file
-  keeps), keeping the crop and penalty of the lowest cross-validated log-loss.
+- `choose_form`: the same for each centre crop tried (the share of the photo the deployed file
+  keeps) and each scaling of the features (head.SCALINGS), keeping the crop, scaling and penalty
+  of the lowest cross-validated log-loss.
 - `estimate`: the whole procedure (choose, then fit) repeated inside outer folds (nested
   cross-validation): every photo is answered by a model whose training and whose choice of
   penalty never saw it. On large data one held-out part does the same at a fifth of the cost.
@@ -15,7 +16,7 @@ their centre crop alone, as the runtime will see them. Photos are the unit of ev
 """
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
@@ -49,8 +50,9 @@ def _rows(x: np.ndarray, y: np.ndarray, idx: np.ndarray) -> tuple[np.ndarray, np
 class Choice:
     strength: float
     table: list = field(default_factory=list)        # per strength: cv log-loss, cv top-1
-    crop: float | None = None                        # the centre crop chosen (choose_crop)
-    crops: list = field(default_factory=list)        # per crop: its best penalty's cv log-loss, top-1
+    crop: float | None = None                        # the centre crop and scaling chosen (choose_form)
+    scaling: str = "feature"
+    forms: list = field(default_factory=list)        # per crop and scaling: its best penalty's cv figures
 
     @property
     def chosen(self) -> dict:
@@ -80,21 +82,29 @@ def choose(x: np.ndarray, y: np.ndarray, classes: int, opts: head_mod.HeadOption
                                     for j, s in enumerate(strengths)])
 
 
-def choose_crop(xs: dict, y: np.ndarray, classes: int, opts: head_mod.HeadOptions, seed: int,
+def choose_form(xs: dict, y: np.ndarray, classes: int, opts: head_mod.HeadOptions, seed: int,
                 k: int = FOLDS, prior=None) -> Choice:
     """`choose` for each centre crop in `xs` ({crop_pct: (photos, 1 + views, d)}, which differ
-    only in row 0), then the crop whose best penalty has the lowest log-loss (ties: the first)."""
+    only in row 0) and each scaling, then the one whose best penalty has the lowest log-loss
+    (ties: the first, the variant's crop and per-feature scaling)."""
     best = None
-    crops = []
+    forms = []
     for crop, x in xs.items():
-        c = choose(x, y, classes, opts, seed, k, prior=prior)
-        crops.append({"crop_pct": crop, "strength": c.strength, "cv_log_loss": c.chosen["cv_log_loss"],
-                      "cv_top1": c.chosen["cv_top1"]})
-        c.crop = crop
-        if best is None or round(c.chosen["cv_log_loss"], 6) < round(best.chosen["cv_log_loss"], 6):
-            best = c
-    best.crops = crops
+        for scaling in head_mod.SCALINGS:
+            c = choose(x, y, classes, replace(opts, scaling=scaling), seed, k, prior=prior)
+            forms.append({"crop_pct": crop, "scaling": scaling, "strength": c.strength,
+                          "cv_log_loss": c.chosen["cv_log_loss"], "cv_top1": c.chosen["cv_top1"]})
+            c.crop, c.scaling = crop, scaling
+            if best is None or round(c.chosen["cv_log_loss"], 6) < round(best.chosen["cv_log_loss"], 6):
+                best = c
+    best.forms = forms
     return best
+
+
+def fit_chosen(x: np.ndarray, y: np.ndarray, idx: np.ndarray, classes: int, c: Choice,
+               opts: head_mod.HeadOptions, prior=None) -> head_mod.Linear:
+    """The head as `c` chose it, on every row of the photos at `idx` (x: the chosen crop's)."""
+    return head_mod.fit(*_rows(x, y, idx), classes, c.strength, replace(opts, scaling=c.scaling), prior=prior)
 
 
 @dataclass
@@ -104,6 +114,7 @@ class Estimate:
     probs: np.ndarray                # their probabilities, each from a model that never saw it
     strengths: list                  # the penalty each outer model chose
     crops: list                      # and the centre crop
+    scalings: list                   # and the scaling
 
 
 def held_out(n: int) -> bool:
@@ -113,27 +124,26 @@ def held_out(n: int) -> bool:
 
 def estimate(xs: dict, y: np.ndarray, classes: int, opts: head_mod.HeadOptions, seed: int,
              prior=None, progress=None) -> Estimate:
-    """`xs`: {crop_pct: features} as choose_crop takes them; each outer fold chooses its own."""
+    """`xs`: {crop_pct: features} as choose_form takes them; each outer fold chooses its own."""
     n = len(y)
     k = max(2, min(FOLDS, int(np.bincount(y, minlength=classes).max())))
     fold = stratified_folds(y, k, seed + 1)
     outer = [0] if held_out(n) else list(range(k))
-    probs, answered, strengths, crops = np.zeros((n, classes), np.float32), [], [], []
+    probs, answered, chosen = np.zeros((n, classes), np.float32), [], []
     for f in outer:
         tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        c = choose_crop({crop: x[tr] for crop, x in xs.items()}, y[tr], classes, opts, seed, k=INNER_FOLDS,
+        c = choose_form({crop: x[tr] for crop, x in xs.items()}, y[tr], classes, opts, seed, k=INNER_FOLDS,
                         prior=prior)
         x = xs[c.crop]
-        model = head_mod.fit(*_rows(x, y, tr), classes, c.strength, opts, prior=prior)
-        probs[te] = model.probs(x[te, 0])
+        probs[te] = fit_chosen(x, y, tr, classes, c, opts, prior).probs(x[te, 0])
         answered.append(te)
-        strengths.append(c.strength)
-        crops.append(c.crop)
+        chosen.append(c)
         if progress:
             progress()
     idx = np.sort(np.concatenate(answered))
     method = "held-out fifth (chose nothing)" if held_out(n) else f"{k}-fold nested cross-validation"
-    return Estimate(method, idx, probs[idx], strengths, crops)
+    return Estimate(method, idx, probs[idx], [c.strength for c in chosen], [c.crop for c in chosen],
+                    [c.scaling for c in chosen])
 
 
 def wilson(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
