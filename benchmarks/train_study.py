@@ -111,7 +111,8 @@ def effnet_train(name: str, train_csv: Path, test_csv: Path, out: Path, variant:
     return {"candidate": name, "fp32": report["test"]["fp32-pytorch"]["top1"], "int8": report["test"]["tflite"]["top1"],
             "reported": report["estimate"]["top1"], "reported_interval": report["estimate"]["interval"],
             "seconds": seconds, "peak_rss_mb": rss, "phases": report["seconds"],
-            "l2_strength": report["chosen"]["l2_strength"], "crop_pct": report["chosen"].get("crop_pct")}
+            "l2_strength": report["chosen"]["l2_strength"], "crop_pct": report["chosen"].get("crop_pct"),
+            "scaling": report["chosen"].get("scaling")}
 
 
 def one_set(data: Path, args, seed: int) -> list[dict]:

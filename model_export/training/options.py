@@ -17,9 +17,9 @@ CALIB_MAX = 100
 # where nearest rounding gave 98.2 % (clothing) and 98.6 % (hand signs), for about 17 s more
 ROUNDING = "learned"
 # the other centre crop tried besides the variant's (0.875, as ImageNet is judged): the whole
-# shorter side. Cross-validation chooses between them with the penalty. Measured 2026-12-05 on
-# new photos (docs/train.md): +1.6 / +2.2 points on portrait product shots, -1.6 / -2.8 on
-# hand signs, so neither suits every set
+# shorter side. Cross-validation chooses between them with the penalty: measured 2026-12-05 on
+# new photos (docs/train.md), it gained up to 3 points on portrait product shots and lost up
+# to 3.8 on hand signs, so neither suits every set
 WHOLE_CROP = 1.0
 AGREE_MAX = 300       # training photos on which each file's answers are compared with fp32's
 # the files each export choice adds: (name suffix, precision, format, io, softmax)
