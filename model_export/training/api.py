@@ -179,8 +179,7 @@ class _Run:
         # the centre crop's rows (row 0) for each crop tried: the views' store holds the variant's
         self.centre_stores = {self.crops[0]: self.store}
         for c in others:
-            self.centre_stores[c] = FeatureStore(self.backbone, replace(self.config_pp, crop_pct=c), 0, o.seed,
-                                                 self.work / "features")
+            self.centre_stores[c] = FeatureStore(self.backbone, self._config(c), 0, o.seed, self.work / "features")
             bad += self.centre_stores[c].compute(items, f"features of the photos' centre at {c:.0%}", self.log)
         _changed(bad)
 
@@ -218,7 +217,7 @@ class _Run:
 
     def _fit(self):
         """The estimate (nothing chosen on the photos it is measured on), the choice of the
-        penalty on all the photos, then the final model trained on all of them."""
+        penalty, crop and scaling on all the photos, then the final model trained on all of them."""
         o, k = self.o, len(self.classes)
         x = self.store.stack(self.train.digests)
         xs = {self.crops[0]: x}
@@ -265,14 +264,14 @@ class _Run:
         fold = selection.stratified_folds(self.y, selection.FOLDS, self.o.seed + 1)
         tr, te = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
         start = {n: v.clone() for n, v in self.model.state_dict().items() if not n.startswith("classifier.")}
-        c = selection.choose_form({crop: x[tr] for crop, x in xs.items()}, self.y[tr], k, self.head_opts,
+        c = selection.choose_form({crop: rows[tr] for crop, rows in xs.items()}, self.y[tr], k, self.head_opts,
                                   self.o.seed, prior=self.prior)
         self._set_head(selection.fit_chosen(xs[c.crop], self.y, tr, k, c, self.head_opts, self.prior))
         self._fine_tune(tr, "estimate")
         probs = predict(self.model, self._photos_of(self.train, te, c.crop))
         missing, _ = self.model.load_state_dict(start, strict=False)     # (the final head replaces the classifier)
         assert all(n.startswith("classifier.") for n in missing), missing
-        return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c.strength], [c.crop], [c.scaling])
+        return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c])
 
     def _export(self):
         exporter = Exporter(self.variant.name, weights=self.out / CHECKPOINT, labels=self.classes, log=self.log)

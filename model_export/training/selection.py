@@ -112,9 +112,19 @@ class Estimate:
     method: str                      # "5-fold nested cross-validation" or "held-out fifth"
     photos: np.ndarray               # indices of the photos answered
     probs: np.ndarray                # their probabilities, each from a model that never saw it
-    strengths: list                  # the penalty each outer model chose
-    crops: list                      # and the centre crop
-    scalings: list                   # and the scaling
+    choices: list                    # what each outer model chose (Choice)
+
+    @property
+    def strengths(self) -> list:
+        return [c.strength for c in self.choices]
+
+    @property
+    def crops(self) -> list:
+        return [c.crop for c in self.choices]
+
+    @property
+    def scalings(self) -> list:
+        return [c.scaling for c in self.choices]
 
 
 def held_out(n: int) -> bool:
@@ -132,7 +142,7 @@ def estimate(xs: dict, y: np.ndarray, classes: int, opts: head_mod.HeadOptions, 
     probs, answered, chosen = np.zeros((n, classes), np.float32), [], []
     for f in outer:
         tr, te = np.flatnonzero(fold != f), np.flatnonzero(fold == f)
-        c = choose_form({crop: x[tr] for crop, x in xs.items()}, y[tr], classes, opts, seed, k=INNER_FOLDS,
+        c = choose_form({crop: rows[tr] for crop, rows in xs.items()}, y[tr], classes, opts, seed, k=INNER_FOLDS,
                         prior=prior)
         x = xs[c.crop]
         probs[te] = fit_chosen(x, y, tr, classes, c, opts, prior).probs(x[te, 0])
@@ -142,8 +152,7 @@ def estimate(xs: dict, y: np.ndarray, classes: int, opts: head_mod.HeadOptions, 
             progress()
     idx = np.sort(np.concatenate(answered))
     method = "held-out fifth (chose nothing)" if held_out(n) else f"{k}-fold nested cross-validation"
-    return Estimate(method, idx, probs[idx], [c.strength for c in chosen], [c.crop for c in chosen],
-                    [c.scaling for c in chosen])
+    return Estimate(method, idx, probs[idx], chosen)
 
 
 def wilson(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
