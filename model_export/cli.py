@@ -7,7 +7,7 @@ import time
 from pathlib import Path
 
 from effnet_lite import __version__
-from effnet_lite.metadata import CROP_PCT_RANGE
+from effnet_lite.metadata import crop_pct_problem
 from effnet_lite.variants import VARIANTS, UnknownVariantError, get_variant
 
 from .calibration import ESTIMATORS, CalibrationError
@@ -87,8 +87,8 @@ def parse_args(argv=None):
         p.error("--calib-count must be at least 1")
     if args.input_size is not None and not 32 <= args.input_size <= 2048:
         p.error("--input-size must be between 32 and 2048")
-    if args.crop_pct is not None and not CROP_PCT_RANGE[0] <= args.crop_pct <= CROP_PCT_RANGE[1]:
-        p.error("--crop-pct must be between {} and {}".format(*CROP_PCT_RANGE))
+    if args.crop_pct is not None and (problem := crop_pct_problem(args.crop_pct)):
+        p.error(f"--crop-pct {problem}")
     return args
 
 

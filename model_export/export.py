@@ -5,7 +5,6 @@ file written from it (ONNX and TFLite, any I/O type) serializes those same param
 """
 from __future__ import annotations
 
-import json
 import os
 import sys
 import tempfile
@@ -18,7 +17,7 @@ import torch
 
 from effnet_lite import Classifier, ClassifierOptions, __version__, integrity
 from effnet_lite.labels import imagenet_labels
-from effnet_lite.metadata import CROP_PCT_RANGE, METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata
+from effnet_lite.metadata import METADATA_NAME, TFLITE_ELSEWHERE, ModelMetadata, crop_pct_problem
 from effnet_lite.metrics import softmax as softmax_rows
 from effnet_lite.preprocess import PreprocessConfig
 from effnet_lite.progress import Progress
@@ -34,7 +33,7 @@ from .folding import fold_batchnorm
 from .graph import build_graph, with_pixel_input
 from .quantize import PIXEL_SCALE, QuantizedGraph, quantize_graph
 from .rounding import ROUNDINGS, second_moments
-from .weights import WEIGHT_PACKAGES, checkpoint_metadata, load_model
+from .weights import WEIGHT_PACKAGES, checkpoint_metadata, load_model, metadata_json
 
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "int8")
@@ -91,9 +90,8 @@ class Exporter:
         self.graph = build_graph(fold_batchnorm(self.model), self.model)
         self.config = PreprocessConfig.for_variant(self.variant, self.model.input_size)
         if crop_pct is not None:
-            lo, hi = CROP_PCT_RANGE
-            if isinstance(crop_pct, bool) or not isinstance(crop_pct, (int, float)) or not lo <= crop_pct <= hi:
-                raise ExportError(f"{weights or 'crop_pct'}: crop_pct {crop_pct!r}: not a number from {lo} to {hi}")
+            if problem := crop_pct_problem(crop_pct):
+                raise ExportError(f"{weights or 'crop_pct'}: crop_pct {problem}")
             self.config = replace(self.config, crop_pct=float(crop_pct))
         self.samples: np.ndarray | None = None
         self.quantized: QuantizedGraph | None = None
@@ -105,15 +103,12 @@ class Exporter:
     def _from_checkpoint(weights, labels, crop_pct) -> tuple:
         """What the caller did not give, from the checkpoint's metadata where it has them."""
         meta = checkpoint_metadata(weights) if weights is not None else {}
-        try:
-            if labels is None and "labels" in meta:
-                labels = json.loads(meta["labels"])
-                if not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels):
-                    raise ValueError("its class names are not a list of names")
-            if crop_pct is None and "crop_pct" in meta:
-                crop_pct = json.loads(meta["crop_pct"])
-        except ValueError as e:
-            raise ExportError(f"{weights}: unreadable checkpoint metadata ({e})") from None
+        if labels is None:
+            labels = metadata_json(meta, "labels", weights)
+            if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)):
+                raise ExportError(f"{weights}: its class names are not a list of names")
+        if crop_pct is None:
+            crop_pct = metadata_json(meta, "crop_pct", weights)
         return labels, crop_pct
 
     @staticmethod

@@ -6,6 +6,7 @@ or safetensors; keys in the packages' efficientnet_pytorch layout are renamed on
 from __future__ import annotations
 
 import importlib
+import json
 import os
 import re
 from pathlib import Path
@@ -86,6 +87,16 @@ def checkpoint_metadata(path: str | os.PathLike) -> dict[str, str]:
             return dict(f.metadata() or {})
     except Exception as e:  # noqa: BLE001 - any parse failure means "not a checkpoint"
         raise WeightsError(f"{path}: unreadable checkpoint metadata ({first_line(e)})") from None
+
+
+def metadata_json(meta: dict[str, str], key: str, path) -> object:
+    """The JSON value under `key` in a checkpoint's metadata (None without the key)."""
+    if key not in meta:
+        return None
+    try:
+        return json.loads(meta[key])
+    except ValueError as e:
+        raise WeightsError(f"{path}: unreadable checkpoint metadata ({e})") from None
 
 
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",

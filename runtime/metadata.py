@@ -102,9 +102,8 @@ class ModelMetadata:
                 bad(name, f"must be one of {', '.join(choices)}, not {_show(getattr(self, name))}")
         if not _is_int(self.input_size) or not 16 <= self.input_size <= 4096:
             bad("input_size", f"must be a whole number of pixels in 16..4096, not {_show(self.input_size)}")
-        lo, hi = CROP_PCT_RANGE
-        if not _is_number(self.crop_pct) or not lo <= self.crop_pct <= hi:
-            bad("crop_pct", f"must be a number in [{lo}, {hi}], not {_show(self.crop_pct)}")
+        if problem := crop_pct_problem(self.crop_pct):
+            bad("crop_pct", problem)
         for name, (lo, hi) in (("mean", (0.0, 1.0)), ("std", STD_RANGE)):
             value = getattr(self, name)
             if (not isinstance(value, list) or len(value) != 3
@@ -128,6 +127,14 @@ class ModelMetadata:
                 bad(name, f"must be true or false, not {_show(getattr(self, name))}")
         if self.digest and not DIGEST_RE.match(self.digest):
             bad("digest", "is not 'sha256:' and 64 hex digits")
+
+
+def crop_pct_problem(value) -> str | None:
+    """What is wrong with `value` as a centre crop's share of the photo, or None."""
+    lo, hi = CROP_PCT_RANGE
+    if not _is_number(value) or not lo <= value <= hi:
+        return f"must be a number in [{lo}, {hi}], not {_show(value)}"
+    return None
 
 
 def _is_int(v) -> bool:

@@ -42,7 +42,7 @@ def test_cli_data_free_notice(tmp_path, capsys):
     ([], "give a VARIANT or --all"),
     (["lite0", "--input-size", "0"], "--input-size must be between 32 and 2048"),
     (["lite0", "--calib-count", "0"], "--calib-count must be at least 1"),
-    (["lite0", "--crop-pct", "0.1"], "--crop-pct must be between 0.3 and 1.0"),
+    (["lite0", "--crop-pct", "0.1"], "--crop-pct must be a number in [0.3, 1.0], not 0.1"),
 ])
 def test_cli_usage_errors(argv, message, capsys):
     with pytest.raises(SystemExit) as exit_info:
@@ -89,14 +89,16 @@ def test_cli_takes_a_trained_checkpoints_classes_and_crop(tmp_path, capsys):
         assert (clf.metadata.labels, clf.metadata.crop_pct) == (["a", "b", "c"], 0.9)
 
 
-@pytest.mark.parametrize("crop, problem", [("7", "crop_pct 7: "), ('"whole"', "crop_pct 'whole': "),
-                                           ("[1", "unreadable checkpoint metadata")])
-def test_cli_rejects_a_checkpoints_bad_crop_in_one_line(crop, problem, tmp_path, capsys):
+@pytest.mark.parametrize("labels, crop, problem", [
+    ('["ant", "bee", "wasp"]', "7", "crop_pct must be a number in [0.3, 1.0], not 7"),
+    ('["ant", "bee", "wasp"]', '"whole"', 'crop_pct must be a number in [0.3, 1.0], not "whole"'),
+    ('["ant", "bee", "wasp"]', "[1", "unreadable checkpoint metadata"),
+    ('"ant"', "1.0", "its class names are not a list of names")])
+def test_cli_rejects_a_checkpoints_bad_metadata_in_one_line(labels, crop, problem, tmp_path, capsys):
     ckpt = tmp_path / "model.safetensors"
     from effnet_lite.model_export.model import create_model
     from safetensors.torch import save_file
-    save_file(create_model("lite0", None, 3).state_dict(), str(ckpt),
-              metadata={"labels": '["ant", "bee", "wasp"]', "crop_pct": crop})
+    save_file(create_model("lite0", None, 3).state_dict(), str(ckpt), metadata={"labels": labels, "crop_pct": crop})
     out = tmp_path / "m.tflite"
     assert main(["lite0", "--weights", str(ckpt), "--precision", "fp32", "-o", str(out)]) == 1
     err = capsys.readouterr().err.strip().splitlines()

@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..weights import WeightsError, checkpoint_metadata, read_state_dict
+from ..weights import WeightsError, checkpoint_metadata, metadata_json, read_state_dict
 
 CHECKPOINT = "model.safetensors"
 
@@ -34,11 +34,7 @@ def load_checkpoint(path: Path) -> tuple[dict, list[str] | None, str | None]:
     variant in their metadata; for others, a labels.txt beside the file gives the names."""
     sd = read_state_dict(path)
     meta = checkpoint_metadata(path)
-    try:
-        labels = json.loads(meta["labels"]) if "labels" in meta else None
-    except ValueError as e:
-        raise WeightsError(f"{path}: unreadable checkpoint metadata ({e})") from None
-    variant = meta.get("variant")
+    labels, variant = metadata_json(meta, "labels", path), meta.get("variant")
     beside = path.with_name("labels.txt")
     if labels is None and beside.is_file():
         labels = [line.strip() for line in beside.read_text(encoding="utf-8").splitlines() if line.strip()]
