@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
@@ -29,6 +30,19 @@ BINS = 2048
 
 class CalibrationError(ValueError):
     pass
+
+
+@contextmanager
+def torch_threads(count: int | None):
+    """torch's thread count for a block, then restored (it is process-wide). The float sums of
+    calibration's forward passes depend on it, so a file is reproduced with the same count."""
+    before = torch.get_num_threads()
+    if count:
+        torch.set_num_threads(count)
+    try:
+        yield torch.get_num_threads()
+    finally:
+        torch.set_num_threads(before)
 
 
 def find_images(folder: str | os.PathLike) -> list[Path]:

@@ -235,14 +235,21 @@ def test_checkpoint_is_timm_format_without_pickles(trained, tmp_path):
 def test_python_api_evaluates_and_exports(trained, tmp_path):
     """TrainResult from a finished folder: evaluate() on the test folder gives the report's test
     figures, export() writes another file the runtime loads with the classes: by default the
-    very file the run wrote (the same calibration photos and rounding)."""
+    very file the run wrote (the same calibration photos, rounding and torch thread count)."""
+    import torch
     from effnet_lite import Classifier
     from effnet_lite.model_export.training import TrainResult
     folder, report, _ = trained
     result = TrainResult.load(folder / "out")
     ev = result.evaluate(folder / "test")
     assert ev["top1"] == pytest.approx(report["test"]["tflite"]["top1"]) and ev["photos"] == 101
-    path = result.export(tmp_path / "model.onnx")
+    threads = torch.get_num_threads()
+    torch.set_num_threads(3 - report["torch_threads"] if report["torch_threads"] <= 2 else 1)
+    try:        # another thread count in this process (another test may leave one): the run's is used
+        path = result.export(tmp_path / "model.onnx")
+        assert torch.get_num_threads() != report["torch_threads"]       # and this process's restored
+    finally:
+        torch.set_num_threads(threads)
     with Classifier.from_file(path) as clf:
         assert clf.labels == sorted(GROUPS) and clf.metadata.calibration["rounding"] == "learned"
     assert path.read_bytes() == Path(report["files"]["onnx"]).read_bytes()     # the run's own file again

@@ -27,6 +27,7 @@ import torch
 from effnet_lite import __version__
 from effnet_lite.preprocess import PreprocessConfig
 
+from ..calibration import torch_threads
 from ..export import Exporter
 from ..weights import load_model
 from . import data as data_mod
@@ -93,9 +94,11 @@ class _Run:
         self.seconds: dict = {}
 
     def run(self) -> "TrainResult":
+        with torch_threads(self.o.threads) as self.torch_threads:     # restored after: it is process-wide
+            return self._phases()
+
+    def _phases(self) -> "TrainResult":
         t0 = time.perf_counter()
-        if self.o.threads:
-            torch.set_num_threads(self.o.threads)
         self.model, self.prior = self._base_model()
         self.variant = self.model.variant
         self.config_pp = PreprocessConfig.for_variant(self.variant, self.model.input_size)
@@ -324,7 +327,7 @@ class _Run:
                            "l2_strength": self.choice.strength, "table": self.choice.table,
                            "crop_pct": self.crop, "scaling": self.choice.scaling, "forms": self.choice.forms},
                 "views": self.views, "files": {k: str(p) for k, p in self.files.items()},
-                "rounding": self.o.rounding, "checkpoint": str(self.out / CHECKPOINT),
+                "rounding": self.o.rounding, "torch_threads": self.torch_threads, "checkpoint": str(self.out / CHECKPOINT),
                 "seconds": self.seconds, "config": self.t.config(), "version": __version__}
 
 

@@ -6,6 +6,7 @@ import json
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..calibration import torch_threads
 from ..export import Exporter
 from . import data as data_mod
 from .checkpoint import CHECKPOINT
@@ -58,6 +59,14 @@ class TrainResult:
         path = Path(path)
         fmt = fmt or ("onnx" if path.suffix == ".onnx" else "tflite")
         exporter = Exporter(self.report["variant"], weights=self.folder / CHECKPOINT, labels=self.classes)
+        # the run's own thread count: calibration's float sums depend on it (the same file again)
+        threads = self.report.get("torch_threads")
+        with torch_threads(threads if isinstance(threads, int) and threads > 0 else None):
+            self._calibrate(exporter, precision, calibration, rounding)
+        exporter.export(path, precision, fmt, io, softmax=softmax)
+        return path
+
+    def _calibrate(self, exporter, precision, calibration, rounding) -> None:
         if precision == "int8":
             if calibration is not None:
                 exporter.calibrate(calibration, CALIB_MAX, rounding=rounding)
@@ -66,5 +75,3 @@ class TrainResult:
                     rows = [(r["path"], r["label"]) for r in csv.DictReader(f) if r["set"] == "train"]
                 train = data_mod.same_classes(data_mod.from_pairs(rows), self.classes, self.folder / "split.csv")
                 calibrate_on_training(exporter, train, self.report["config"]["seed"], rounding)   # as the run did
-        exporter.export(path, precision, fmt, io, softmax=softmax)
-        return path
