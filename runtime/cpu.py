@@ -7,7 +7,7 @@ accuracy there (our files are pair-safe: model_export/quantize.py). VNNI (vpdpbu
 int32; ARM (with or without dot-product instructions) and XNNPACK widen before adding.
 
 The features come from numpy's own CPUID/HWCAP probe (the instructions this process may run,
-right under an emulator too), falling back to /proc/cpuinfo.
+right under an emulator too), falling back to /proc/cpuinfo (merge_features).
 """
 from __future__ import annotations
 
@@ -30,19 +30,27 @@ def _features() -> set:
             from numpy.core._multiarray_umath import __cpu_features__ as found
         except ImportError:
             found = None
-    if found and "AVXVNNI" in found:
-        return {name for name, present in found.items() if present}
     try:
         with open("/proc/cpuinfo", encoding="ascii", errors="replace") as f:
-            words = f.read(1 << 20).split()
+            cpuinfo = f.read(1 << 20)
     except OSError:
-        words = []
+        cpuinfo = ""
+    return merge_features(found, cpuinfo)
+
+
+def merge_features(found: dict | None, cpuinfo: str) -> set:
+    """The features this process may use: numpy's probe (`found`, name -> present: this process's
+    own CPUID, right under an emulator), with AVX-VNNI, which numpy does not probe, from
+    /proc/cpuinfo. cpuinfo describes the host, which under an emulator is another CPU: it is
+    trusted only when it claims nothing the probe found missing."""
     # /proc/cpuinfo spells them avx2, avx512_vnni, avx_vnni, asimddp
-    listed = {w.upper().replace("_", "") for w in words}
+    listed = {w.upper().replace("_", "") for w in cpuinfo.split()}
     if not found:
         return listed
-    # numpy's probe does not name AVX-VNNI (the 256-bit form): take that one from cpuinfo
-    return {name for name, present in found.items() if present} | (listed & {"AVXVNNI"})
+    probed = {name for name, present in found.items() if present}
+    if "AVXVNNI" in found or listed & (set(found) - probed):
+        return probed
+    return probed | (listed & {"AVXVNNI"})
 
 
 def classify(machine: str, features: set) -> Int8Class:

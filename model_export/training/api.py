@@ -18,7 +18,7 @@ import hashlib
 import json
 import math
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -35,10 +35,10 @@ from . import head as head_mod
 from . import selection
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .duplicates import fingerprints, remember
-from .features import Backbone, FeatureStore
-from .fit import FineTuneOptions, Photos, epochs_for, fine_tune, predict
+from .fit import FineTuneOptions, epochs_for, fine_tune, predict
+from .inputs import Inputs
 from .judge import agreement, calibrate_on_training, evaluate_file, every_class_in_turn
-from .options import AGREE_MAX, EXPORTS, WHOLE_CROP, TrainOptions, auto_views
+from .options import AGREE_MAX, EXPORTS, TrainOptions, auto_views
 from .report import evaluation, pictures
 from .result import TrainResult
 from .run_folder import WORK, TrainError, prepare_output, write_split
@@ -102,8 +102,6 @@ class _Run:
         self.model, self.prior = self._base_model()
         self.variant = self.model.variant
         self.config_pp = PreprocessConfig.for_variant(self.variant, self.model.input_size)
-        # the centre crops tried (the deployed file's, chosen with the penalty): the variant's, and whole
-        self.crops = list(dict.fromkeys([self.config_pp.crop_pct, WHOLE_CROP]))
         self._photos()
         self.seconds["data"] = time.perf_counter() - t0
         self._timed("features", self._features)
@@ -167,66 +165,25 @@ class _Run:
             class_weights=(len(self.y) / (len(counts) * counts)).tolist() if self.o.class_weights == "balanced" else None)
 
     def _features(self):
-        o = self.o
-        self.backbone = Backbone(self.model, self.work, o.threads)
-        n = len(self.train.paths)
+        o, n = self.o, len(self.train.paths)
         self.views = o.views or auto_views(n)
-        others = self.crops[1:]
+        self.inputs = Inputs(self.model, self.config_pp, self.views, o.seed, o.threads, self.work, self.log)
         self.log(f"{n} photos x {1 + self.views} crops (the centre and {self.views} augmented view(s)"
                  + ("" if o.views else ", --views to choose") + ")"
-                 + "".join(f", and the centre cut at {c:.0%} of the photo" for c in others)
+                 + "".join(f", and the centre cut at {c:.0%} of the photo" for c in self.inputs.crops[1:])
                  + (f", {len(self.test.paths)} test photos" if self.test else ""))
-        items = list(zip(self.train.paths, self.train.digests))
-        self.store = FeatureStore(self.backbone, self.config_pp, self.views, o.seed, self.work / "features")
-        bad = self.store.compute(items, "features of the photos", self.log)
-        # the centre crop's rows (row 0) for each crop tried: the views' store holds the variant's
-        self.centre_stores = {self.crops[0]: self.store}
-        for c in others:
-            self.centre_stores[c] = FeatureStore(self.backbone, self._config(c), 0, o.seed, self.work / "features")
-            bad += self.centre_stores[c].compute(items, f"features of the photos' centre at {c:.0%}", self.log)
-        _changed(bad)
-
-    def _test_features(self):
-        """The test photos' centre crops as the chosen crop cuts them (after --fine-tune the
-        trained network judges instead)."""
-        self.test_store = None
-        if self.test is not None and not self.o.fine_tune:
-            self.test_store = FeatureStore(self.backbone, self._config(self.crop), 0, self.o.seed,
-                                           self.work / "features")
-            _changed(self.test_store.compute(list(zip(self.test.paths, self.test.digests)),
-                                             "features of the test photos", self.log))
-
-    def _config(self, crop: float) -> PreprocessConfig:
-        return replace(self.config_pp, crop_pct=crop)
-
-    def _photos_of(self, data: data_mod.Photos, idx=None, crop: float | None = None) -> Photos:
-        """Photos of `data` (all, or those at `idx`) decoded batch by batch for the network: their
-        views, and their centre crops cut at `crop`."""
-        idx = range(len(data.paths)) if idx is None else idx
-        v = self.variant
-        return Photos([(data.paths[i], data.digests[i]) for i in idx], self.config_pp, v.mean, v.std,
-                      self.o.seed, self.o.threads, centre=self._config(crop) if crop else None)
+        self.inputs.compute(self.train)
 
     def _probs(self, data: data_mod.Photos, idx=None) -> np.ndarray:
         """The fp32 model's softmax of the chosen centre crops of `data` (the training or the test
-        photos; all, or those at `idx`): from the cached features, or after --fine-tune from the
-        trained network itself."""
-        if self.o.fine_tune:
-            return predict(self.model, self._photos_of(data, idx, self.crop))
-        store = self.centre_stores[self.crop] if data is self.train else self.test_store
-        digests = data.digests if idx is None else [data.digests[i] for i in idx]
-        with torch.no_grad():
-            return torch.softmax(self.model.classifier(torch.from_numpy(store.stack(digests)[:, 0])), 1).numpy()
+        photos): from the cached features, or after --fine-tune from the trained network itself."""
+        return self.inputs.probs(data, idx, self.crop, data is not self.train, self.o.fine_tune)
 
     def _fit(self):
         """The estimate (nothing chosen on the photos it is measured on), the choice of the
         penalty, crop and scaling on all the photos, then the final model trained on all of them."""
         o, k = self.o, len(self.classes)
-        x = self.store.stack(self.train.digests)
-        xs = {self.crops[0]: x}
-        for c in self.crops[1:]:          # the same views, another centre crop
-            xs[c] = x.copy()
-            xs[c][:, 0] = self.centre_stores[c].stack(self.train.digests)[:, 0]
+        xs = self.inputs.rows(self.train.digests)
         held_out = o.fine_tune or selection.held_out(len(self.y))     # (nested folds: five fine-tunings)
         self.log(f"estimating the accuracy on new photos ({'held-out fifth' if held_out else 'nested cross-validation'})")
         if o.fine_tune:
@@ -255,7 +212,7 @@ class _Run:
                                class_weights=self.head_opts.class_weights)
         digests = [self.train.digests[i] for i in idx]
         key = hashlib.sha256(json.dumps([name, digests, asdict(opts)]).encode()).hexdigest()
-        fine_tune(self.model, self._photos_of(self.train, idx), self.y[idx], opts, self.o.seed,
+        fine_tune(self.model, self.inputs.photos(self.train, idx), self.y[idx], opts, self.o.seed,
                   self.work / f"fine-tune-{name}", key, self.log,
                   "fine-tuning the estimate's model" if name == "estimate" else "fine-tuning the final model")
 
@@ -271,7 +228,7 @@ class _Run:
                                   self.o.seed, prior=self.prior)
         self._set_head(selection.fit_chosen(xs[c.crop], self.y, tr, k, c, self.head_opts, self.prior))
         self._fine_tune(tr, "estimate")
-        probs = predict(self.model, self._photos_of(self.train, te, c.crop))
+        probs = predict(self.model, self.inputs.photos(self.train, te, c.crop))
         missing, _ = self.model.load_state_dict(start, strict=False)     # (the final head replaces the classifier)
         assert all(n.startswith("classifier.") for n in missing), missing
         return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c])
@@ -290,7 +247,8 @@ class _Run:
         """Every file through the runtime, once: on the test photos when there are any, and its
         top-1 against the fp32 model's on training photos (agreement: no labels needed)."""
         self.test_evals = {}
-        self._test_features()
+        if self.test is not None and not self.o.fine_tune:     # (after --fine-tune the network judges)
+            self.inputs.compute_test(self.test, self.crop)
         if self.test is not None:
             probs = self._probs(self.test)
             self.test_evals["fp32-pytorch"] = evaluation("fp32 model (checkpoint)", np.asarray(self.test.labels), probs,
@@ -329,11 +287,6 @@ class _Run:
                 "views": self.views, "files": {k: str(p) for k, p in self.files.items()},
                 "rounding": self.o.rounding, "torch_threads": self.torch_threads, "checkpoint": str(self.out / CHECKPOINT),
                 "seconds": self.seconds, "config": self.t.config(), "version": __version__}
-
-
-def _changed(bad: list) -> None:
-    if bad:        # read once already: a photo changed or vanished since
-        raise TrainError(f"{bad[0][0]}: changed or removed during the run; run again with --resume")
 
 
 def _finite(v):
