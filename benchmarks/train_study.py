@@ -9,8 +9,9 @@ that chooses) judge every candidate:
 - linear probe: logistic regression as scikit-learn's defaults fit it (C=1, L2, L-BFGS) on the
   frozen pooled features of each training photo's centre crop, no augmentation, fp32;
 - effnet-train (default), and with --fine-tune also `--fine-tune`: its int8 .tflite file through
-  the runtime, its fp32 model, and the figure its report leads with (its own estimate, from
-  the training photos alone), with wall time and peak RSS of the whole command.
+  the runtime, its fp32 model, how often the two answer alike (same_answers), and the figure its
+  report leads with (its own estimate, from the training photos alone), with wall time and peak
+  RSS of the whole command.
 The figures hold for this machine's CPU class (printed).
 """
 from __future__ import annotations
@@ -64,7 +65,7 @@ def write_csv(path: Path, photos: data_mod.Photos) -> None:
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"])
-        w.writerows([str(p), photos.classes[y]] for p, y in zip(photos.paths, photos.labels))
+        w.writerows([str(p.resolve()), photos.classes[y]] for p, y in zip(photos.paths, photos.labels))
 
 
 def linear_probe(variant: str, train, test, work: Path) -> dict:
@@ -91,7 +92,8 @@ def linear_probe(variant: str, train, test, work: Path) -> dict:
     opt.step(closure)
     head = Linear(w.detach().numpy(), b.detach().numpy())
     return {"candidate": "linear probe (centre crops, scikit-learn's defaults)",
-            "fp32": float((head.logits(xt).argmax(1) == yt).mean()), "int8": None, "reported": None,
+            "fp32": float((head.logits(xt).argmax(1) == yt).mean()), "int8": None, "same_answers": None,
+            "reported": None,
             "seconds": time.perf_counter() - t0, "peak_rss_mb": None}
 
 
@@ -108,11 +110,20 @@ def run_effnet_train(args: list, out: Path, who: str) -> tuple[dict, float, floa
 def effnet_train(name: str, train_csv: Path, test_csv: Path, out: Path, variant: str, extra: list) -> dict:
     report, seconds, rss = run_effnet_train([train_csv, "--test", test_csv, "--variant", variant, *extra], out,
                                             "train_study")
-    return {"candidate": name, "fp32": report["test"]["fp32-pytorch"]["top1"], "int8": report["test"]["tflite"]["top1"],
+    fp32, int8 = report["test"]["fp32-pytorch"], report["test"]["tflite"]
+    return {"candidate": name, "fp32": fp32["top1"], "int8": int8["top1"], "same_answers": same_answers(fp32, int8),
             "reported": report["estimate"]["top1"], "reported_interval": report["estimate"]["interval"],
             "seconds": seconds, "peak_rss_mb": rss, "phases": report["seconds"],
             "l2_strength": report["chosen"]["l2_strength"], "crop_pct": report["chosen"].get("crop_pct"),
             "scaling": report["chosen"].get("scaling")}
+
+
+def same_answers(a: dict, b: dict) -> float:
+    """The share of photos two evaluations of the same photos answer alike: both right, or both
+    wrong with the same class (from their lists of mistakes)."""
+    said = [{m["photo"]: m["predicted"] for m in e["misclassified"]} for e in (a, b)]
+    differ = sum(said[0].get(p, "(right)") != said[1].get(p, "(right)") for p in said[0].keys() | said[1].keys())
+    return 1 - differ / a["photos"]
 
 
 def one_set(data: Path, args, seed: int) -> list[dict]:
@@ -152,7 +163,7 @@ def main(argv=None) -> int:
     m = machine_info()
     print(f"\n{m['cpu']}, {m['cores']} cores, int8 class {m['cpu_int8_class']}; {args.variant}; seeds {seeds}")
     print(f"{'set':<10} {'train':>5} {'test':>5} {'candidate':<52} {'test fp32':>9} {'test int8':>9} "
-          f"{'reported':>8} {'vs probe':>8} {'wall s':>7} {'peak MB':>8}")
+          f"{'same':>6} {'reported':>8} {'vs probe':>8} {'wall s':>7} {'peak MB':>8}")
     def pct(v):
         return "-" if v is None else f"{100 * v:.1f}%"
     for r in rows:
@@ -160,7 +171,7 @@ def main(argv=None) -> int:
         ours = r["int8"] if r["int8"] is not None else r["fp32"]
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         print(f"{r['set']:<10} {r['train']:>5} {r['test']:>5} {r['candidate']:<52} {pct(r['fp32']):>9} "
-              f"{pct(r['int8']):>9} {pct(r['reported']):>8} {100 * (ours - probe):>+7.1f}p {r['seconds']:>7.1f} {rss:>8}")
+              f"{pct(r['int8']):>9} {pct(r['same_answers']):>6} {pct(r['reported']):>8} {100 * (ours - probe):>+7.1f}p {r['seconds']:>7.1f} {rss:>8}")
     if args.json:
         args.json.write_text(json.dumps({"machine": m, "rows": rows}, indent=1) + "\n")
     return 0

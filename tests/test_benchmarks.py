@@ -345,3 +345,14 @@ def test_peak_rss_is_the_commands_own():
     code, err, _, _ = run_with_peak_rss([sys.executable, "-c", "import sys; sys.exit('no: 3')"], timeout=60)
     assert code == 1 and "no: 3" in err
     assert held[-1] == 1
+
+
+def test_train_study_counts_same_answers_from_the_mistakes():
+    """Two evaluations of 10 photos: x wrong alike in both, y wrong differently, z wrong in one only:
+    2 of the 10 answered differently."""
+    from effnet_lite.benchmarks.train_study import same_answers
+    wrong = lambda photo, predicted: {"photo": photo, "predicted": predicted}    # noqa: E731
+    a = {"photos": 10, "misclassified": [wrong("x", "cat"), wrong("y", "cat")]}
+    b = {"photos": 10, "misclassified": [wrong("x", "cat"), wrong("y", "owl"), wrong("z", "cat")]}
+    assert same_answers(a, b) == pytest.approx(0.8) and same_answers(b, a) == pytest.approx(0.8)
+    assert same_answers(a, a) == 1.0

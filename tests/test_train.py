@@ -461,6 +461,8 @@ def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
     (broken / "dog").mkdir()
     for i in range(3):
         (broken / "dog" / f"{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
+    elsewhere = tmp_path / "elsewhere.csv"         # relative paths that are not beside the CSV
+    elsewhere.write_text("path,label\nbird/a.jpg,bird\ndog/b.jpg,dog\n")
     foreign = tmp_path / "foreign_out"
     foreign.mkdir()
     (foreign / "notes.txt").write_text("mine\n")
@@ -476,6 +478,8 @@ def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
         ((broken, "--output", tmp_path / "o7"), "class 'dog' has no readable photo (of 3 file(s))"),
         ((data, "--output", tmp_path / "o8", "--init", out / "model.safetensors", "--weights", out / "model.safetensors"),
          "--init and --weights both give the network to start from"),
+        ((elsewhere, "--output", tmp_path / "o11"), "found none (2 listed file(s) do not exist and are left out "
+                                                    f"(e.g. {tmp_path / 'bird' / 'a.jpg'}))"),
     ]
     for args, says in cases:
         code = main([str(a) for a in args])
@@ -484,7 +488,7 @@ def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
         assert code == 2 and last.startswith("effnet-train: error: ") and says in last, (args, err)
         assert all(line.startswith("effnet-train: warning: ") for line in before), err
         assert not out_text
-    for made in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8"):
+    for made in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o11"):
         assert not (tmp_path / made).exists()           # refused before anything was written
     assert (foreign / "notes.txt").read_text() == "mine\n"
     test = tmp_path / "test_overlap"

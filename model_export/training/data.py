@@ -141,8 +141,9 @@ def load(source: Path, min_classes: int = 2) -> Photos:
     present = sorted(set(photos.labels))
     if len(present) < min_classes:
         found = f"only {photos.classes[present[0]]!r}" if present else "none"
-        raise DataError(f"{source}: a classifier needs at least 2 classes with photos; found {found}"
-                        if min_classes > 1 else f"{source}: no photos")
+        why = "".join(f" ({w.split(': ', 1)[1]})" for w in photos.warnings[:1])    # e.g. paths that are not there
+        raise DataError(f"{source}: a classifier needs at least 2 classes with photos; found {found}{why}"
+                        if min_classes > 1 else f"{source}: no photos{why}")
     if len(present) != len(photos.classes):        # (a CSV whose files are all missing for a class)
         keep = {old: new for new, old in enumerate(present)}
         photos = Photos(photos.paths, [keep[i] for i in photos.labels], [photos.classes[i] for i in present],

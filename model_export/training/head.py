@@ -42,6 +42,7 @@ class HeadOptions:
 
 
 SCALINGS = ("feature", "shared")
+FLOOR = 0.1        # "feature" scaling: no feature's scale below this share of the median feature's
 
 
 def fit(x: np.ndarray, y: np.ndarray, classes: int, strength: float, opts: HeadOptions,
@@ -56,7 +57,7 @@ def fit(x: np.ndarray, y: np.ndarray, classes: int, strength: float, opts: HeadO
         # floored at a tenth of the median feature's: a feature the training photos barely vary would
         # otherwise get a weight of w/1e-6 in the file (measured: 473 against a median 0.06 on 30
         # photos), and the classifier's int8 scale, set by its largest weight, would erase the rest
-        sd = np.maximum(spread, 0.1 * np.median(spread)) + 1e-6
+        sd = np.maximum(spread, FLOOR * np.median(spread)) + 1e-6
     X = ((x - mu) / sd).astype(np.float32)   # the products in numpy: its BLAS is ~3x torch's on these shapes
     n, d = X.shape
     eps = opts.label_smoothing
