@@ -125,8 +125,12 @@ def label_and_eval_on_two_nodes(cluster, folder, local, lite0_files, tmp_path):
     is on 127.0.0.1."""
     model = lite0_files["int8.tflite"]
     # the source as a location pyarrow reads (file://, as s3:// would be on a cluster), Parquet out
+    # Ray Data starts its actors without waiting for them: on a fast machine the first could score all
+    # 121 photos before the other node's actor was up. The test waits for both (Ray's own setting)
+    both_up = {**cluster.env(), "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "120"}
     done = cluster.run([*LABEL, f"file://{folder}", "--model", model, "--output", tmp_path / "ray", "--engine", "ray",
-                        "--ray-address", cluster.address, "--workers", "2", "--format", "parquet"], timeout=300)
+                        "--ray-address", cluster.address, "--workers", "2", "--format", "parquet"],
+                       env=both_up, timeout=300)
     assert done.returncode == 1, done.stderr            # the broken file, recorded
     assert all(line.startswith("effnet-label: ") for line in done.stderr.strip().splitlines()), done.stderr
     same_rows(rows_of(tmp_path / "ray"), local, "file://")
