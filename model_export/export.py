@@ -30,7 +30,7 @@ from .graph import build_graph, with_pixel_input
 from .quantize import PIXEL_SCALE, QuantizedGraph, quantize_graph
 from .rounding import ROUNDINGS, second_moments
 from .verification import SUFFIX, ExportError, Verification
-from .weights import WEIGHT_PACKAGES, checkpoint_metadata, load_model, metadata_json
+from .weights import WEIGHT_PACKAGES, checkpoint_labels, checkpoint_metadata, load_model, metadata_json
 
 FORMATS = ("tflite", "onnx")
 PRECISIONS = ("fp32", "int8")
@@ -89,9 +89,7 @@ class Exporter(Verification):
         """What the caller did not give, from the checkpoint's metadata where it has them."""
         meta = checkpoint_metadata(weights) if weights is not None else {}
         if labels is None:
-            labels = metadata_json(meta, "labels", weights)
-            if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)):
-                raise ExportError(f"{weights}: its class names are not a list of names")
+            labels = checkpoint_labels(meta, weights)
         if crop_pct is None:
             crop_pct = metadata_json(meta, "crop_pct", weights)
         return labels, crop_pct

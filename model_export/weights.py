@@ -99,6 +99,14 @@ def metadata_json(meta: dict[str, str], key: str, path) -> object:
         raise WeightsError(f"{path}: unreadable checkpoint metadata ({e})") from None
 
 
+def checkpoint_labels(meta: dict[str, str], path) -> list[str] | None:
+    """The class names in a checkpoint's metadata (None without them), each a non-empty string."""
+    labels = metadata_json(meta, "labels", path)
+    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) and x for x in labels)):
+        raise WeightsError(f"{path}: its class names are not a list of names")
+    return labels
+
+
 _TOP = {"_conv_stem": "conv_stem", "_bn0": "bn1", "_conv_head": "conv_head",
         "_bn1": "bn2", "_fc": "classifier"}
 _DS = {"_depthwise_conv": "conv_dw", "_bn1": "bn1", "_project_conv": "conv_pw", "_bn2": "bn2"}

@@ -11,7 +11,7 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from ..weights import WeightsError, checkpoint_metadata, metadata_json, read_state_dict
+from ..weights import checkpoint_labels, checkpoint_metadata, read_state_dict
 
 CHECKPOINT = "model.safetensors"
 
@@ -34,12 +34,10 @@ def load_checkpoint(path: Path) -> tuple[dict, list[str] | None, str | None]:
     variant in their metadata; for others, a labels.txt beside the file gives the names."""
     sd = read_state_dict(path)
     meta = checkpoint_metadata(path)
-    labels, variant = metadata_json(meta, "labels", path), meta.get("variant")
+    labels, variant = checkpoint_labels(meta, path), meta.get("variant")
     beside = path.with_name("labels.txt")
     if labels is None and beside.is_file():
         labels = [line.strip() for line in beside.read_text(encoding="utf-8").splitlines() if line.strip()]
-    if labels is not None and (not isinstance(labels, list) or not all(isinstance(x, str) for x in labels)):
-        raise WeightsError(f"{path}: its class names are not a list of strings")
     return sd, labels, variant
 
 

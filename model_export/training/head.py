@@ -18,6 +18,8 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
+from ..calibration import torch_threads
+
 
 @dataclass
 class Linear:
@@ -84,12 +86,8 @@ def fit(x: np.ndarray, y: np.ndarray, classes: int, strength: float, opts: HeadO
         grad = np.concatenate([(g.T @ X + strength * (w - w0)).ravel(), g.sum(0)])
         theta.grad = torch.from_numpy(grad.astype(np.float64))
         return torch.tensor(value, dtype=torch.float64)
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)         # L-BFGS's own vector steps are tiny: threads only cost there
-    try:
+    with torch_threads(1):           # L-BFGS's own vector steps are tiny: threads only cost there
         opt.step(closure)
-    finally:
-        torch.set_num_threads(threads)
     t = theta.detach().numpy()
     w, b = t[:classes * d].reshape(classes, d), t[classes * d:]
     weight = w / sd
