@@ -141,10 +141,18 @@ def one_set(data: Path, args, seed: int) -> list[dict]:
             rows.append(effnet_train(name, work / "train.csv", work / "test.csv", work / f"run{i}", args.variant,
                                      ["--seed", str(seed), *extra]))
     for r in rows:
-        r.update(set=data.name if data.name not in ("train", "Dataset", "data") else data.parent.name,
+        r.update(set=set_name(data),
                  variant=args.variant, seed=seed, train=len(train.paths), test=len(test.paths),
                  classes=len(photos.classes))
     return rows
+
+
+def set_name(data: Path) -> str:
+    """The name a set is reported under: its folder's, or its parent's for a split folder
+    (cifar10/test, clothing/train)."""
+    data = data.resolve()
+    return data.parent.name if data.name.lower() in ("train", "test", "val", "validation", "dataset", "data") \
+        else data.name
 
 
 def main(argv=None) -> int:

@@ -356,3 +356,12 @@ def test_train_study_counts_same_answers_from_the_mistakes():
     b = {"photos": 10, "misclassified": [wrong("x", "cat"), wrong("y", "owl"), wrong("z", "cat")]}
     assert same_answers(a, b) == pytest.approx(0.8) and same_answers(b, a) == pytest.approx(0.8)
     assert same_answers(a, a) == 1.0
+
+
+def test_train_study_names_a_split_folder_by_its_set(tmp_path):
+    """cifar10/test and clothing/train are reported as cifar10 and clothing, a plain folder as itself."""
+    from effnet_lite.benchmarks.train_study import set_name
+    for sub in ("cifar10/test", "clothing/train", "signs", "signs/Dataset"):
+        (tmp_path / sub).mkdir(parents=True)
+    assert [set_name(tmp_path / s) for s in ("cifar10/test", "clothing/train", "signs", "signs/Dataset")] == \
+        ["cifar10", "clothing", "signs", "signs"]

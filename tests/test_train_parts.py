@@ -173,6 +173,31 @@ def test_feature_cache_recomputes_a_damaged_file(tmp_path):
     assert (store.stack([d for _, d in items]) == first).all()
 
 
+def test_the_heads_views_keep_most_of_the_photo(tmp_path):
+    """The frozen head's cached views are crops of 70-100 % of the photo (augment.HEAD_SCALE): on a
+    photo half black and half white, such a crop (at least 0.72 of the width) keeps at least 31 %
+    of each half; of 64 views, every one shows over a quarter of each. The 30-100 % crops of
+    fine-tuning (augment.SCALE) include views mostly inside one half, so this fails if the
+    cache's views were cut as fine-tuning's are."""
+    from effnet_lite.model_export.training.augment import SCALE, random_view, view_rng
+    from effnet_lite.model_export.training.features import crops_of
+    from effnet_lite.preprocess import PreprocessConfig, load_image
+    pixels = np.zeros((120, 120, 3), np.uint8)
+    pixels[:, 60:] = 255
+    path = tmp_path / "halves.png"
+    Image.fromarray(pixels).save(path)
+    config = PreprocessConfig(64)
+
+    def both_halves(view):
+        white = float((view.mean(-1) > 127).mean())
+        return min(white, 1 - white) > 0.25
+    views = crops_of(path, "ab" * 32, config, 64, 0)[1:]
+    assert len(views) == 64 and all(both_halves(v) for v in views)
+    img = load_image(path, config, draft=True)
+    wide = [random_view(img, config, view_rng(0, "ab" * 32, v), SCALE) for v in range(64)]
+    assert not all(both_halves(v) for v in wide)
+
+
 def test_feature_rows_are_the_same_from_one_or_several_workers(tmp_path):
     """Photos are worked on by several threads, each with its own interpreter: the cache must
     be bit for bit what one thread makes, row by row in the photo's own file (an interpreter

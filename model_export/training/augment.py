@@ -9,7 +9,11 @@ from PIL import Image, ImageEnhance
 
 from effnet_lite.preprocess import INTERPOLATIONS, PreprocessConfig
 
-SCALE = (0.30, 1.0)          # of the photo's area: small data keeps most of the subject
+# of the photo's area. The frozen head's cached views stay near what the deployed centre crop
+# shows (its inputs are the backbone's features of the whole subject: measured against 30-100 %
+# on the train study's six samples, docs/train.md); fine-tuning's fresh views vary more
+HEAD_SCALE = (0.70, 1.0)
+SCALE = (0.30, 1.0)
 RATIO = (3 / 4, 4 / 3)
 COLOUR = 0.2                 # brightness, contrast and saturation vary by up to ±20 %
 
@@ -19,11 +23,12 @@ def view_rng(seed: int, digest: str, view: int) -> np.random.Generator:
     return np.random.default_rng([seed, int(digest[:15], 16), view])
 
 
-def random_view(img: Image.Image, config: PreprocessConfig, rng: np.random.Generator) -> np.ndarray:
-    """One augmented size x size uint8 crop of an RGB image."""
+def random_view(img: Image.Image, config: PreprocessConfig, rng: np.random.Generator,
+                scale: tuple = SCALE) -> np.ndarray:
+    """One augmented size x size uint8 crop of an RGB image, of `scale` of its area."""
     w, h = img.size
     for _ in range(10):      # as torchvision's RandomResizedCrop: try, then fall back to the centre
-        area = w * h * rng.uniform(*SCALE)
+        area = w * h * rng.uniform(*scale)
         ratio = math.exp(rng.uniform(math.log(RATIO[0]), math.log(RATIO[1])))
         cw, ch = int(round(math.sqrt(area * ratio))), int(round(math.sqrt(area / ratio)))
         if 0 < cw <= w and 0 < ch <= h:

@@ -34,7 +34,7 @@ from effnet_lite.quiet import Captured
 from .. import tflite_writer
 from ..folding import fold_batchnorm
 from ..graph import build_graph, truncated
-from .augment import random_view, view_rng
+from .augment import HEAD_SCALE, random_view, view_rng
 
 
 FORECAST_AFTER = 16     # photos computed before the time and disk a long run needs are forecast
@@ -86,7 +86,7 @@ def crops_of(path: Path, digest: str, config: PreprocessConfig, views: int, seed
     if not views:
         return [centre]
     img = load_image(path, config, draft=True)
-    return [centre] + [random_view(img, config, view_rng(seed, digest, v)) for v in range(views)]
+    return [centre] + [random_view(img, config, view_rng(seed, digest, v), HEAD_SCALE) for v in range(views)]
 
 
 class FeatureStore:
@@ -95,7 +95,8 @@ class FeatureStore:
 
     def __init__(self, backbone: Backbone, config: PreprocessConfig, views: int, seed: int, cache: Path):
         self.backbone, self.config, self.views, self.seed = backbone, config, views, seed
-        self.folder = cache / f"{backbone.name}-views{views}-seed{seed}-crop{config.crop_pct:g}"
+        area = f"-area{HEAD_SCALE[0]:g}" if views else ""      # another range of views: another cache
+        self.folder = cache / f"{backbone.name}-views{views}{area}-seed{seed}-crop{config.crop_pct:g}"
         self.folder.mkdir(parents=True, exist_ok=True)
 
     def path(self, digest: str) -> Path:
