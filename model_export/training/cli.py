@@ -9,8 +9,8 @@ how the features are scaled, and the centre crop (87.5 % or all of the photo's s
 written into the files). --fine-tune then trains the whole
 network from that head, on a new augmented view of each photo every epoch (BatchNorm
 statistics frozen): about 3x slower, and better where the frozen features fall short
-(measured on 250 photos: 5-9 points above the default on hand signs and CIFAR-10 photos,
-level with it on product shots; docs/train.md).
+(measured on 250 photos: 3-5 points above the default on hand signs and CIFAR-10 photos,
+within about 2 points of it either way on product shots; docs/train.md).
 
 The figure the report leads with is measured on photos that chose nothing: nested
 cross-validation (the whole procedure, choice of settings included, repeated on five folds),
