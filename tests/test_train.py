@@ -461,7 +461,8 @@ def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
     (broken / "dog").mkdir()
     for i in range(3):
         (broken / "dog" / f"{i}.jpg").write_bytes(b"\xff\xd8 not a jpeg")
-    elsewhere = tmp_path / "elsewhere.csv"         # relative paths that are not beside the CSV
+    elsewhere = tmp_path / "a: b" / "elsewhere.csv"   # relative paths that are not beside the CSV
+    elsewhere.parent.mkdir()                           # (": " in the path: the reason is not split off it)
     elsewhere.write_text("path,label\nbird/a.jpg,bird\ndog/b.jpg,dog\n")
     foreign = tmp_path / "foreign_out"
     foreign.mkdir()
@@ -479,7 +480,7 @@ def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
         ((data, "--output", tmp_path / "o8", "--init", out / "model.safetensors", "--weights", out / "model.safetensors"),
          "--init and --weights both give the network to start from"),
         ((elsewhere, "--output", tmp_path / "o11"), "found none (2 listed file(s) do not exist and are left out "
-                                                    f"(e.g. {tmp_path / 'bird' / 'a.jpg'}))"),
+                                                    f"(e.g. {elsewhere.parent / 'bird' / 'a.jpg'}))"),
     ]
     for args, says in cases:
         code = main([str(a) for a in args])

@@ -55,8 +55,8 @@ class Trainer:
         self.source, self.test_source = source, test_source
         self.log = log or _log_to_stderr
         self.options.check()
-        for w in photos.warnings + (test.warnings if test else []):
-            self.log(f"warning: {w}")
+        for where, what in photos.warnings + (test.warnings if test else []):
+            self.log(f"warning: {where}: {what}")
         if test is not None:
             self.test = data_mod.same_classes(test, photos.classes, test_source)
 

@@ -30,7 +30,7 @@ class Photos:
     paths: list[Path]
     labels: list[int]                 # index into `classes`
     classes: list[str]
-    warnings: list[str] = field(default_factory=list)
+    warnings: list[tuple[Path, str]] = field(default_factory=list)   # (where, what): printed "where: what"
     digests: list[str] | None = None   # SHA-256 of each file, once read (clean())
 
     def subset(self, index) -> "Photos":
@@ -84,8 +84,8 @@ def from_folder(folder: Path) -> Photos:
     warnings, classes, paths, labels = [], [], [], []
     other = sorted(p.name for p in folder.iterdir() if p.is_file() and _is_image(p))
     if other:
-        warnings.append(f"{folder}: {len(other)} image(s) directly in the folder, not in a class "
-                        f"sub-folder, are ignored (e.g. {other[0]})")
+        warnings.append((folder, f"{len(other)} image(s) directly in the folder, not in a class "
+                                 f"sub-folder, are ignored (e.g. {other[0]})"))
     for sub in subdirs:
         try:
             name = sub.name.encode("utf-8").decode("utf-8")
@@ -94,7 +94,7 @@ def from_folder(folder: Path) -> Photos:
         name = check_label(name, shown(sub))
         files = sorted(p for p in sub.rglob("*") if _is_image(p, sub) and p.is_file())
         if not files:
-            warnings.append(f"{sub}: no images: class {name!r} is left out")
+            warnings.append((sub, f"no images: class {name!r} is left out"))
             continue
         if name in classes:
             raise DataError(f"{sub}: class {name!r} appears twice (folder names differ only in spaces)")
@@ -123,7 +123,7 @@ def from_csv(path: Path) -> Photos:
     classes = sorted({label for _, label in items})
     index = {c: i for i, c in enumerate(classes)}
     missing = [str(p) for p, _ in items if not p.is_file()]
-    warnings = [f"{path}: {len(missing)} listed file(s) do not exist and are left out (e.g. {missing[0]})"] \
+    warnings = [(path, f"{len(missing)} listed file(s) do not exist and are left out (e.g. {missing[0]})")] \
         if missing else []
     kept = [(p, index[c]) for p, c in items if p.is_file()]
     return Photos([p for p, _ in kept], [i for _, i in kept], classes, warnings)
@@ -141,7 +141,7 @@ def load(source: Path, min_classes: int = 2) -> Photos:
     present = sorted(set(photos.labels))
     if len(present) < min_classes:
         found = f"only {photos.classes[present[0]]!r}" if present else "none"
-        why = "".join(f" ({w.split(': ', 1)[1]})" for w in photos.warnings[:1])    # e.g. paths that are not there
+        why = "".join(f" ({what})" for _, what in photos.warnings[:1])    # e.g. paths that are not there
         raise DataError(f"{source}: a classifier needs at least 2 classes with photos; found {found}{why}"
                         if min_classes > 1 else f"{source}: no photos{why}")
     if len(present) != len(photos.classes):        # (a CSV whose files are all missing for a class)
