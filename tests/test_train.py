@@ -446,6 +446,46 @@ def test_killed_in_each_phase_resumes_to_the_uninterrupted_result(tmp_path, trai
     assert before["agreement"]["tflite"] == {"photos": len(photos), "agree": same}
 
 
+def _deployed_fine_tuned(out: Path) -> bool:
+    """Whether the run in `out` deployed a fine-tuned network: any layer before the classifier
+    other than ImageNet's (the frozen head leaves them all as they were). Its final fine-tuning's
+    state is there exactly when it did."""
+    import torch
+    from safetensors.torch import load_file
+    from effnet_lite.model_export.weights import load_model
+    ours, imagenet = load_file(str(out / "model.safetensors")), load_model("lite0").state_dict()
+    changed = any(not torch.equal(v, imagenet[k]) for k, v in ours.items() if not k.startswith("classifier."))
+    assert (out / ".effnet-train" / "fine-tune-final" / "state.safetensors").is_file() == changed
+    return changed
+
+
+def test_fine_tune_if_better_deploys_the_mode_that_won(tmp_path, monkeypatch):
+    """--fine-tune-if-better as a user runs it, then through the Python API with the comparison's
+    verdict turned round: each run deploys the mode its report and its log say it kept, so both
+    ways are taken whatever these photos favour."""
+    from effnet_lite.model_export.training import Trainer, TrainOptions, selection
+    rows = [r for r in superclass_rows() if r["superclass"] in ("bird", "fish", "reptile_amphibian")]
+    data = class_folders(tmp_path / "data", rows)
+    code, _, err = train(data, "--output", tmp_path / "cli", "--views", "2", "--rounding", "nearest",
+                         "--fine-tune-if-better", "-q")
+    assert code == 0, err[-2000:]
+    report = json.loads((tmp_path / "cli" / "report.json").read_text())
+    mode = report["mode"]
+    m, won = mode["final"], mode["final"]["fine_tune"]
+    assert m["photos"] == mode["choice"]["photos"] + report["estimate"]["photos"], mode    # two fifths
+    assert mode["kept"] == ("fine-tuned network" if won else "frozen head")
+    right = [round(m[f"{who}_top1"] * m["photos"]) for who in ("tuned", "head")]
+    said = f"{'fine-tuning' if won else 'the frozen head'} kept: on {m['photos']} held-out photos the fine-tuned " \
+           f"network answered {right[0]} right, the frozen head {right[1]}"
+    assert said in err, err
+    assert _deployed_fine_tuned(tmp_path / "cli") == won
+    monkeypatch.setattr(selection.ModeChoice, "fine_tune", property(lambda self: not won))
+    result = Trainer.from_folder(data, TrainOptions(views=2, fine_tune_if_better=True, rounding="nearest"),
+                                 log=lambda message: None).train(tmp_path / "api")
+    assert result.report["mode"]["kept"] == ("frozen head" if won else "fine-tuned network")
+    assert _deployed_fine_tuned(tmp_path / "api") == (not won)
+
+
 def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
     from effnet_lite.model_export.training.cli import main
     data, out, _, _ = two_class

@@ -62,6 +62,24 @@ def test_wilson_interval():
     assert hi == 1.0 and lo == pytest.approx(0.7225, abs=1e-3)
 
 
+def test_fine_tuning_is_kept_only_where_it_answers_better():
+    """--fine-tune-if-better: more held-out photos right wins; as many right, the lower log-loss;
+    a dead heat keeps the frozen head."""
+    from effnet_lite.model_export.training.selection import compare_modes
+    y = np.array([0, 1, 1, 0])
+    sure, unsure, wrong = [[0.9, 0.1], [0.1, 0.9]], [[0.6, 0.4], [0.4, 0.6]], [[0.1, 0.9], [0.9, 0.1]]
+    head = np.array([sure[0], sure[1], sure[1], wrong[0]])          # 3 right, the last one badly wrong
+    three_mildly_wrong = np.array([sure[0], sure[1], sure[1], unsure[1]])    # 3 right, the last one at 0.4
+    all_unsure = np.array([unsure[0], unsure[1], unsure[1], unsure[0]])
+    assert compare_modes(y, head, all_unsure).fine_tune                 # 4 right against 3
+    assert not compare_modes(y, all_unsure, head).fine_tune
+    m = compare_modes(y, head, three_mildly_wrong)                      # 3 each, and a lower log-loss
+    assert (m.head_right, m.tuned_right) == (3, 3) and m.tuned_log_loss < m.head_log_loss and m.fine_tune
+    assert not compare_modes(y, three_mildly_wrong, head).fine_tune
+    assert not compare_modes(y, head, head.copy()).fine_tune
+    assert compare_modes(y, head, all_unsure).as_dict()["tuned_top1"] == 1.0
+
+
 def test_nested_estimate_of_noise_is_chance_where_the_fit_is_perfect():
     """Labels that have nothing to do with the features: the model fits its photos perfectly,
     and the nested estimate says chance (its interval holds 50 %), as new photos would."""

@@ -78,8 +78,8 @@ class Trainer:
         where = lambda p: str(Path(p).resolve()) if p else None    # noqa: E731
         return {"data": where(self.source), "variant": o.variant, "weights": where(o.weights),
                 "init": where(o.init), "test": where(self.test_source), "views": o.views,
-                "fine_tune": o.fine_tune, "label_smoothing": o.label_smoothing,
-                "class_weights": o.class_weights, "seed": o.seed}
+                "fine_tune": o.fine_tune, "fine_tune_if_better": o.fine_tune_if_better,
+                "label_smoothing": o.label_smoothing, "class_weights": o.class_weights, "seed": o.seed}
 
     def train(self, output, resume: bool = False) -> "TrainResult":
         return _Run(self, Path(output), resume).run()
@@ -177,16 +177,17 @@ class _Run:
     def _probs(self, data: data_mod.Photos, idx=None) -> np.ndarray:
         """The fp32 model's softmax of the chosen centre crops of `data` (the training or the test
         photos): from the cached features, or after --fine-tune from the trained network itself."""
-        return self.inputs.probs(data, idx, self.crop, data is not self.train, self.o.fine_tune)
+        return self.inputs.probs(data, idx, self.crop, data is not self.train, self.tuned)
 
     def _fit(self):
         """The estimate (nothing chosen on the photos it is measured on), the choice of the
         penalty, crop and scaling on all the photos, then the final model trained on all of them."""
         o, k = self.o, len(self.classes)
         xs = self.inputs.rows(self.train.digests)
-        held_out = o.fine_tune or selection.held_out(len(self.y))     # (nested folds: five fine-tunings)
+        held_out = o.tunes or selection.held_out(len(self.y))     # (nested folds: five fine-tunings)
         self.log(f"estimating the accuracy on new photos ({'held-out fifth' if held_out else 'nested cross-validation'})")
-        if o.fine_tune:
+        self.mode = None
+        if o.tunes:
             self.estimate = self._estimate_fine_tune(xs)
         else:
             self.estimate = selection.estimate(xs, self.y, k, self.head_opts, o.seed, self.prior)
@@ -194,7 +195,12 @@ class _Run:
         self.crop = self.choice.crop
         self._set_head(selection.fit_chosen(xs[self.crop], self.y, np.arange(len(self.y)), k, self.choice,
                                             self.head_opts, self.prior))
-        if o.fine_tune:
+        self.tuned = o.tunes and (self.mode is None or self.mode["final"].fine_tune)
+        if self.mode:
+            m = self.mode["final"]
+            self.log(f"{'fine-tuning' if self.tuned else 'the frozen head'} kept: on {m.photos} held-out photos the "
+                     f"fine-tuned network answered {m.tuned_right} right, the frozen head {m.head_right}")
+        if self.tuned:
             self._fine_tune(np.arange(len(self.y)), "final")
         self.model.eval()
         save_checkpoint(self.out / CHECKPOINT, self.model.state_dict(), self.classes, self.variant.name,
@@ -213,25 +219,43 @@ class _Run:
         digests = [self.train.digests[i] for i in idx]
         key = hashlib.sha256(json.dumps([name, digests, asdict(opts)]).encode()).hexdigest()
         fine_tune(self.model, self.inputs.photos(self.train, idx), self.y[idx], opts, self.o.seed,
-                  self.work / f"fine-tune-{name}", key, self.log,
-                  "fine-tuning the estimate's model" if name == "estimate" else "fine-tuning the final model")
+                  self.work / f"fine-tune-{name}", key, self.log, f"fine-tuning {TUNED[name]}")
 
     def _estimate_fine_tune(self, xs) -> selection.Estimate:
-        """The whole --fine-tune procedure on four fifths, judged on the last fifth (nested
-        folds would cost five fine-tunings). The network's starting weights are restored after, but
-        for the classifier, which the final head replaces."""
-        k = len(self.classes)
+        """The whole --fine-tune procedure on four fifths, judged on the last fifth (nested folds would
+        cost five fine-tunings). With --fine-tune-if-better the procedure includes its choice: made
+        on another fifth by the two modes' models of the other three fifths, then that mode's model
+        of four fifths judged on the last one; the final choice (self.mode) sees both fifths."""
         fold = selection.stratified_folds(self.y, selection.FOLDS, self.o.seed + 1)
-        tr, te = np.flatnonzero(fold != 0), np.flatnonzero(fold == 0)
+        te = np.flatnonzero(fold == 0)
+        if self.o.fine_tune_if_better:
+            aside = np.flatnonzero(fold == 1)
+            _, head1, tuned1 = self._both_modes(xs, np.flatnonzero(fold > 1), aside, "choice")
+            first = selection.compare_modes(self.y[aside], head1, tuned1)
+        c, head0, tuned0 = self._both_modes(xs, np.flatnonzero(fold != 0), te, "estimate")
+        if not self.o.fine_tune_if_better:
+            return selection.Estimate("held-out fifth (chose nothing)", te, tuned0, [c])
+        both = np.concatenate([aside, te])
+        self.mode = {"choice": first, "final": selection.compare_modes(
+            self.y[both], np.concatenate([head1, head0]), np.concatenate([tuned1, tuned0]))}
+        return selection.Estimate("held-out fifth (chose nothing)", te, tuned0 if first.fine_tune else head0, [c])
+
+    def _both_modes(self, xs, tr, te, name: str):
+        """The head as the photos at `tr` choose and fit it, then the network fine-tuned from it:
+        (the head's choice, its probabilities of the photos at `te`, the fine-tuned network's).
+        The network's starting weights are restored after, but for the classifier, which the next
+        head replaces."""
+        k = len(self.classes)
         start = {n: v.clone() for n, v in self.model.state_dict().items() if not n.startswith("classifier.")}
         c = selection.choose_form({crop: rows[tr] for crop, rows in xs.items()}, self.y[tr], k, self.head_opts,
                                   self.o.seed, prior=self.prior)
-        self._set_head(selection.fit_chosen(xs[c.crop], self.y, tr, k, c, self.head_opts, self.prior))
-        self._fine_tune(tr, "estimate")
-        probs = predict(self.model, self.inputs.photos(self.train, te, c.crop))
-        missing, _ = self.model.load_state_dict(start, strict=False)     # (the final head replaces the classifier)
+        head = selection.fit_chosen(xs[c.crop], self.y, tr, k, c, self.head_opts, self.prior)
+        self._set_head(head)
+        self._fine_tune(tr, name)
+        tuned = predict(self.model, self.inputs.photos(self.train, te, c.crop))
+        missing, _ = self.model.load_state_dict(start, strict=False)
         assert all(n.startswith("classifier.") for n in missing), missing
-        return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c])
+        return c, head.probs(xs[c.crop][te, 0]), tuned
 
     def _export(self):
         exporter = Exporter(self.variant.name, weights=self.out / CHECKPOINT, labels=self.classes, log=self.log)
@@ -247,7 +271,7 @@ class _Run:
         """Every file through the runtime, once: on the test photos when there are any, and its
         top-1 against the fp32 model's on training photos (agreement: no labels needed)."""
         self.test_evals = {}
-        if self.test is not None and not self.o.fine_tune:     # (after --fine-tune the network judges)
+        if self.test is not None and not self.tuned:     # (after fine-tuning the network judges)
             self.inputs.compute_test(self.test, self.crop)
         if self.test is not None:
             probs = self._probs(self.test)
@@ -284,9 +308,23 @@ class _Run:
                                  "(these figures chose the setting: they are not an estimate)",
                            "l2_strength": self.choice.strength, "table": self.choice.table,
                            "crop_pct": self.crop, "scaling": self.choice.scaling, "forms": self.choice.forms},
-                "views": self.views, "files": {k: str(p) for k, p in self.files.items()},
+                "mode": self._mode_report(), "views": self.views,
+                "files": {k: str(p) for k, p in self.files.items()},
                 "rounding": self.o.rounding, "torch_threads": self.torch_threads, "checkpoint": str(self.out / CHECKPOINT),
                 "seconds": self.seconds, "config": self.t.config(), "version": __version__}
+
+    def _mode_report(self) -> dict:
+        kept = "fine-tuned network" if self.tuned else "frozen head"
+        if self.mode is None:
+            return {"kept": kept}
+        return {"kept": kept, "by": "held-out photos: a fifth answered by each mode's model of three other fifths "
+                                    "(the estimate's choice), and the estimate's fifth (these figures chose the mode: "
+                                    "they are not an estimate)",
+                "choice": self.mode["choice"].as_dict(), "final": self.mode["final"].as_dict()}
+
+
+# what each fine-tuning's model is for (its state's folder is fine-tune-NAME)
+TUNED = {"choice": "a model to choose the mode", "estimate": "the estimate's model", "final": "the final model"}
 
 
 def _finite(v):

@@ -38,12 +38,17 @@ class TrainOptions:
     init: Path | None = None              # an earlier effnet-train model to continue from
     views: int | None = None              # augmented views of each photo besides its centre crop (None: auto_views)
     fine_tune: bool = False
+    fine_tune_if_better: bool = False     # fine-tune, but deploy it only if it beats the head on held-out photos
     label_smoothing: float = 0.0
     class_weights: str = "none"           # or "balanced"
     seed: int = 0
     threads: int | None = None
     export: tuple = ("tflite",)
     rounding: str = ROUNDING              # the int8 weights of the exported files: or "nearest"
+
+    @property
+    def tunes(self) -> bool:
+        return self.fine_tune or self.fine_tune_if_better
 
     def check(self) -> None:
         try:

@@ -106,6 +106,13 @@ def text(report: dict) -> str:
     if "views" in report:
         lines.append(f"  {report['views']} augmented view(s) of each photo, besides its centre crop"
                      + ("" if report["config"]["views"] else " (by the number of photos; --views to set)"))
+    mode = report.get("mode", {})
+    if "final" in mode:             # --fine-tune-if-better
+        m = mode["final"]
+        lines += ["", f"chosen on {m['photos']} held-out photos (these figures chose the mode: they are not an estimate):",
+                  f"  {mode['kept']} deployed: the fine-tuned network answered {100 * m['tuned_top1']:.1f} % right "
+                  f"(log-loss {m['tuned_log_loss']:.3f}), the frozen head {100 * m['head_top1']:.1f} % "
+                  f"({m['head_log_loss']:.3f})"]
     main = report["test"]["tflite"] if report["test"] else report["estimate"]
     what = "test photos" if report["test"] else "the estimate's answers"
     lines += ["", f"per class ({what}):", f"  {'class':<24} photos  precision  recall"]

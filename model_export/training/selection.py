@@ -6,6 +6,8 @@ chosen on.
 - `choose_form`: the same for each centre crop tried (the share of the photo the deployed file
   keeps) and each scaling of the features (head.SCALINGS), keeping the crop, scaling and penalty
   of the lowest cross-validated log-loss.
+- `compare_modes`: --fine-tune-if-better's verdict, the frozen head against the fine-tuned
+  network on the same held-out photos.
 - `estimate`: the whole procedure (choose, then fit) repeated inside outer folds (nested
   cross-validation): every photo is answered by a model whose training and whose choice of
   penalty never saw it. On large data one held-out part does the same at a fifth of the cost.
@@ -153,6 +155,36 @@ def estimate(xs: dict, y: np.ndarray, classes: int, opts: head_mod.HeadOptions, 
     idx = np.sort(np.concatenate(answered))
     method = "held-out fifth (chose nothing)" if held_out(n) else f"{k}-fold nested cross-validation"
     return Estimate(method, idx, probs[idx], chosen)
+
+
+@dataclass
+class ModeChoice:
+    """Frozen head against fine-tuned network on the same held-out photos (--fine-tune-if-better)."""
+    photos: int
+    head_right: int
+    tuned_right: int
+    head_log_loss: float
+    tuned_log_loss: float
+
+    @property
+    def fine_tune(self) -> bool:
+        """Fine-tuning is kept only if it answers more of the photos right, or as many with a lower
+        log-loss: a tie keeps the head, the cheaper and the one that cannot have forgotten ImageNet."""
+        return (self.tuned_right, -self.tuned_log_loss) > (self.head_right, -self.head_log_loss)
+
+    def as_dict(self) -> dict:
+        n = max(self.photos, 1)
+        return {"photos": self.photos, "head_top1": self.head_right / n,
+                "tuned_top1": self.tuned_right / n, "head_log_loss": self.head_log_loss,
+                "tuned_log_loss": self.tuned_log_loss, "fine_tune": self.fine_tune}
+
+
+def compare_modes(y: np.ndarray, head_probs: np.ndarray, tuned_probs: np.ndarray) -> ModeChoice:
+    """The two modes' answers to the same held-out photos `y` (none, on a handful of photos: a tie)."""
+    if not len(y):
+        return ModeChoice(0, 0, 0, 0.0, 0.0)
+    return ModeChoice(len(y), int((head_probs.argmax(1) == y).sum()), int((tuned_probs.argmax(1) == y).sum()),
+                      head_mod.log_loss(head_probs, y), head_mod.log_loss(tuned_probs, y))
 
 
 def wilson(right: int, n: int, z: float = 1.96) -> tuple[float, float]:
