@@ -67,12 +67,12 @@ BY_NAME = re.compile(r"<!-- results-by-name: (\S+) (\S+) (\S+) cols=(.*?) -->\n+
 
 def render(entry: dict, spec: str) -> str:
     """One figure of `entry`: "a.b:FORMAT" (a dotted path; FORMAT a format spec, or %0 / %1 for
-    a fraction as a percentage, MB for bytes in megabytes); "-" where the entry has no such
-    field (the probe's rows of the train study have no mode)."""
+    a fraction as a percentage, MB for bytes in megabytes); "-" for a null field, or a field
+    of one (the probe's rows of the train study have no mode)."""
     field, _, fmt = spec.partition(":")
     value = entry
     for part in field.split("."):
-        value = value.get(part) if isinstance(value, dict) else None
+        value = None if value is None else value[part]
     if value is None:
         return "-"
     if fmt in ("%0", "%1"):

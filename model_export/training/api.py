@@ -14,15 +14,12 @@ verified, and every file is judged through the runtime.
 """
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import time
-from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from effnet_lite import __version__
 from effnet_lite.preprocess import PreprocessConfig
@@ -32,10 +29,9 @@ from ..export import Exporter
 from ..weights import load_model
 from . import data as data_mod
 from . import head as head_mod
-from . import selection
+from . import selection, tuning
 from .checkpoint import CHECKPOINT, load_checkpoint, save_checkpoint
 from .duplicates import fingerprints, remember
-from .fit import FineTuneOptions, epochs_for, fine_tune, predict
 from .inputs import Inputs
 from .judge import agreement, calibrate_on_training, evaluate_file, every_class_in_turn
 from .options import AGREE_MAX, EXPORTS, TrainOptions, auto_views
@@ -186,76 +182,25 @@ class _Run:
         xs = self.inputs.rows(self.train.digests)
         held_out = o.tunes or selection.held_out(len(self.y))     # (nested folds: five fine-tunings)
         self.log(f"estimating the accuracy on new photos ({'held-out fifth' if held_out else 'nested cross-validation'})")
-        self.mode = None
+        self.modes = None
         if o.tunes:
-            self.estimate = self._estimate_fine_tune(xs)
+            self.estimate, self.modes = tuning.estimate(self, xs)
         else:
             self.estimate = selection.estimate(xs, self.y, k, self.head_opts, o.seed, self.prior)
         self.choice = selection.choose_form(xs, self.y, k, self.head_opts, o.seed, prior=self.prior)
         self.crop = self.choice.crop
-        self._set_head(selection.fit_chosen(xs[self.crop], self.y, np.arange(len(self.y)), k, self.choice,
-                                            self.head_opts, self.prior))
-        self.tuned = o.tunes and (self.mode is None or self.mode["final"].fine_tune)
-        if self.mode:
-            m = self.mode["final"]
+        self.model.classifier = selection.fit_chosen(xs[self.crop], self.y, np.arange(len(self.y)), k, self.choice,
+                                                     self.head_opts, self.prior).layer()
+        self.tuned = o.tunes and (self.modes is None or self.modes.final.fine_tune)
+        if self.modes:
+            m = self.modes.final
             self.log(f"{'fine-tuning' if self.tuned else 'the frozen head'} kept: on {m.photos} held-out photos the "
                      f"fine-tuned network answered {m.tuned_right} right, the frozen head {m.head_right}")
         if self.tuned:
-            self._fine_tune(np.arange(len(self.y)), "final")
+            tuning.fine_tune_on(self, np.arange(len(self.y)), "final")
         self.model.eval()
         save_checkpoint(self.out / CHECKPOINT, self.model.state_dict(), self.classes, self.variant.name,
                         {"l2_strength": self.choice.strength, "crop_pct": self.crop, "scaling": self.choice.scaling})
-
-    def _set_head(self, lin: head_mod.Linear):
-        head = torch.nn.Linear(lin.weight.shape[1], lin.weight.shape[0])
-        with torch.no_grad():
-            head.weight.copy_(torch.from_numpy(lin.weight))
-            head.bias.copy_(torch.from_numpy(lin.bias))
-        self.model.classifier = head
-
-    def _fine_tune(self, idx: np.ndarray, name: str):
-        opts = FineTuneOptions(epochs=epochs_for(len(idx)), label_smoothing=self.o.label_smoothing,
-                               class_weights=self.head_opts.class_weights)
-        digests = [self.train.digests[i] for i in idx]
-        key = hashlib.sha256(json.dumps([name, digests, asdict(opts)]).encode()).hexdigest()
-        fine_tune(self.model, self.inputs.photos(self.train, idx), self.y[idx], opts, self.o.seed,
-                  self.work / f"fine-tune-{name}", key, self.log, f"fine-tuning {TUNED[name]}")
-
-    def _estimate_fine_tune(self, xs) -> selection.Estimate:
-        """The whole --fine-tune procedure on four fifths, judged on the last fifth (nested folds would
-        cost five fine-tunings). With --fine-tune-if-better the procedure includes its choice: made
-        on another fifth by the two modes' models of the other three fifths, then that mode's model
-        of four fifths judged on the last one; the final choice (self.mode) sees both fifths."""
-        fold = selection.stratified_folds(self.y, selection.FOLDS, self.o.seed + 1)
-        te = np.flatnonzero(fold == 0)
-        if self.o.fine_tune_if_better:
-            aside = np.flatnonzero(fold == 1)
-            _, head1, tuned1 = self._both_modes(xs, np.flatnonzero(fold > 1), aside, "choice")
-            first = selection.compare_modes(self.y[aside], head1, tuned1)
-        c, head0, tuned0 = self._both_modes(xs, np.flatnonzero(fold != 0), te, "estimate")
-        if not self.o.fine_tune_if_better:
-            return selection.Estimate("held-out fifth (chose nothing)", te, tuned0, [c])
-        both = np.concatenate([aside, te])
-        self.mode = {"choice": first, "final": selection.compare_modes(
-            self.y[both], np.concatenate([head1, head0]), np.concatenate([tuned1, tuned0]))}
-        return selection.Estimate("held-out fifth (chose nothing)", te, tuned0 if first.fine_tune else head0, [c])
-
-    def _both_modes(self, xs, tr, te, name: str):
-        """The head as the photos at `tr` choose and fit it, then the network fine-tuned from it:
-        (the head's choice, its probabilities of the photos at `te`, the fine-tuned network's).
-        The network's starting weights are restored after, but for the classifier, which the next
-        head replaces."""
-        k = len(self.classes)
-        start = {n: v.clone() for n, v in self.model.state_dict().items() if not n.startswith("classifier.")}
-        c = selection.choose_form({crop: rows[tr] for crop, rows in xs.items()}, self.y[tr], k, self.head_opts,
-                                  self.o.seed, prior=self.prior)
-        head = selection.fit_chosen(xs[c.crop], self.y, tr, k, c, self.head_opts, self.prior)
-        self._set_head(head)
-        self._fine_tune(tr, name)
-        tuned = predict(self.model, self.inputs.photos(self.train, te, c.crop))
-        missing, _ = self.model.load_state_dict(start, strict=False)
-        assert all(n.startswith("classifier.") for n in missing), missing
-        return c, head.probs(xs[c.crop][te, 0]), tuned
 
     def _export(self):
         exporter = Exporter(self.variant.name, weights=self.out / CHECKPOINT, labels=self.classes, log=self.log)
@@ -308,23 +253,12 @@ class _Run:
                                  "(these figures chose the setting: they are not an estimate)",
                            "l2_strength": self.choice.strength, "table": self.choice.table,
                            "crop_pct": self.crop, "scaling": self.choice.scaling, "forms": self.choice.forms},
-                "mode": self._mode_report(), "views": self.views,
+                "mode": {"kept": "fine-tuned network" if self.tuned else "frozen head",
+                         **(self.modes.as_dict() if self.modes else {})}, "views": self.views,
                 "files": {k: str(p) for k, p in self.files.items()},
                 "rounding": self.o.rounding, "torch_threads": self.torch_threads, "checkpoint": str(self.out / CHECKPOINT),
                 "seconds": self.seconds, "config": self.t.config(), "version": __version__}
 
-    def _mode_report(self) -> dict:
-        kept = "fine-tuned network" if self.tuned else "frozen head"
-        if self.mode is None:
-            return {"kept": kept}
-        return {"kept": kept, "by": "held-out photos: a fifth answered by each mode's model of three other fifths "
-                                    "(the estimate's choice), and the estimate's fifth (these figures chose the mode: "
-                                    "they are not an estimate)",
-                "choice": self.mode["choice"].as_dict(), "final": self.mode["final"].as_dict()}
-
-
-# what each fine-tuning's model is for (its state's folder is fine-tune-NAME)
-TUNED = {"choice": "a model to choose the mode", "estimate": "the estimate's model", "final": "the final model"}
 
 
 def _finite(v):

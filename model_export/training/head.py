@@ -34,6 +34,14 @@ class Linear:
         z = np.exp(z - z.max(1, keepdims=True))
         return z / z.sum(1, keepdims=True)
 
+    def layer(self) -> torch.nn.Linear:
+        """The same classifier as the network's last layer."""
+        layer = torch.nn.Linear(self.weight.shape[1], self.weight.shape[0])
+        with torch.no_grad():
+            layer.weight.copy_(torch.from_numpy(self.weight))
+            layer.bias.copy_(torch.from_numpy(self.bias))
+        return layer
+
 
 @dataclass
 class HeadOptions:

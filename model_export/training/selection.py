@@ -179,6 +179,19 @@ class ModeChoice:
                 "tuned_log_loss": self.tuned_log_loss, "fine_tune": self.fine_tune}
 
 
+@dataclass
+class Modes:
+    """--fine-tune-if-better's two comparisons: `choice` on one fifth (what the estimate's model
+    follows), `final` on that fifth and the estimate's (what the deployed model follows)."""
+    choice: ModeChoice
+    final: ModeChoice
+
+    def as_dict(self) -> dict:
+        return {"by": "held-out photos: a fifth answered by each mode's model of three other fifths (the "
+                      "estimate's choice), and the estimate's fifth (these figures chose the mode: they are not "
+                      "an estimate)", "choice": self.choice.as_dict(), "final": self.final.as_dict()}
+
+
 def compare_modes(y: np.ndarray, head_probs: np.ndarray, tuned_probs: np.ndarray) -> ModeChoice:
     """The two modes' answers to the same held-out photos `y` (none, on a handful of photos: a tie)."""
     if not len(y):
