@@ -11,6 +11,7 @@ from __future__ import annotations
 import multiprocessing
 import signal
 import threading
+from contextlib import contextmanager
 from dataclasses import asdict
 from typing import Iterable, Iterator
 
@@ -79,8 +80,9 @@ def parallel(model: str, options: ClassifierOptions, paths: list, workers: int,
     model answers ("model", error, []). On KeyboardInterrupt or any error the workers are
     terminated at once."""
     # spawn, not fork: the parent has an interpreter with threads loaded
-    pool = multiprocessing.get_context("spawn").Pool(workers, _init, (str(model), asdict(options), want_scores,
-                                                                      digest))
+    with _sigint_ignored():
+        pool = multiprocessing.get_context("spawn").Pool(workers, _init, (str(model), asdict(options), want_scores,
+                                                                          digest))
     try:
         chunk = max(1, min(16, len(paths) // (workers * 8)))
         yield from pool.imap(_classify, paths, chunksize=chunk)
@@ -89,6 +91,21 @@ def parallel(model: str, options: ClassifierOptions, paths: list, workers: int,
     except BaseException:
         stop_pool(pool)
         raise
+
+
+@contextmanager
+def _sigint_ignored():
+    """SIGINT ignored while the workers are started: they inherit it, so a Ctrl-C that comes while
+    one is still importing (before _init) cannot print its traceback. In the parent it lasts the
+    few milliseconds of starting them (only the main thread can set it: elsewhere, nothing)."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    before = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, before)
 
 
 def stop_pool(pool, grace: float = 3.0) -> None:

@@ -114,3 +114,19 @@ def test_eval_workers_give_the_same_figures(lite0_files, tmp_path):
         assert code == 1 and "broken.jpg" in err and "Traceback" not in err   # one bad file: exit 1
         figures.append(json.loads(out.read_text())["results"])
     assert figures[0] == figures[1] and figures[0][0]["images"] == 4 and figures[0][0]["failed"] == 1
+
+
+def test_workers_start_with_ctrl_c_ignored():
+    """A worker still importing when Ctrl-C reaches the process group must not print a traceback:
+    it is started with SIGINT already ignored (before its initializer could ignore it), and the
+    parent's own handler is back once the workers are started."""
+    import multiprocessing
+    from effnet_lite.apps.parallel import _sigint_ignored
+    before = signal.getsignal(signal.SIGINT)
+    with _sigint_ignored():
+        pool = multiprocessing.get_context("spawn").Pool(1)
+    try:
+        assert signal.getsignal(signal.SIGINT) is before
+        assert pool.apply(signal.getsignal, (signal.SIGINT,)) == signal.SIG_IGN
+    finally:
+        pool.terminate()
