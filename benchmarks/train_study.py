@@ -1,7 +1,7 @@
 """effnet-train against a plain linear probe, judged on photos that neither saw, in one run.
 
     python -m effnet_lite.benchmarks.train_study DATA [DATA ...] [--train 250] [--test 500]
-        [--seeds 0] [--fine-tune] [--if-better] [--variant lite0] [--json OUT]
+        [--seeds 0] [--fine-tune] [--if-better] [--ensemble] [--variant lite0] [--json OUT]
 
 Each DATA is a folder of class sub-folders. Per seed, a stratified sample of --train photos
 is what the user gives; --test other photos (stratified, disjoint, never shown to anything
@@ -9,7 +9,7 @@ that chooses) judge every candidate:
 - linear probe: logistic regression as scikit-learn's defaults fit it (C=1, L2, L-BFGS) on the
   frozen pooled features of each training photo's centre crop, no augmentation, fp32;
 - effnet-train (default), with --fine-tune also `--fine-tune`, with --if-better also
-  `--fine-tune-if-better` (and which mode it kept): its int8 .tflite file through
+  `--fine-tune-if-better` (and which mode it kept), with --ensemble also `--ensemble`: its int8 .tflite file through
   the runtime, its fp32 model, how often the two answer alike (same_answers), and the figure its
   report leads with (its own estimate, from the training photos alone), with wall time and peak
   RSS of the whole command.
@@ -138,7 +138,8 @@ def one_set(data: Path, args, seed: int) -> list[dict]:
         rows.append(linear_probe(args.variant, train, test, work))
         candidates = [("effnet-train (default)", [])] + \
             [(f"effnet-train {flag}", [flag]) for flag, wanted in (("--fine-tune", args.fine_tune),
-                                                                   ("--fine-tune-if-better", args.if_better)) if wanted]
+                                                                   ("--fine-tune-if-better", args.if_better),
+                                                                   ("--ensemble", args.ensemble)) if wanted]
         for i, (name, extra) in enumerate(candidates):
             rows.append(effnet_train(name, work / "train.csv", work / "test.csv", work / f"run{i}", args.variant,
                                      ["--seed", str(seed), *extra]))
@@ -167,6 +168,7 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", default="0", help="comma-separated: one sample and run per seed (0)")
     p.add_argument("--fine-tune", action="store_true", help="also run effnet-train --fine-tune")
     p.add_argument("--if-better", action="store_true", help="also run effnet-train --fine-tune-if-better")
+    p.add_argument("--ensemble", action="store_true", help="also run effnet-train --ensemble")
     p.add_argument("--json", type=Path)
     args = p.parse_args(argv)
     seeds = [int(s) for s in args.seeds.split(",")]

@@ -197,6 +197,7 @@ def data_free_ranges(graph: Graph, sigmas: float = 3.0, samples: int = 2000,
     ranges = {INPUT: (-1.0, 1.0)}
     moments = {}
     means = {INPUT: np.zeros(3)}
+    logits_of = {}      # simulated logits per classifier (and per Pair's sum of two)
     for op in graph.ops:
         if op.kind in ("conv", "dwconv"):
             mean, std = graph.bn_stats[op.output]
@@ -205,6 +206,9 @@ def data_free_ranges(graph: Graph, sigmas: float = 3.0, samples: int = 2000,
             ranges[op.output] = (0.0, min(max(hi, 1e-3), 6.0)) if op.relu6 else (min(lo, 0), max(hi, 0))
             means[op.output] = (np.clip(rng.normal(mean, std, (samples, len(mean))), 0, 6).mean(0)
                                 if op.relu6 else mean)
+        elif op.kind == "add" and op.inputs[0] in logits_of:     # a Pair's two logits, averaged
+            logits_of[op.output] = logits = logits_of[op.inputs[0]] + logits_of[op.inputs[1]]
+            ranges[op.output] = _logit_range(logits)
         elif op.kind == "add":
             (m1, s1), (m2, s2) = moments[op.inputs[0]], moments[op.inputs[1]]
             mean, std = m1 + m2, np.sqrt(s1 ** 2 + s2 ** 2)
@@ -218,7 +222,10 @@ def data_free_ranges(graph: Graph, sigmas: float = 3.0, samples: int = 2000,
             ranges[op.output] = (0.0, float(np.percentile(pooled.max(1), 99.9)))
             means[op.output] = pooled.mean(0)
         elif op.kind == "fc":
-            logits = pooled @ op.weight.T.astype(np.float64) + op.bias
-            ranges[op.output] = (float(np.percentile(logits.min(1), 0.1)),
-                                 LOGIT_HEADROOM * float(np.percentile(logits.max(1), 99.9)))
+            logits_of[op.output] = logits = pooled @ op.weight.T.astype(np.float64) + op.bias
+            ranges[op.output] = _logit_range(logits)
     return ranges, means
+
+
+def _logit_range(logits: np.ndarray) -> tuple[float, float]:
+    return (float(np.percentile(logits.min(1), 0.1)), LOGIT_HEADROOM * float(np.percentile(logits.max(1), 99.9)))

@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from .folding import has_batchnorm
-from .model import EfficientNetLite, InvertedResidual, SameConv2d
+from .model import EfficientNetLite, InvertedResidual, Pair, SameConv2d
 
 INPUT = "input"
 OUTPUT = "logits"
@@ -51,17 +51,36 @@ def _conv_op(conv: SameConv2d, src: str, dst: str, relu6: bool) -> Op:
               conv.bias.detach().numpy().astype(np.float32).copy(), conv.stride[0], conv.pads, relu6)
 
 
-def build_graph(folded: EfficientNetLite, bn_source: EfficientNetLite | None = None) -> Graph:
+def build_graph(folded: EfficientNetLite | Pair, bn_source: EfficientNetLite | Pair | None = None) -> Graph:
     """Translate a BN-folded model; `bn_source` (the unfolded model) records BN statistics
-    for data-free calibration."""
+    for data-free calibration. A Pair becomes two branches from the input, each ending in its
+    classifier (weights halved), and an add of the two: the average of their logits."""
     if has_batchnorm(folded):
         raise ValueError("build_graph needs a BatchNorm-folded model (folding.fold_batchnorm)")
     ops: list[Op] = []
     stats: dict = {}
+    if isinstance(folded, Pair):
+        sources = bn_source.members if bn_source is not None else (None, None)
+        ends = [_network_ops(net, src, f"m{i}/", ops, stats, half=True)
+                for i, (net, src) in enumerate(zip(folded.members, sources))]
+        ops.append(Op("add", ends, OUTPUT))
+    else:
+        _network_ops(folded, bn_source, "", ops, stats)
+    size = folded.input_size
+    graph = Graph(folded.variant.name, size, ops, {}, bn_stats=stats)
+    with torch.no_grad():
+        run(graph, torch.zeros(1, 3, size, size), lambda n, t: graph.shapes.__setitem__(n, tuple(t.shape)))
+    return graph
+
+
+def _network_ops(folded: EfficientNetLite, bn_source, prefix: str, ops: list, stats: dict,
+                 half: bool = False) -> str:
+    """Append one network's ops (its tensors named with `prefix`; the unprefixed names are
+    a single network's: "pooled" and OUTPUT); returns the name of its logits."""
     counter = iter(range(10_000))
 
     def conv(module, bn_module, src, relu6):
-        dst = f"t{next(counter)}"
+        dst = f"{prefix}t{next(counter)}"
         ops.append(_conv_op(module, src, dst, relu6))
         if bn_module is not None:
             stats[dst] = (bn_module.bias.detach().numpy().astype(np.float64),
@@ -82,20 +101,17 @@ def build_graph(folded: EfficientNetLite, bn_source: EfficientNetLite | None = N
                 y = conv(b.conv_dw, ref and ref.bn1, x, True)
                 y = conv(b.conv_pw, ref and ref.bn2, y, False)
             if b.spec.has_residual:
-                out = f"t{next(counter)}"
+                out = f"{prefix}t{next(counter)}"
                 ops.append(Op("add", [inp, y], out))
                 y = out
             x = y
     x = conv(folded.conv_head, src_mods.get("bn2"), x, True)
-    ops.append(Op("mean", [x], "pooled"))
-    fc = folded.classifier
-    ops.append(Op("fc", ["pooled"], OUTPUT, fc.weight.detach().numpy().astype(np.float32).copy(),
-                  fc.bias.detach().numpy().astype(np.float32).copy()))
-    size = folded.input_size
-    graph = Graph(folded.variant.name, size, ops, {}, bn_stats=stats)
-    with torch.no_grad():
-        run(graph, torch.zeros(1, 3, size, size), lambda n, t: graph.shapes.__setitem__(n, tuple(t.shape)))
-    return graph
+    pooled, logits = (f"{prefix}pooled", f"{prefix}logits") if prefix else ("pooled", OUTPUT)
+    ops.append(Op("mean", [x], pooled))
+    fc, scale = folded.classifier, 0.5 if half else 1.0
+    ops.append(Op("fc", [pooled], logits, (fc.weight.detach().numpy() * scale).astype(np.float32),
+                  (fc.bias.detach().numpy() * scale).astype(np.float32)))
+    return logits
 
 
 def truncated(graph: Graph, tensor: str) -> Graph:

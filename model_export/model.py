@@ -129,6 +129,27 @@ class EfficientNetLite(nn.Module):
         return self.classifier(x)
 
 
+class Pair(nn.Module):
+    """Two networks of one variant answering together: their logits averaged (so their
+    probabilities' normalised geometric mean). effnet-train --ensemble deploys the frozen head's
+    network with the fine-tuned one; a checkpoint holds them as members.0.* and members.1.*."""
+
+    def __init__(self, first: EfficientNetLite, second: EfficientNetLite):
+        super().__init__()
+        if (first.variant.name, first.input_size, first.classifier.out_features) != \
+                (second.variant.name, second.input_size, second.classifier.out_features):
+            raise ValueError("a pair's networks must share the variant, input size and classes")
+        self.members = nn.ModuleList([first, second])
+        self.variant, self.input_size = first.variant, first.input_size
+
+    @property
+    def classifier(self) -> nn.Linear:      # (the classes; each member has its own weights)
+        return self.members[0].classifier
+
+    def forward(self, x):
+        return (self.members[0](x) + self.members[1](x)) / 2
+
+
 def create_model(variant: str, input_size: int | None = None,
                  num_classes: int = NUM_CLASSES) -> EfficientNetLite:
     """An untrained model in eval mode (see `weights.load_model` for real weights)."""

@@ -17,7 +17,7 @@ from effnet_lite.errors import first_line
 
 from effnet_lite.variants import NUM_CLASSES
 
-from .model import EfficientNetLite, create_model
+from .model import EfficientNetLite, Pair, create_model
 
 # Which pip package ships the official weights of each variant (importable module name).
 WEIGHT_PACKAGES = {
@@ -161,6 +161,32 @@ def checkpoint_classes(sd: dict) -> int:
     return int(head.shape[0]) if head is not None and head.ndim == 2 and head.shape[0] > 0 else NUM_CLASSES
 
 
+PAIR_PREFIXES = ("members.0.", "members.1.")
+
+
+def is_pair(sd: dict) -> bool:
+    """A Pair's checkpoint (effnet-train --ensemble): its keys are under members.0. and members.1."""
+    return any(k.startswith(PAIR_PREFIXES) for k in sd)
+
+
+def load_pair(variant: str, sd: dict, source: str, input_size: int | None = None) -> Pair:
+    stray = [k for k in sd if not k.startswith(PAIR_PREFIXES)]
+    if stray:
+        raise WeightsError(f"{source}: a pair's checkpoint holds members.0.* and members.1.* only, "
+                           f"not {stray[0]}")
+    nets = []
+    for prefix in PAIR_PREFIXES:
+        part = {k.removeprefix(prefix): v for k, v in sd.items() if k.startswith(prefix)}
+        if not part:
+            raise WeightsError(f"{source}: a pair's checkpoint without its {prefix.rstrip('.')} network")
+        nets.append(load_state_dict(create_model(variant, input_size, checkpoint_classes(part)), part,
+                                    f"{source} ({prefix.rstrip('.')})"))
+    try:
+        return Pair(*nets).eval()
+    except ValueError as e:
+        raise WeightsError(f"{source}: {e}") from None
+
+
 def load_model(variant: str, weights: str | os.PathLike | None = None,
                random_init: bool = False, input_size: int | None = None) -> EfficientNetLite:
     """The model with real weights: `weights` file if given (any number of classes, as its
@@ -170,6 +196,8 @@ def load_model(variant: str, weights: str | os.PathLike | None = None,
     """
     if weights is not None:
         sd = read_state_dict(weights)
+        if is_pair(sd):
+            return load_pair(variant, sd, str(weights), input_size)
         model = create_model(variant, input_size, checkpoint_classes(sd))
         return load_state_dict(model, sd, str(weights))
     model = create_model(variant, input_size)

@@ -486,6 +486,53 @@ def test_fine_tune_if_better_deploys_the_mode_that_won(tmp_path, monkeypatch):
     assert _deployed_fine_tuned(tmp_path / "api") == (not won)
 
 
+def test_ensemble_deploys_both_networks_averaged(tmp_path, capsys):
+    """--ensemble as a user runs it: the checkpoint holds the frozen head's network (ImageNet's
+    layers, untouched) and the fine-tuned one; the int8 file answers as the two averaged, not as
+    either alone; the report and the log say so. Such a checkpoint cannot be --init."""
+    import torch
+    from safetensors.torch import load_file
+    from effnet_lite import Classifier, ClassifierOptions
+    from effnet_lite.model_export.training.cli import main
+    from effnet_lite.model_export.weights import load_model
+    from effnet_lite.preprocess import PreprocessConfig, normalize, preprocess
+    rows = [r for r in superclass_rows() if r["superclass"] in ("bird", "fish", "reptile_amphibian")]
+    data = class_folders(tmp_path / "data", rows)
+    out = tmp_path / "out"
+    code, _, err = train(data, "--output", out, "--views", "2", "--rounding", "nearest", "--ensemble", "-q")
+    assert code == 0, err[-2000:]
+    assert "both networks kept (--ensemble)" in err, err
+    report = json.loads((out / "report.json").read_text())
+    assert report["mode"]["kept"] == "both networks, averaged" and report["config"]["ensemble"]
+    state, imagenet = load_file(str(out / "model.safetensors")), load_model("lite0").state_dict()
+    assert all(k.startswith(("members.0.", "members.1.")) for k in state)
+    members = [{k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"members.{i}.")} for i in (0, 1)]
+    body = [k for k in imagenet if not k.startswith("classifier.")]
+    assert all(torch.equal(members[0][k], imagenet[k]) for k in body)          # the frozen head's network
+    assert not all(torch.equal(members[1][k], imagenet[k]) for k in body)      # the fine-tuned one
+    nets = []
+    for m in members:
+        net = load_model("lite0")
+        net.classifier = torch.nn.Linear(1280, m["classifier.weight"].shape[0])
+        net.load_state_dict(m)
+        nets.append(net.eval())
+    config = PreprocessConfig.for_variant(nets[0].variant)
+    photos = sorted(data.glob("*/*.JPEG"))
+    x = torch.from_numpy(np.stack([normalize(preprocess(p, config, exact=True), nets[0].variant.mean,
+                                             nets[0].variant.std) for p in photos])).permute(0, 3, 1, 2)
+    with torch.no_grad():
+        frozen, tuned = (net(x).numpy() for net in nets)
+    pair = (frozen + tuned) / 2
+    with Classifier.from_file(out / "lite0_int8.tflite", ClassifierOptions(exact=True)) as clf:
+        got = np.stack([clf.io.dequantize(clf.backend.run(clf.preprocess(p))) for p in photos])
+    off = np.abs(got - pair).mean()
+    assert np.mean(got.argmax(1) == pair.argmax(1)) >= 0.9
+    assert off < 0.5 * np.abs(got - frozen).mean() and off < 0.5 * np.abs(got - tuned).mean(), off
+    code = main([str(data), "--output", str(tmp_path / "again"), "--init", str(out / "model.safetensors")])
+    last = capsys.readouterr().err.strip().splitlines()[-1]
+    assert code == 2 and "a pair of networks (effnet-train --ensemble); --init continues one network" in last, last
+
+
 def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
     from effnet_lite.model_export.training.cli import main
     data, out, _, _ = two_class
@@ -519,6 +566,8 @@ def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
         ((broken, "--output", tmp_path / "o7"), "class 'dog' has no readable photo (of 3 file(s))"),
         ((data, "--output", tmp_path / "o8", "--init", out / "model.safetensors", "--weights", out / "model.safetensors"),
          "--init and --weights both give the network to start from"),
+        ((data, "--output", tmp_path / "o12", "--ensemble", "--fine-tune-if-better"),
+         "--ensemble deploys both networks, --fine-tune-if-better one of them: give one"),
         ((elsewhere, "--output", tmp_path / "o11"), "found none (2 listed file(s) do not exist and are left out "
                                                     f"(e.g. {elsewhere.parent / 'bird' / 'a.jpg'}))"),
     ]
@@ -529,7 +578,7 @@ def test_bad_input_is_one_line_exit_2(two_class, tmp_path, capsys):
         assert code == 2 and last.startswith("effnet-train: error: ") and says in last, (args, err)
         assert all(line.startswith("effnet-train: warning: ") for line in before), err
         assert not out_text
-    for made in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o11"):
+    for made in ("o1", "o2", "o3", "o4", "o5", "o6", "o7", "o8", "o11", "o12"):
         assert not (tmp_path / made).exists()           # refused before anything was written
     assert (foreign / "notes.txt").read_text() == "mine\n"
     test = tmp_path / "test_overlap"

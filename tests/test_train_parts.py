@@ -80,6 +80,20 @@ def test_fine_tuning_is_kept_only_where_it_answers_better():
     assert compare_modes(y, head, all_unsure).as_dict()["tuned_top1"] == 1.0
 
 
+def test_the_estimate_of_a_pair_answers_as_its_file_does():
+    """--ensemble's estimate combines the two networks' held-out probabilities as the deployed
+    graph combines their logits: the softmax of the average (not the average of probabilities,
+    which answers differently on these rows)."""
+    import torch
+    from effnet_lite.model_export.training.tuning import pair_probs
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(0, 3, (400, 5)), rng.normal(0, 3, (400, 5))
+    soft = lambda z: torch.softmax(torch.from_numpy(z), 1).numpy()     # noqa: E731
+    got = pair_probs(soft(a), soft(b))
+    np.testing.assert_allclose(got, soft((a + b) / 2), atol=1e-9)
+    assert (((soft(a) + soft(b)) / 2).argmax(1) != got.argmax(1)).any()
+
+
 def test_nested_estimate_of_noise_is_chance_where_the_fit_is_perfect():
     """Labels that have nothing to do with the features: the model fits its photos perfectly,
     and the nested estimate says chance (its interval holds 50 %), as new photos would."""

@@ -14,6 +14,7 @@ verified, and every file is judged through the runtime.
 """
 from __future__ import annotations
 
+import copy
 import json
 import math
 import time
@@ -26,7 +27,8 @@ from effnet_lite.preprocess import PreprocessConfig
 
 from ..calibration import torch_threads
 from ..export import Exporter
-from ..weights import load_model
+from ..model import Pair
+from ..weights import is_pair, load_model
 from . import data as data_mod
 from . import head as head_mod
 from . import selection, tuning
@@ -35,7 +37,7 @@ from .duplicates import fingerprints, remember
 from .inputs import Inputs
 from .judge import agreement, calibrate_on_training, evaluate_file, every_class_in_turn
 from .options import AGREE_MAX, EXPORTS, TrainOptions, auto_views
-from .report import evaluation, pictures
+from .report import PAIR, evaluation, pictures
 from .result import TrainResult
 from .run_folder import WORK, TrainError, prepare_output, write_split
 
@@ -74,7 +76,7 @@ class Trainer:
         where = lambda p: str(Path(p).resolve()) if p else None    # noqa: E731
         return {"data": where(self.source), "variant": o.variant, "weights": where(o.weights),
                 "init": where(o.init), "test": where(self.test_source), "views": o.views,
-                "fine_tune": o.fine_tune, "fine_tune_if_better": o.fine_tune_if_better,
+                "fine_tune": o.fine_tune, "fine_tune_if_better": o.fine_tune_if_better, "ensemble": o.ensemble,
                 "label_smoothing": o.label_smoothing, "class_weights": o.class_weights, "seed": o.seed}
 
     def train(self, output, resume: bool = False) -> "TrainResult":
@@ -123,6 +125,8 @@ class _Run:
         if not o.init:
             return load_model(o.variant, o.weights), None
         sd, labels, variant = load_checkpoint(o.init)
+        if is_pair(sd):
+            raise TrainError(f"{o.init}: a pair of networks (effnet-train --ensemble); --init continues one network")
         if labels is None:
             raise TrainError(f"{o.init}: no class names (not an effnet-train checkpoint, and no labels.txt beside it)")
         if variant and variant != o.variant:
@@ -196,8 +200,13 @@ class _Run:
             m = self.modes.final
             self.log(f"{'fine-tuning' if self.tuned else 'the frozen head'} kept: on {m.photos} held-out photos the "
                      f"fine-tuned network answered {m.tuned_right} right, the frozen head {m.head_right}")
+        frozen = copy.deepcopy(self.model) if o.ensemble else None
         if self.tuned:
             tuning.fine_tune_on(self, np.arange(len(self.y)), "final")
+        if frozen is not None:      # both networks answer: the deployed file holds the two
+            self.model = self.inputs.model = Pair(frozen, self.model)
+            self.log("both networks kept (--ensemble): the frozen head's and the fine-tuned one answer together, "
+                     "their logits averaged, in one file that does twice the work per photo")
         self.model.eval()
         save_checkpoint(self.out / CHECKPOINT, self.model.state_dict(), self.classes, self.variant.name,
                         {"l2_strength": self.choice.strength, "crop_pct": self.crop, "scaling": self.choice.scaling})
@@ -253,7 +262,8 @@ class _Run:
                                  "(these figures chose the setting: they are not an estimate)",
                            "l2_strength": self.choice.strength, "table": self.choice.table,
                            "crop_pct": self.crop, "scaling": self.choice.scaling, "forms": self.choice.forms},
-                "mode": {"kept": "fine-tuned network" if self.tuned else "frozen head",
+                "mode": {"kept": PAIR if self.o.ensemble
+                         else "fine-tuned network" if self.tuned else "frozen head",
                          **(self.modes.as_dict() if self.modes else {})}, "views": self.views,
                 "files": {k: str(p) for k, p in self.files.items()},
                 "rounding": self.o.rounding, "torch_threads": self.torch_threads, "checkpoint": str(self.out / CHECKPOINT),

@@ -39,6 +39,7 @@ class TrainOptions:
     views: int | None = None              # augmented views of each photo besides its centre crop (None: auto_views)
     fine_tune: bool = False
     fine_tune_if_better: bool = False     # fine-tune, but deploy it only if it beats the head on held-out photos
+    ensemble: bool = False                # fine-tune, and deploy the frozen head's network with it (model.Pair)
     label_smoothing: float = 0.0
     class_weights: str = "none"           # or "balanced"
     seed: int = 0
@@ -48,7 +49,7 @@ class TrainOptions:
 
     @property
     def tunes(self) -> bool:
-        return self.fine_tune or self.fine_tune_if_better
+        return self.fine_tune or self.fine_tune_if_better or self.ensemble
 
     def check(self) -> None:
         try:
@@ -64,6 +65,8 @@ class TrainOptions:
         if self.init and self.weights:
             raise TrainError("--init and --weights both give the network to start from: give one "
                              "(--init continues an effnet-train model, --weights starts from ImageNet)")
+        if self.ensemble and self.fine_tune_if_better:
+            raise TrainError("--ensemble deploys both networks, --fine-tune-if-better one of them: give one")
         if self.rounding not in ROUNDINGS:
             raise TrainError(f"rounding must be one of {', '.join(ROUNDINGS)}, not {self.rounding!r}")
         unknown = [x for x in self.export if x not in EXPORTS]

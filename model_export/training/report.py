@@ -10,6 +10,7 @@ import numpy as np
 
 THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 SCALED = {"feature": "each by its own spread", "shared": "by one shared spread"}     # head.SCALINGS
+PAIR = "both networks, averaged"       # report.json's mode.kept after --ensemble
 
 
 def per_class(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[dict]:
@@ -113,6 +114,9 @@ def text(report: dict) -> str:
                   f"  {mode['kept']} deployed: the fine-tuned network answered {100 * m['tuned_top1']:.1f} % right "
                   f"(log-loss {m['tuned_log_loss']:.3f}), the frozen head {100 * m['head_top1']:.1f} % "
                   f"({m['head_log_loss']:.3f})"]
+    elif mode.get("kept") == PAIR:     # --ensemble
+        lines += ["", "deployed: both networks (the frozen head's and the fine-tuned one), their logits averaged: "
+                      "twice the work per photo"]
     main = report["test"]["tflite"] if report["test"] else report["estimate"]
     what = "test photos" if report["test"] else "the estimate's answers"
     lines += ["", f"per class ({what}):", f"  {'class':<24} photos  precision  recall"]

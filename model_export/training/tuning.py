@@ -46,7 +46,16 @@ def estimate(run, xs) -> tuple[selection.Estimate, selection.Modes | None]:
         modes = selection.Modes(first, selection.compare_modes(y[both], np.concatenate([head1, head0]),
                                                                np.concatenate([tuned1, tuned0])))
         probs = tuned0 if first.fine_tune else head0
+    if run.o.ensemble:
+        probs = pair_probs(head0, tuned0)
     return selection.Estimate("held-out fifth (chose nothing)", te, probs, [c]), modes
+
+
+def pair_probs(head: np.ndarray, tuned: np.ndarray) -> np.ndarray:
+    """The two networks' answer as model.Pair gives it: the softmax of their averaged logits,
+    i.e. the normalised geometric mean of their probabilities."""
+    p = np.sqrt(np.clip(head, 1e-30, None) * np.clip(tuned, 1e-30, None))
+    return p / p.sum(1, keepdims=True)
 
 
 def both_modes(run, xs, tr, te, name: str):
