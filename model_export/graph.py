@@ -1,7 +1,8 @@
 """The intermediate graph description both writers serialize.
 
-A straight-line list of ops over named tensors (NCHW shapes, batch 1) holding fp32
-weights taken from the BatchNorm-folded model. Quantization (quantize.py) annotates
+A list of ops in execution order over named tensors (NCHW shapes, batch 1; one line of
+ops, or two branches from the input for a Pair) holding fp32 weights taken from the
+BatchNorm-folded model. Quantization (quantize.py) annotates
 it; the ONNX and TFLite writers only translate it.
 """
 from __future__ import annotations

@@ -188,9 +188,9 @@ def load_pair(variant: str, sd: dict, source: str, input_size: int | None = None
 
 
 def load_model(variant: str, weights: str | os.PathLike | None = None,
-               random_init: bool = False, input_size: int | None = None) -> EfficientNetLite:
+               random_init: bool = False, input_size: int | None = None) -> EfficientNetLite | Pair:
     """The model with real weights: `weights` file if given (any number of classes, as its
-    classifier has), else the bundled package.
+    classifier has; a Pair for a pair's checkpoint), else the bundled package.
 
     `random_init=True` skips loading (untrained; for latency measurements only).
     """
