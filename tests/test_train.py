@@ -510,12 +510,7 @@ def test_ensemble_deploys_both_networks_averaged(tmp_path, capsys):
     body = [k for k in imagenet if not k.startswith("classifier.")]
     assert all(torch.equal(members[0][k], imagenet[k]) for k in body)          # the frozen head's network
     assert not all(torch.equal(members[1][k], imagenet[k]) for k in body)      # the fine-tuned one
-    nets = []
-    for m in members:
-        net = load_model("lite0")
-        net.classifier = torch.nn.Linear(1280, m["classifier.weight"].shape[0])
-        net.load_state_dict(m)
-        nets.append(net.eval())
+    nets = load_model("lite0", out / "model.safetensors").members      # (weights.load_pair)
     config = PreprocessConfig.for_variant(nets[0].variant)
     photos = sorted(data.glob("*/*.JPEG"))
     x = torch.from_numpy(np.stack([normalize(preprocess(p, config, exact=True), nets[0].variant.mean,
