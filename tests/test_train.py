@@ -195,6 +195,9 @@ def test_report_leads_with_what_chose_nothing(trained, two_class):
     # threads, each interpreter opened with fd 2 silenced for a moment) still reach stderr
     from effnet_lite.model_export.training.report import text
     assert report["views"] == 8 and "  8 augmented view(s) of each photo, besides its centre crop (by the " in text(report)
+    # the default says what it deployed and what the other modes offer; --ensemble's report does not
+    assert report["mode"]["kept"] == "frozen head" and "\ndeployed: the frozen head" in text(report)
+    assert "--ensemble usually answers better" in text(report)
     err = (folder / "stderr.txt").read_text()
     assert "x 9 crops (the centre and 8 augmented view(s), --views to choose)" in err, err
     assert "estimating the accuracy" in err and "effnet-train: done in " in err, err
@@ -504,6 +507,8 @@ def test_ensemble_deploys_both_networks_averaged(tmp_path, capsys):
     assert "both networks kept (--ensemble)" in err, err
     report = json.loads((out / "report.json").read_text())
     assert report["mode"]["kept"] == "both networks, averaged" and report["config"]["ensemble"]
+    from effnet_lite.model_export.training.report import text
+    assert "\ndeployed: both networks" in text(report) and "deployed: the frozen head" not in text(report)
     state, imagenet = load_file(str(out / "model.safetensors")), load_model("lite0").state_dict()
     assert all(k.startswith(("members.0.", "members.1.")) for k in state)
     members = [{k.split(".", 2)[2]: v for k, v in state.items() if k.startswith(f"members.{i}.")} for i in (0, 1)]

@@ -37,7 +37,7 @@ from .duplicates import fingerprints, remember
 from .inputs import Inputs
 from .judge import agreement, calibrate_on_training, evaluate_file, every_class_in_turn
 from .options import AGREE_MAX, EXPORTS, TrainOptions, auto_views
-from .report import PAIR, evaluation, pictures
+from .report import HEAD, PAIR, evaluation, pictures
 from .result import TrainResult
 from .run_folder import WORK, TrainError, prepare_output, write_split
 
@@ -263,7 +263,7 @@ class _Run:
                            "l2_strength": self.choice.strength, "table": self.choice.table,
                            "crop_pct": self.crop, "scaling": self.choice.scaling, "forms": self.choice.forms},
                 "mode": {"kept": PAIR if self.o.ensemble
-                         else "fine-tuned network" if self.tuned else "frozen head",
+                         else "fine-tuned network" if self.tuned else HEAD,
                          **(self.modes.as_dict() if self.modes else {})}, "views": self.views,
                 "files": {k: str(p) for k, p in self.files.items()},
                 "rounding": self.o.rounding, "torch_threads": self.torch_threads, "checkpoint": str(self.out / CHECKPOINT),
