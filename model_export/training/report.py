@@ -11,7 +11,7 @@ import numpy as np
 THRESHOLDS = (0.0, 0.3, 0.5, 0.6, 0.7, 0.8, 0.9, 0.95)
 SCALED = {"feature": "each by its own spread", "shared": "by one shared spread"}     # head.SCALINGS
 PAIR = "both networks, averaged"       # report.json's mode.kept after --ensemble
-HEAD = "frozen head"                   # ... by default (ImageNet's layers and a linear head)
+HEAD = "frozen head"                   # ... by default (a linear head on the network's frozen layers)
 
 
 def per_class(y: np.ndarray, pred: np.ndarray, classes: list[str]) -> list[dict]:
@@ -119,9 +119,9 @@ def text(report: dict) -> str:
         lines += ["", "deployed: both networks (the frozen head's and the fine-tuned one), their logits averaged: "
                       "twice the work per photo"]
     elif mode.get("kept") == HEAD:     # the default: say what the other modes offer (docs/train.md, "Which mode")
-        lines += ["", "deployed: the frozen head (ImageNet's layers and a linear head): the smallest, fastest file; "
-                      "--ensemble usually answers better, most of all on photos unlike ImageNet's, at about 3-4x "
-                      "this run's time and twice the work per photo (--fine-tune-if-better: one network)"]
+        lines += ["", "deployed: the frozen head (a linear head on the network's frozen layers): the smallest, fastest file",
+                  "  --ensemble usually answers better, most of all on photos unlike ImageNet's: about 3-4x this "
+                  "run's time, twice the work per photo (or --fine-tune-if-better, which keeps one network: this file's speed)"]
     main = report["test"]["tflite"] if report["test"] else report["estimate"]
     what = "test photos" if report["test"] else "the estimate's answers"
     lines += ["", f"per class ({what}):", f"  {'class':<24} photos  precision  recall"]
