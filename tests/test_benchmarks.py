@@ -365,3 +365,58 @@ def test_train_study_names_a_split_folder_by_its_set(tmp_path):
         (tmp_path / sub).mkdir(parents=True)
     assert [set_name(tmp_path / s) for s in ("cifar10/test", "clothing/train", "signs", "signs/Dataset")] == \
         ["cifar10", "clothing", "signs", "signs"]
+
+
+def _study_rows(set_, seed, probe, default, tuned=None):
+    """train_study rows of one sample of 500 new photos: the probe's, the default's (and --fine-tune's)."""
+    base = {"set": set_, "seed": seed, "variant": "lite0", "train": 250, "test": 500}
+    rows = [dict(base, candidate="linear probe (centre crops, scikit-learn's defaults)", fp32=probe, int8=None)]
+    for name, figures in (("effnet-train (default)", default), ("effnet-train --fine-tune", tuned)):
+        if figures:
+            fp32, int8, same, interval = figures
+            rows.append(dict(base, candidate=name, fp32=fp32, int8=int8, same_answers=same,
+                             reported=sum(interval) / 2, reported_interval=interval))
+    return rows
+
+
+def test_train_summary_pools_the_samples_of_several_files(tmp_path, capsys):
+    """Two samples in one file, one of them again in a second (counted once, the first file's), a
+    third sample in the second: against the probe +2.0, -1.0 and +0.4 points (mean +0.47, one at
+    +2 or more, one below); int8 against fp32 pooled over 1,500 photos: +3, -5 and +1 photos =
+    -0.067 points, 10 + 15 + 5 photos answered differently (2 %); the estimates: one inside its
+    interval, one low, one high. --fine-tune, on one sample only, is pooled apart. --exclude b
+    leaves set a's two samples."""
+    from effnet_lite.benchmarks.train_summary import main
+    machine = {"cpu_int8_class": "x86-64 VNNI"}
+    first = _study_rows("a", 0, 0.800, (0.814, 0.820, 0.98, [0.75, 0.85]), (0.900, 0.904, 0.99, [0.85, 0.95])) + \
+        _study_rows("a", 1, 0.700, (0.700, 0.690, 0.97, [0.60, 0.68]))
+    second = _study_rows("a", 1, 0.700, (0.750, 0.750, 1.0, [0.70, 0.80])) + \
+        _study_rows("b", 0, 0.900, (0.902, 0.904, 0.99, [0.91, 0.95]))
+    files = [tmp_path / "one.json", tmp_path / "two.json"]
+    for f, rows in zip(files, (first, second)):
+        f.write_text(json.dumps({"machine": machine, "rows": rows}))
+    assert main([*map(str, files), "--json", str(tmp_path / "pooled.json")]) == 0
+    assert "3 samples from 2 file(s); int8 class: x86-64 VNNI" in capsys.readouterr().out
+    default, tuned = json.loads((tmp_path / "pooled.json").read_text())["pooled"]
+    assert default["candidate"] == "effnet-train (default)" and default["samples"] == 3 and default["sets"] == 2
+    assert default["over_probe_mean"] == pytest.approx((2.0 - 1.0 + 0.4) / 3)
+    assert (default["over_probe_min"], default["over_probe_max"]) == (pytest.approx(-1.0), pytest.approx(2.0))
+    assert default["at_least_2_over"] == 1 and default["below_probe"] == 1
+    assert default["photos"] == 1500 and default["int8_minus_fp32"] == pytest.approx(100 * (3 - 5 + 1) / 1500)
+    assert default["answered_differently"] == pytest.approx(30 / 1500)
+    assert default["int8_minus_fp32_95"] == pytest.approx(100 * 1.96 * 30 ** 0.5 / 1500)
+    assert (default["estimates_inside"], default["estimates_low"], default["estimates_high"]) == (1, 1, 1)
+    assert tuned["candidate"] == "effnet-train --fine-tune" and tuned["samples"] == 1
+    assert tuned["over_probe_mean"] == pytest.approx(10.4)
+    assert main([*map(str, files), "--exclude", "b", "--json", str(tmp_path / "pooled.json")]) == 0   # a chooser
+    assert "2 samples from 2 file(s) (left out: b)" in capsys.readouterr().out
+    default = json.loads((tmp_path / "pooled.json").read_text())["pooled"][0]
+    assert default["samples"] == 2 and default["over_probe_mean"] == pytest.approx(0.5)
+
+
+def test_train_summary_names_a_file_that_is_not_a_study(tmp_path):
+    from effnet_lite.benchmarks.train_summary import main
+    bad = tmp_path / "latency.json"
+    bad.write_text(json.dumps({"runs": []}))
+    with pytest.raises(SystemExit, match=r"latency\.json: not a train_study results file \(KeyError"):
+        main([str(bad)])

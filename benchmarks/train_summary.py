@@ -1,0 +1,130 @@
+"""train_study's results files pooled: each mode over every sample they hold.
+
+    python -m effnet_lite.benchmarks.train_summary RESULTS.json [RESULTS.json ...] [--exclude SET,...]
+        [--json OUT]
+
+One sample is a set, a seed and its 500-odd new photos; on one sample a mode's figure moves by
+a point or two with which photos are close calls, so what a mode buys is read over many. Per
+variant and candidate:
+- against the linear probe of the same sample (int8 file's top-1 minus the probe's, points):
+  the mean, the lowest and highest, how many samples are 2 points or more above it, and how many
+  below it;
+- the int8 files against their fp32 models, pooled over every new photo: the difference in
+  top-1 (points) with its 95 % interval (a paired one: only the photos the two answer
+  differently can move it), and the share of photos answered differently;
+- how many of the reports' estimates held the int8 file's figure on the new photos within their
+  95 % interval, and how many erred low (the new photos did better) or high.
+A sample run twice (the same set, seed, variant and sizes in two files) counts once, the first
+file's. Pool only files of the same trainer, CPU class and purpose: the figures are theirs; and
+--exclude the sets that chose a mode's settings, for a figure that nothing chose on.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import sys
+from pathlib import Path
+
+PROBE = "linear probe"
+
+
+def samples(files: list[Path], exclude=()) -> tuple[list[dict], list[str]]:
+    """Every row of the files but the `exclude` sets', each (sample, candidate) once; and the CPU
+    classes they name."""
+    rows, seen, classes = [], set(), []
+    for f in files:
+        try:
+            data = json.loads(f.read_text())
+            found = data["rows"]
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise SystemExit(f"{f}: not a train_study results file ({e.__class__.__name__}: {e})") from None
+        cls = (data.get("machine") or {}).get("cpu_int8_class", "unknown")
+        if cls not in classes:
+            classes.append(cls)
+        for r in found:
+            key = (r["set"], r["seed"], r.get("variant", "lite0"), r["train"], r["test"], r["candidate"])
+            if key not in seen and r["set"] not in exclude:
+                seen.add(key)
+                rows.append(r)
+    return rows, classes
+
+
+def _sample(r: dict) -> tuple:
+    return r["set"], r["seed"], r.get("variant", "lite0"), r["train"], r["test"]
+
+
+def pooled(rows: list[dict]) -> list[dict]:
+    """One dict per (variant, candidate) other than the probe, in the order first met."""
+    probes = {_sample(r): r["fp32"] for r in rows if r["candidate"].startswith(PROBE)}
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        if not r["candidate"].startswith(PROBE) and r.get("int8") is not None:
+            groups.setdefault((r.get("variant", "lite0"), r["candidate"]), []).append(r)
+    out = []
+    for (variant, candidate), group in groups.items():
+        over = [100 * (r["int8"] - probes[_sample(r)]) for r in group if _sample(r) in probes]
+        photos = sum(r["test"] for r in group)
+        gained = sum(round((r["int8"] - r["fp32"]) * r["test"]) for r in group)
+        told = [r for r in group if r.get("same_answers") is not None]
+        differ = sum(round((1 - r["same_answers"]) * r["test"]) for r in told)
+        told_photos = sum(r["test"] for r in told)
+        held = [r for r in group if r.get("reported_interval")]
+        low = sum(r["int8"] > r["reported_interval"][1] for r in held)       # the estimate erred low
+        high = sum(r["int8"] < r["reported_interval"][0] for r in held)
+        row = {"variant": variant, "candidate": candidate, "samples": len(group),
+               "sets": len({r["set"] for r in group}),
+               "over_probe_mean": sum(over) / len(over) if over else None,
+               "over_probe_min": min(over, default=None), "over_probe_max": max(over, default=None),
+               "at_least_2_over": sum(v >= 2 - 1e-9 for v in over), "below_probe": sum(v < -1e-9 for v in over),
+               "photos": photos, "int8_minus_fp32": 100 * gained / photos,
+               "answered_differently": differ / told_photos if told_photos else None,
+               "estimates_inside": len(held) - low - high, "estimates_low": low, "estimates_high": high,
+               "estimates_with_interval": len(held)}
+        if told_photos == photos:
+            # paired: b photos right only in int8, c only in fp32, b + c <= differ; the difference
+            # (b - c) / n has a standard error of at most sqrt(b + c) / n
+            row["int8_minus_fp32_95"] = 100 * 1.96 * math.sqrt(differ) / photos
+        out.append(row)
+    return out
+
+
+def _num(v, fmt: str) -> str:
+    return "-" if v is None else format(v, fmt)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(prog="train_summary", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("results", type=Path, nargs="+", help="train_study --json files")
+    p.add_argument("--exclude", default="", help="comma-separated sets left out (those that chose settings)")
+    p.add_argument("--json", type=Path, help="also write the pooled figures here")
+    args = p.parse_args(argv)
+    exclude = [s for s in args.exclude.split(",") if s]
+    rows, classes = samples(args.results, exclude)
+    table = pooled(rows)
+    if not table:
+        print("train_summary: no effnet-train rows with an int8 figure in these files", file=sys.stderr)
+        return 1
+    print(f"{len({_sample(r) for r in rows})} samples from {len(args.results)} file(s)"
+          + (f" (left out: {', '.join(exclude)})" if exclude else "") + f"; int8 class: {', '.join(classes)}")
+    print(f"{'variant':<7} {'candidate':<34} {'samples':>7} {'vs probe: mean':>14} {'min':>6} {'max':>6} "
+          f"{'>= +2':>5} {'below':>5} {'int8-fp32':>9} {'95 %':>6} {'differ':>6} {'estimates held':>22}")
+    for t in table:
+        held = "-" if not t["estimates_with_interval"] else \
+            f"{t['estimates_inside']}/{t['estimates_with_interval']} ({t['estimates_low']} low, {t['estimates_high']} high)"
+        differ = _num(None if t["answered_differently"] is None else 100 * t["answered_differently"], ".1f")
+        print(f"{t['variant']:<7} {t['candidate'][:34]:<34} {t['samples']:>7} {_num(t['over_probe_mean'], '+.2f'):>14} "
+              f"{_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
+              f"{t['at_least_2_over']:>5} {t['below_probe']:>5} {t['int8_minus_fp32']:>+9.2f} "
+              f"{_num(t.get('int8_minus_fp32_95'), '.2f'):>6} {differ:>5}% {held:>22}")
+    print("(vs probe: the int8 file's top-1 minus the probe's, points; int8-fp32: pooled over every new photo, "
+          "with its 95 % half-width; differ: photos the two answered differently)")
+    if args.json:
+        args.json.write_text(json.dumps({"files": [str(f) for f in args.results], "excluded": exclude,
+                                         "int8_classes": classes, "pooled": table}, indent=1) + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
