@@ -13,6 +13,8 @@ that chooses) judge every candidate:
   the runtime, its fp32 model, how often the two answer alike (same_answers), and the figure its
   report leads with (its own estimate, from the training photos alone), with wall time and peak
   RSS of the whole command.
+With more than one sample (sets x seeds), each mode's figures pooled over them follow
+(train_summary.py, which also pools the --json files of several runs).
 The figures hold for this machine's CPU class (printed).
 """
 from __future__ import annotations
@@ -36,6 +38,7 @@ from ..model_export.training.features import Backbone, FeatureStore
 from ..model_export.training.duplicates import fingerprints
 from ..model_export.training.head import Linear
 from ..model_export.weights import load_model
+from . import train_summary
 from .machine import machine_info
 from .peak_memory import run_with_peak_rss
 
@@ -185,6 +188,9 @@ def main(argv=None) -> int:
         rss = "-" if r["peak_rss_mb"] is None else f"{r['peak_rss_mb']:.0f}"
         print(f"{r['set']:<10} {r['train']:>5} {r['test']:>5} {r['candidate']:<52} {pct(r['fp32']):>9} "
               f"{pct(r['int8']):>9} {pct(r['same_answers']):>6} {pct(r['reported']):>8} {100 * (ours - probe):>+7.1f}p {r['seconds']:>7.1f} {rss:>8}")
+    if len(args.data) * len(seeds) > 1:
+        print("\nPooled over the samples of this run (train_summary):")
+        train_summary.show(train_summary.pooled(rows))
     if args.json:
         args.json.write_text(json.dumps({"machine": m, "rows": rows}, indent=1) + "\n")
     return 0

@@ -93,6 +93,22 @@ def _num(v, fmt: str) -> str:
     return "-" if v is None else format(v, fmt)
 
 
+def show(table: list[dict]) -> None:
+    """The pooled figures as a table on stdout."""
+    print(f"{'variant':<7} {'candidate':<34} {'samples':>7} {'vs probe: mean':>14} {'min':>6} {'max':>6} "
+          f"{'>= +2':>5} {'below':>5} {'int8-fp32':>9} {'95 %':>6} {'differ':>6} {'estimates held':>22}")
+    for t in table:
+        held = "-" if not t["estimates_with_interval"] else \
+            f"{t['estimates_inside']}/{t['estimates_with_interval']} ({t['estimates_low']} low, {t['estimates_high']} high)"
+        differ = _num(None if t["answered_differently"] is None else 100 * t["answered_differently"], ".1f")
+        print(f"{t['variant']:<7} {t['candidate'][:34]:<34} {t['samples']:>7} {_num(t['over_probe_mean'], '+.2f'):>14} "
+              f"{_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
+              f"{t['at_least_2_over']:>5} {t['below_probe']:>5} {t['int8_minus_fp32']:>+9.2f} "
+              f"{_num(t.get('int8_minus_fp32_95'), '.2f'):>6} {differ:>5}% {held:>22}")
+    print("(vs probe: the int8 file's top-1 minus the probe's, points; int8-fp32: pooled over every new photo, "
+          "with its 95 % half-width; differ: photos the two answered differently)")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="train_summary", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -108,18 +124,7 @@ def main(argv=None) -> int:
         return 1
     print(f"{len({_sample(r) for r in rows})} samples from {len(args.results)} file(s)"
           + (f" (left out: {', '.join(exclude)})" if exclude else "") + f"; int8 class: {', '.join(classes)}")
-    print(f"{'variant':<7} {'candidate':<34} {'samples':>7} {'vs probe: mean':>14} {'min':>6} {'max':>6} "
-          f"{'>= +2':>5} {'below':>5} {'int8-fp32':>9} {'95 %':>6} {'differ':>6} {'estimates held':>22}")
-    for t in table:
-        held = "-" if not t["estimates_with_interval"] else \
-            f"{t['estimates_inside']}/{t['estimates_with_interval']} ({t['estimates_low']} low, {t['estimates_high']} high)"
-        differ = _num(None if t["answered_differently"] is None else 100 * t["answered_differently"], ".1f")
-        print(f"{t['variant']:<7} {t['candidate'][:34]:<34} {t['samples']:>7} {_num(t['over_probe_mean'], '+.2f'):>14} "
-              f"{_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
-              f"{t['at_least_2_over']:>5} {t['below_probe']:>5} {t['int8_minus_fp32']:>+9.2f} "
-              f"{_num(t.get('int8_minus_fp32_95'), '.2f'):>6} {differ:>5}% {held:>22}")
-    print("(vs probe: the int8 file's top-1 minus the probe's, points; int8-fp32: pooled over every new photo, "
-          "with its 95 % half-width; differ: photos the two answered differently)")
+    show(table)
     if args.json:
         args.json.write_text(json.dumps({"files": [str(f) for f in args.results], "excluded": exclude,
                                          "int8_classes": classes, "pooled": table}, indent=1) + "\n")
