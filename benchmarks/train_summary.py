@@ -36,14 +36,13 @@ def samples(files: list[Path], exclude=()) -> tuple[list[dict], list[str]]:
     for f in files:
         try:
             data = json.loads(f.read_text())
-            found = data["rows"]
-        except (OSError, ValueError, KeyError, TypeError) as e:
+            found = [(_sample(r) + (r["candidate"],), r) for r in data["rows"]]
+            cls = str((data.get("machine") or {}).get("cpu_int8_class", "unknown"))
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             raise SystemExit(f"{f}: not a train_study results file ({e.__class__.__name__}: {e})") from None
-        cls = (data.get("machine") or {}).get("cpu_int8_class", "unknown")
         if cls not in classes:
             classes.append(cls)
-        for r in found:
-            key = (r["set"], r["seed"], r.get("variant", "lite0"), r["train"], r["test"], r["candidate"])
+        for key, r in found:
             if key not in seen and r["set"] not in exclude:
                 seen.add(key)
                 rows.append(r)
@@ -118,7 +117,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     exclude = [s for s in args.exclude.split(",") if s]
     rows, classes = samples(args.results, exclude)
-    table = pooled(rows)
+    try:
+        table = pooled(rows)
+    except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
+        raise SystemExit(f"train_summary: a row of these files is not train_study's ({e.__class__.__name__}: {e})") from None
     if not table:
         print("train_summary: no effnet-train rows with an int8 figure in these files", file=sys.stderr)
         return 1

@@ -414,9 +414,20 @@ def test_train_summary_pools_the_samples_of_several_files(tmp_path, capsys):
     assert default["samples"] == 2 and default["over_probe_mean"] == pytest.approx(0.5)
 
 
-def test_train_summary_names_a_file_that_is_not_a_study(tmp_path):
+@pytest.mark.parametrize("content,why", [({"runs": []}, "KeyError: 'rows'"), ([1, 2], "TypeError"),
+                                         ({"rows": [{"set": "a"}]}, "KeyError: 'seed'"), ("{cut", "JSONDecodeError")])
+def test_train_summary_names_a_file_that_is_not_a_study(tmp_path, content, why):
     from effnet_lite.benchmarks.train_summary import main
     bad = tmp_path / "latency.json"
-    bad.write_text(json.dumps({"runs": []}))
-    with pytest.raises(SystemExit, match=r"latency\.json: not a train_study results file \(KeyError"):
+    bad.write_text(content if isinstance(content, str) else json.dumps(content))
+    with pytest.raises(SystemExit, match=r"latency\.json: not a train_study results file \(" + why):
         main([str(bad)])
+
+
+def test_train_summary_names_a_row_it_cannot_pool(tmp_path):
+    from effnet_lite.benchmarks.train_summary import main
+    rows = _study_rows("a", 0, 0.8, (0.81, 0.82, 0.98, [0.75, 0.85]))
+    rows[1]["int8"] = "high"
+    (tmp_path / "odd.json").write_text(json.dumps({"rows": rows}))
+    with pytest.raises(SystemExit, match=r"a row of these files is not train_study's \(TypeError"):
+        main([str(tmp_path / "odd.json")])
