@@ -95,7 +95,7 @@ def linear_probe(variant: str, train, test, work: Path) -> dict:
         return loss
     opt.step(closure)
     head = Linear(w.detach().numpy(), b.detach().numpy())
-    return {"candidate": "linear probe (centre crops, scikit-learn's defaults)",
+    return {"candidate": f"{train_summary.PROBE} (centre crops, scikit-learn's defaults)",
             "fp32": float((head.logits(xt).argmax(1) == yt).mean()), "int8": None, "same_answers": None,
             "reported": None, "mode": None,
             "seconds": time.perf_counter() - t0, "peak_rss_mb": None}

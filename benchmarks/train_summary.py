@@ -26,7 +26,7 @@ import math
 import sys
 from pathlib import Path
 
-PROBE = "linear probe"
+PROBE = "linear probe"       # how train_study's probe rows are named (older files: this name alone)
 
 
 def samples(files: list[Path], exclude=()) -> tuple[list[dict], list[str]]:

@@ -431,3 +431,12 @@ def test_train_summary_names_a_row_it_cannot_pool(tmp_path):
     (tmp_path / "odd.json").write_text(json.dumps({"rows": rows}))
     with pytest.raises(SystemExit, match=r"a row of these files is not train_study's \(TypeError"):
         main([str(tmp_path / "odd.json")])
+
+
+def test_train_summary_says_when_there_is_nothing_to_pool(tmp_path, capsys):
+    """A file of probe rows only: one line on stderr, exit status 1, nothing on stdout."""
+    from effnet_lite.benchmarks.train_summary import main
+    (tmp_path / "probe.json").write_text(json.dumps({"rows": _study_rows("a", 0, 0.8, None)}))
+    assert main([str(tmp_path / "probe.json")]) == 1
+    out, err = capsys.readouterr()
+    assert out == "" and err == "train_summary: no effnet-train rows with an int8 figure in these files\n"
