@@ -72,6 +72,24 @@ def write_csv(path: Path, photos: data_mod.Photos) -> None:
         w.writerows([str(p.resolve()), photos.classes[y]] for p, y in zip(photos.paths, photos.labels))
 
 
+def fit_probe(x: np.ndarray, y: np.ndarray, classes: int, max_iter: int = 500, tolerance_grad: float = 1e-7,
+              dtype=torch.float32) -> Linear:
+    """Logistic regression as scikit-learn's defaults fit it, by autograd: a reference written
+    apart from the trainer's head (which averages such a probe in: selection.probe)."""
+    X, Y = torch.from_numpy(x).to(dtype), torch.from_numpy(y)
+    w = torch.zeros(classes, x.shape[1], dtype=dtype, requires_grad=True)
+    b = torch.zeros(classes, dtype=dtype, requires_grad=True)
+    opt = torch.optim.LBFGS([w, b], max_iter=max_iter, tolerance_grad=tolerance_grad, line_search_fn="strong_wolfe")
+
+    def closure():      # scikit-learn's objective with C=1, divided by the number of photos
+        opt.zero_grad()
+        loss = torch.nn.functional.cross_entropy(X @ w.T + b, Y) + 0.5 * w.pow(2).sum() / len(x)
+        loss.backward()
+        return loss
+    opt.step(closure)
+    return Linear(w.detach().numpy().astype(np.float32), b.detach().numpy().astype(np.float32))
+
+
 def linear_probe(variant: str, train, test, work: Path) -> dict:
     t0 = time.perf_counter()
     model = load_model(variant)
@@ -83,18 +101,7 @@ def linear_probe(variant: str, train, test, work: Path) -> dict:
         return store.stack(photos.digests)[:, 0], np.asarray(photos.labels)
     x, y = features(train)
     xt, yt = features(test)
-    X, Y = torch.from_numpy(x), torch.from_numpy(y)
-    w = torch.zeros(len(train.classes), x.shape[1], requires_grad=True)
-    b = torch.zeros(len(train.classes), requires_grad=True)
-    opt = torch.optim.LBFGS([w, b], max_iter=500, line_search_fn="strong_wolfe")
-
-    def closure():      # scikit-learn's objective with C=1, divided by the number of photos
-        opt.zero_grad()
-        loss = torch.nn.functional.cross_entropy(X @ w.T + b, Y) + 0.5 * w.pow(2).sum() / len(x)
-        loss.backward()
-        return loss
-    opt.step(closure)
-    head = Linear(w.detach().numpy(), b.detach().numpy())
+    head = fit_probe(x, y, len(train.classes))
     return {"candidate": f"{train_summary.PROBE} (centre crops, scikit-learn's defaults)",
             "fp32": float((head.logits(xt).argmax(1) == yt).mean()), "int8": None, "same_answers": None,
             "reported": None, "mode": None,

@@ -1,7 +1,7 @@
 """train_study's results files pooled: each mode over every sample they hold.
 
     python -m effnet_lite.benchmarks.train_summary RESULTS.json [RESULTS.json ...] [--exclude SET,...]
-        [--json OUT]
+        [--modes MODE,...] [--json OUT]
 
 One sample is a set, a seed and its 500-odd new photos; on one sample a mode's figure moves by
 a point or two with which photos are close calls, so what a mode buys is read over many. Per
@@ -16,7 +16,9 @@ variant and candidate:
   95 % interval, and how many erred low (the new photos did better) or high.
 A sample run twice (the same set, seed, variant and sizes in two files) counts once, the first
 file's. Pool only files of the same trainer, CPU class and purpose: the figures are theirs; and
---exclude the sets that chose a mode's settings, for a figure that nothing chose on.
+--exclude the sets that chose a mode's settings, for a figure that nothing chose on. --modes
+keeps only the modes named (default, fine-tune, fine-tune-if-better, ensemble): a file's rows of a
+mode the trainer has changed since are left out that way.
 """
 from __future__ import annotations
 
@@ -27,11 +29,20 @@ import sys
 from pathlib import Path
 
 PROBE = "linear probe"       # how train_study's probe rows are named (older files: this name alone)
+MODES = ("default", "fine-tune", "fine-tune-if-better", "ensemble")     # as mode() reads train_study's names
 
 
-def samples(files: list[Path], exclude=()) -> tuple[list[dict], list[str]]:
-    """Every row of the files but the `exclude` sets', each (sample, candidate) once; and the CPU
-    classes they name."""
+def mode(candidate: str) -> str | None:
+    """The trainer's mode a row's candidate names ("effnet-train --ensemble": ensemble), or None
+    for the probe."""
+    if candidate.startswith(PROBE):
+        return None
+    return "default" if candidate.endswith("(default)") else candidate.split(" --", 1)[-1]
+
+
+def samples(files: list[Path], exclude=(), modes=None) -> tuple[list[dict], list[str]]:
+    """Every row of the files but the `exclude` sets' (and, given `modes`, but other modes'), each
+    (sample, candidate) once; and the CPU classes they name."""
     rows, seen, classes = [], set(), []
     for f in files:
         try:
@@ -43,7 +54,8 @@ def samples(files: list[Path], exclude=()) -> tuple[list[dict], list[str]]:
         if cls not in classes:
             classes.append(cls)
         for key, r in found:
-            if key not in seen and r["set"] not in exclude:
+            kept = modes is None or mode(r["candidate"]) in (None, *modes)
+            if key not in seen and r["set"] not in exclude and kept:
                 seen.add(key)
                 rows.append(r)
     return rows, classes
@@ -113,10 +125,14 @@ def main(argv=None) -> int:
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("results", type=Path, nargs="+", help="train_study --json files")
     p.add_argument("--exclude", default="", help="comma-separated sets left out (those that chose settings)")
+    p.add_argument("--modes", help="comma-separated modes kept (default: every one): " + ", ".join(MODES))
     p.add_argument("--json", type=Path, help="also write the pooled figures here")
     args = p.parse_args(argv)
     exclude = [s for s in args.exclude.split(",") if s]
-    rows, classes = samples(args.results, exclude)
+    modes = None if args.modes is None else [m.strip() for m in args.modes.split(",") if m.strip()]
+    if modes is not None and (not modes or set(modes) - set(MODES)):
+        p.error(f"--modes: one or more of {', '.join(MODES)}")
+    rows, classes = samples(args.results, exclude, modes)
     try:
         table = pooled(rows)
     except (KeyError, TypeError, ValueError, ZeroDivisionError) as e:
@@ -125,10 +141,11 @@ def main(argv=None) -> int:
         print("train_summary: no effnet-train rows with an int8 figure in these files", file=sys.stderr)
         return 1
     print(f"{len({_sample(r) for r in rows})} samples from {len(args.results)} file(s)"
-          + (f" (left out: {', '.join(exclude)})" if exclude else "") + f"; int8 class: {', '.join(classes)}")
+          + (f" (left out: {', '.join(exclude)})" if exclude else "")
+          + (f" (modes: {', '.join(modes)})" if modes else "") + f"; int8 class: {', '.join(classes)}")
     show(table)
     if args.json:
-        args.json.write_text(json.dumps({"files": [str(f) for f in args.results], "excluded": exclude,
+        args.json.write_text(json.dumps({"files": [str(f) for f in args.results], "excluded": exclude, "modes": modes,
                                          "int8_classes": classes, "pooled": table}, indent=1) + "\n")
     return 0
 

@@ -385,7 +385,7 @@ def test_train_summary_pools_the_samples_of_several_files(tmp_path, capsys):
     +2 or more, one below); int8 against fp32 pooled over 1,500 photos: +3, -5 and +1 photos =
     -0.067 points, 10 + 15 + 5 photos answered differently (2 %); the estimates: one inside its
     interval, one low, one high. --fine-tune, on one sample only, is pooled apart. --exclude b
-    leaves set a's two samples."""
+    leaves set a's two samples; --modes fine-tune the one mode (a mode it does not know: an error)."""
     from effnet_lite.benchmarks.train_summary import main
     machine = {"cpu_int8_class": "x86-64 VNNI"}
     first = _study_rows("a", 0, 0.800, (0.814, 0.820, 0.98, [0.75, 0.85]), (0.900, 0.904, 0.99, [0.85, 0.95])) + \
@@ -412,6 +412,13 @@ def test_train_summary_pools_the_samples_of_several_files(tmp_path, capsys):
     assert "2 samples from 2 file(s) (left out: b)" in capsys.readouterr().out
     default = json.loads((tmp_path / "pooled.json").read_text())["pooled"][0]
     assert default["samples"] == 2 and default["over_probe_mean"] == pytest.approx(0.5)
+    assert main([*map(str, files), "--modes", "fine-tune", "--json", str(tmp_path / "pooled.json")]) == 0
+    assert "3 samples from 2 file(s) (modes: fine-tune)" in capsys.readouterr().out     # the probe rows kept
+    [tuned] = json.loads((tmp_path / "pooled.json").read_text())["pooled"]
+    assert tuned["candidate"] == "effnet-train --fine-tune" and tuned["over_probe_mean"] == pytest.approx(10.4)
+    with pytest.raises(SystemExit):
+        main([*map(str, files), "--modes", "default,tuned"])
+    assert "--modes: one or more of default, fine-tune, fine-tune-if-better, ensemble" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize("content,why", [({"runs": []}, "KeyError: 'rows'"), ([1, 2], "TypeError"),

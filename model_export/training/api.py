@@ -193,14 +193,19 @@ class _Run:
             self.estimate = selection.estimate(xs, self.y, k, self.head_opts, o.seed, self.prior)
         self.choice = selection.choose_form(xs, self.y, k, self.head_opts, o.seed, prior=self.prior)
         self.crop = self.choice.crop
-        self.model.classifier = selection.fit_chosen(xs[self.crop], self.y, np.arange(len(self.y)), k, self.choice,
-                                                     self.head_opts, self.prior).layer()
+        x, every = xs[self.crop], np.arange(len(self.y))
+        start = selection.fit_chosen(x, self.y, every, k, self.choice, self.head_opts, self.prior)
+        head = selection.with_probe(start, x, self.y, every, k, self.head_opts, self.prior)
         self.tuned = o.tunes and (self.modes is None or self.modes.final.fine_tune)
+        self.model.classifier = (start if self.tuned else head).layer()      # fine-tuning starts from the fit alone
         if self.modes:
             m = self.modes.final
             self.log(f"{'fine-tuning' if self.tuned else 'the frozen head'} kept: on {m.photos} held-out photos the "
                      f"fine-tuned network answered {m.tuned_right} right, the frozen head {m.head_right}")
-        frozen = copy.deepcopy(self.model) if o.ensemble else None
+        frozen = None
+        if o.ensemble:
+            frozen = copy.deepcopy(self.model)
+            frozen.classifier = head.layer()
         if self.tuned:
             tuning.fine_tune_on(self, np.arange(len(self.y)), "final")
         if frozen is not None:      # both networks answer: the deployed file holds the two
@@ -261,7 +266,9 @@ class _Run:
                 "chosen": {"by": f"{selection.FOLDS}-fold cross-validation on all {len(self.y)} photos "
                                  "(these figures chose the setting: they are not an estimate)",
                            "l2_strength": self.choice.strength, "table": self.choice.table,
-                           "crop_pct": self.crop, "scaling": self.choice.scaling, "forms": self.choice.forms},
+                           "crop_pct": self.crop, "scaling": self.choice.scaling, "forms": self.choice.forms,
+                           "frozen_head": "this fit averaged with a linear probe",
+                           "fine_tuning_starts_from": "this fit alone" if self.o.tunes else None},
                 "mode": {"kept": PAIR if self.o.ensemble
                          else "fine-tuned network" if self.tuned else HEAD,
                          **(self.modes.as_dict() if self.modes else {})}, "views": self.views,

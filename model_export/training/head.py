@@ -6,8 +6,9 @@ are chosen, by cross-validation (selection.py).
 Features are centred and scaled inside the fit (so one penalty grid suits every variant's
 features), each by its own spread ("feature": every feature weighs the same to the penalty) or
 all by their mean spread ("shared": the features' own proportions kept, the probe's view; the
-better of the two differs by set, so cross-validation chooses), and the scaling is folded back
-into the returned weights: logits = x @ weight.T + bias.
+better of the two differs by set, so cross-validation chooses), or not at all ("none": the
+probe's fit, which selection.with_probe averages in), and the scaling is folded back into the
+returned weights: logits = x @ weight.T + bias.
 With `prior` (--init), known classes are pulled towards their earlier weights instead of
 towards zero.
 """
@@ -34,6 +35,10 @@ class Linear:
         z = np.exp(z - z.max(1, keepdims=True))
         return z / z.sum(1, keepdims=True)
 
+    def averaged(self, other: "Linear") -> "Linear":
+        """One layer whose logits are the mean of the two layers' logits."""
+        return Linear((self.weight + other.weight) / 2, (self.bias + other.bias) / 2)
+
     def layer(self) -> torch.nn.Linear:
         """The same classifier as the network's last layer."""
         layer = torch.nn.Linear(self.weight.shape[1], self.weight.shape[0])
@@ -51,7 +56,7 @@ class HeadOptions:
     scaling: str = "feature"               # one of SCALINGS
 
 
-SCALINGS = ("feature", "shared")
+SCALINGS = ("feature", "shared")        # what cross-validation chooses between ("none": the probe's)
 FLOOR = 0.1        # "feature" scaling: no feature's scale below this share of the median feature's
 
 
@@ -61,7 +66,9 @@ def fit(x: np.ndarray, y: np.ndarray, classes: int, strength: float, opts: HeadO
     rows `x` (n, d); `start` warm-starts the search (the optimum is the same)."""
     mu = x.mean(0)
     spread = x.std(0)
-    if opts.scaling == "shared":
+    if opts.scaling == "none":
+        sd = np.ones_like(spread)
+    elif opts.scaling == "shared":
         sd = np.full_like(spread, spread.mean()) + 1e-6
     else:
         # floored at a tenth of the median feature's: a feature the training photos barely vary would

@@ -105,6 +105,10 @@ def text(report: dict) -> str:
                      f"{SCALED[c['scaling']]}; tried: " + ", ".join(
                          f"{r['crop_pct']:.0%} {r['scaling']} (log-loss {r['cv_log_loss']:.3f}, top-1 "
                          f"{100 * r['cv_top1']:.1f} %)" for r in c["forms"]))
+    if c.get("frozen_head"):     # (earlier reports: the chosen head alone)
+        lines.append("  the frozen head: this fit averaged with a linear probe's (centre crops, features unscaled, "
+                     "L2 strength 1/photos), one layer" + ("; fine-tuning starts from this fit alone"
+                                                         if c.get("fine_tuning_starts_from") else ""))
     if "views" in report:
         lines.append(f"  {report['views']} augmented view(s) of each photo, besides its centre crop"
                      + ("" if report["config"]["views"] else " (by the number of photos; --views to set)"))

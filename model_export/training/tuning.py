@@ -60,17 +60,20 @@ def pair_probs(head: np.ndarray, tuned: np.ndarray) -> np.ndarray:
 
 def both_modes(run, xs, tr, te, name: str):
     """The head as the photos at `tr` choose and fit it, then the network fine-tuned from it:
-    (the head's choice, its probabilities of the photos at `te`, the fine-tuned network's).
+    (the head's choice, the frozen head's probabilities of the photos at `te` (selection.with_probe),
+    the fine-tuned network's).
     The network's starting weights are restored after, but for the classifier, which the next
     head replaces."""
     model, k = run.model, len(run.classes)
     start = {n: v.clone() for n, v in model.state_dict().items() if not n.startswith("classifier.")}
     c = selection.choose_form({crop: rows[tr] for crop, rows in xs.items()}, run.y[tr], k, run.head_opts,
                               run.o.seed, prior=run.prior)
-    head = selection.fit_chosen(xs[c.crop], run.y, tr, k, c, run.head_opts, run.prior)
+    x = xs[c.crop]
+    head = selection.fit_chosen(x, run.y, tr, k, c, run.head_opts, run.prior)
+    frozen = selection.with_probe(head, x, run.y, tr, k, run.head_opts, run.prior)
     model.classifier = head.layer()
     fine_tune_on(run, tr, name)
     tuned = predict(model, run.inputs.photos(run.train, te, c.crop))
     missing, _ = model.load_state_dict(start, strict=False)
     assert all(n.startswith("classifier.") for n in missing), missing
-    return c, head.probs(xs[c.crop][te, 0]), tuned
+    return c, frozen.probs(x[te, 0]), tuned
