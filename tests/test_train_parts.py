@@ -154,29 +154,29 @@ def test_the_scaling_that_suits_the_features_is_chosen():
         c = choose_form({0.875: x}, y, 3, HeadOptions(), 0)
         assert c.scaling == want and [r["scaling"] for r in c.forms] == ["feature", "shared"], c.forms
         assert estimate({0.875: x}, y, 3, HeadOptions(), 0).scalings == [want] * 5
-        assert (fit_chosen(x, y, np.arange(90), 3, c, HeadOptions()).logits(x[:, 0]).argmax(1) == y).mean() > 0.8
+        chosen, _ = fit_chosen(x, y, np.arange(90), 3, c, HeadOptions())
+        assert (chosen.logits(x[:, 0]).argmax(1) == y).mean() > 0.8
 
 
 def test_the_frozen_head_is_the_chosen_fit_averaged_with_the_probe():
-    """The frozen head (with_probe) answers with the mean of two fits' logits: the chosen head's
-    (fit_chosen: every row of the photos, the chosen scaling and penalty) and the probe's, which
+    """The frozen head (fit_chosen's second) answers with the mean of two fits' logits: the chosen
+    head's (its first: every row of the photos, the chosen scaling and penalty) and the probe's, which
     is scikit-learn's C=1 logistic regression on the centre rows, unscaled: the optimum autograd
     finds for that objective (train_study's probe, run to a tighter tolerance). Only the photos
     at `idx` are used."""
     import torch
     from effnet_lite.model_export.training.head import HeadOptions, fit
     from effnet_lite.benchmarks.train_study import fit_probe
-    from effnet_lite.model_export.training.selection import Choice, fit_chosen, probe, with_probe
+    from effnet_lite.model_export.training.selection import Choice, fit_chosen, probe
     rng = np.random.default_rng(2)
     y = rng.integers(0, 3, 70)
     x = (rng.normal(size=(70, 3, 12)) * np.linspace(0.5, 3, 12) + np.eye(3)[y][:, None].repeat(4, 2)).astype(np.float32)
     idx = np.arange(10, 70)
     c = Choice(3e-2, crop=0.875, scaling="shared")
-    chosen = fit_chosen(x, y, idx, 3, c, HeadOptions())
+    chosen, both = fit_chosen(x, y, idx, 3, c, HeadOptions())
     alone = fit(x[idx].reshape(-1, 12), np.repeat(y[idx], 3), 3, 3e-2, HeadOptions(scaling="shared"))
     np.testing.assert_array_equal(chosen.weight, alone.weight)
     got = probe(x, y, idx, 3, HeadOptions())
-    both = with_probe(chosen, x, y, idx, 3, HeadOptions())
     np.testing.assert_allclose(both.logits(x[:, 0]), (chosen.logits(x[:, 0]) + got.logits(x[:, 0])) / 2, atol=1e-4)
     want = fit_probe(x[idx, 0], y[idx], 3, max_iter=2000, tolerance_grad=1e-10, dtype=torch.float64).weight
     assert np.abs(got.weight - want).max() < 2e-3 * np.abs(want).max(), (got.weight, want)

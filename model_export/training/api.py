@@ -194,8 +194,7 @@ class _Run:
         self.choice = selection.choose_form(xs, self.y, k, self.head_opts, o.seed, prior=self.prior)
         self.crop = self.choice.crop
         x, every = xs[self.crop], np.arange(len(self.y))
-        start = selection.fit_chosen(x, self.y, every, k, self.choice, self.head_opts, self.prior)
-        head = selection.with_probe(start, x, self.y, every, k, self.head_opts, self.prior)
+        start, head = selection.fit_chosen(x, self.y, every, k, self.choice, self.head_opts, self.prior)
         self.tuned = o.tunes and (self.modes is None or self.modes.final.fine_tune)
         self.model.classifier = (start if self.tuned else head).layer()      # fine-tuning starts from the fit alone
         if self.modes:
@@ -207,7 +206,7 @@ class _Run:
             frozen = copy.deepcopy(self.model)
             frozen.classifier = head.layer()
         if self.tuned:
-            tuning.fine_tune_on(self, np.arange(len(self.y)), "final")
+            tuning.fine_tune_on(self, every, "final")
         if frozen is not None:      # both networks answer: the deployed file holds the two
             self.model = self.inputs.model = Pair(frozen, self.model)
             self.log("both networks kept (--ensemble): the frozen head's and the fine-tuned one answer together, "

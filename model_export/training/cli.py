@@ -9,10 +9,10 @@ how the features are scaled, and the centre crop (87.5 % or all of the photo's s
 written into the files), and the frozen head is that fit averaged with a plain linear probe's
 (one layer). --fine-tune then trains the whole network from the fit alone, on a new augmented
 view of each photo every epoch (BatchNorm statistics frozen): about 3x slower, and better
-where the frozen features fall short
-(measured on 250 photos, its int8 file against the default's: 1.6-4.8 points above on hand
-signs, CIFAR-10 photos, waste materials and glass against plastic; -2.2 to +1.4 on product
-shots and scenes; 1.2-4.4 below on textures; docs/train.md). --fine-tune-if-better deploys it
+where the frozen features fall short (measured on 250 photos, its int8 file against the
+default's: 1.6-4.8 points above on hand signs, CIFAR-10 photos, waste materials and glass
+against plastic; -2.2 to +1.4 on product shots and scenes; 1.2-4.4 below on textures;
+docs/train.md). --fine-tune-if-better deploys it
 only where it answers more held-out photos right than the frozen head; --ensemble deploys both
 networks in one file, their answers averaged.
 
@@ -100,8 +100,9 @@ def parse_args(argv=None):
                         "fetched after it was built, unlike ImageNet's photos (weather, MRI slices, facial "
                         "expressions in 5 and 2 classes; two samples of 250 photos each) its int8 file scored 2.0 to "
                         "7.0 points over a linear probe, the best mode tried on all 8; on hot dogs against other "
-                        "dishes -1.2 and +1.8, on ten Caltech-101 objects -0.2 and +0.2 (the probe at 99.6 %%); before, on 11 samples (fp32), above either network alone on "
-                        "6, level on 3, below the better on 2 (docs/train.md)")
+                        "dishes -1.2 and +1.8, on ten Caltech-101 objects -0.2 and +0.2 (the probe at 99.6 %%); "
+                        "before, on 11 samples (fp32), above either network alone on 6, level on 3, below the better "
+                        "on 2 (docs/train.md)")
     p.add_argument("--label-smoothing", type=float, default=0.0, metavar="E",
                    help="share of each target spread over the other classes (0)")
     p.add_argument("--class-weights", choices=("none", "balanced"), default="none",

@@ -7,7 +7,7 @@ Features are centred and scaled inside the fit (so one penalty grid suits every 
 features), each by its own spread ("feature": every feature weighs the same to the penalty) or
 all by their mean spread ("shared": the features' own proportions kept, the probe's view; the
 better of the two differs by set, so cross-validation chooses), or not at all ("none": the
-probe's fit, which selection.with_probe averages in), and the scaling is folded back into the
+probe's fit, which selection.fit_chosen averages in), and the scaling is folded back into the
 returned weights: logits = x @ weight.T + bias.
 With `prior` (--init), known classes are pulled towards their earlier weights instead of
 towards zero.

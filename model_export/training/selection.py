@@ -6,9 +6,8 @@ chosen on.
 - `choose_form`: the same for each centre crop tried (the share of the photo the deployed file
   keeps) and each scaling of the features (head.SCALINGS), keeping the crop, scaling and penalty
   of the lowest cross-validated log-loss.
-- `fit_chosen`, `with_probe`: the head as chosen, and the frozen head deployed, that head
-  averaged with a linear probe's fit (`probe`): the estimate's models and the deployed one
-  are fitted alike.
+- `fit_chosen`: the head as chosen, and the frozen head deployed, that head averaged with a
+  linear probe's fit (`probe`): the estimate's models and the deployed one are fitted alike.
 - `compare_modes`: --fine-tune-if-better's verdict, the frozen head against the fine-tuned
   network on the same held-out photos.
 - `estimate`: the whole procedure (choose, then fit) repeated inside outer folds (nested
@@ -108,17 +107,12 @@ def choose_form(xs: dict, y: np.ndarray, classes: int, opts: head_mod.HeadOption
 
 
 def fit_chosen(x: np.ndarray, y: np.ndarray, idx: np.ndarray, classes: int, c: Choice,
-               opts: head_mod.HeadOptions, prior=None) -> head_mod.Linear:
-    """The head as `c` chose it, on every row of the photos at `idx` (x: the chosen crop's):
-    what fine-tuning starts from."""
-    return head_mod.fit(*_rows(x, y, idx), classes, c.strength, replace(opts, scaling=c.scaling), prior=prior)
-
-
-def with_probe(chosen: head_mod.Linear, x: np.ndarray, y: np.ndarray, idx: np.ndarray, classes: int,
-               opts: head_mod.HeadOptions, prior=None) -> head_mod.Linear:
-    """The frozen head deployed: `chosen` averaged with a probe of the same photos (still one
-    linear layer)."""
-    return chosen.averaged(probe(x, y, idx, classes, opts, prior))
+               opts: head_mod.HeadOptions, prior=None) -> tuple[head_mod.Linear, head_mod.Linear]:
+    """On the photos at `idx` (x: the chosen crop's): the head as `c` chose it, on every row
+    (what fine-tuning starts from), and the frozen head deployed, that head averaged with a
+    probe of the same photos (still one linear layer)."""
+    chosen = head_mod.fit(*_rows(x, y, idx), classes, c.strength, replace(opts, scaling=c.scaling), prior=prior)
+    return chosen, chosen.averaged(probe(x, y, idx, classes, opts, prior))
 
 
 def probe(x: np.ndarray, y: np.ndarray, idx: np.ndarray, classes: int, opts: head_mod.HeadOptions,
@@ -169,8 +163,8 @@ def estimate(xs: dict, y: np.ndarray, classes: int, opts: head_mod.HeadOptions, 
         c = choose_form({crop: rows[tr] for crop, rows in xs.items()}, y[tr], classes, opts, seed, k=INNER_FOLDS,
                         prior=prior)
         x = xs[c.crop]
-        head = with_probe(fit_chosen(x, y, tr, classes, c, opts, prior), x, y, tr, classes, opts, prior)
-        probs[te] = head.probs(x[te, 0])
+        _, frozen = fit_chosen(x, y, tr, classes, c, opts, prior)
+        probs[te] = frozen.probs(x[te, 0])
         answered.append(te)
         chosen.append(c)
         if progress:

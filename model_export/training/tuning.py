@@ -60,7 +60,7 @@ def pair_probs(head: np.ndarray, tuned: np.ndarray) -> np.ndarray:
 
 def both_modes(run, xs, tr, te, name: str):
     """The head as the photos at `tr` choose and fit it, then the network fine-tuned from it:
-    (the head's choice, the frozen head's probabilities of the photos at `te` (selection.with_probe),
+    (the head's choice, the frozen head's probabilities of the photos at `te` (selection.fit_chosen),
     the fine-tuned network's).
     The network's starting weights are restored after, but for the classifier, which the next
     head replaces."""
@@ -69,8 +69,7 @@ def both_modes(run, xs, tr, te, name: str):
     c = selection.choose_form({crop: rows[tr] for crop, rows in xs.items()}, run.y[tr], k, run.head_opts,
                               run.o.seed, prior=run.prior)
     x = xs[c.crop]
-    head = selection.fit_chosen(x, run.y, tr, k, c, run.head_opts, run.prior)
-    frozen = selection.with_probe(head, x, run.y, tr, k, run.head_opts, run.prior)
+    head, frozen = selection.fit_chosen(x, run.y, tr, k, c, run.head_opts, run.prior)
     model.classifier = head.layer()
     fine_tune_on(run, tr, name)
     tuned = predict(model, run.inputs.photos(run.train, te, c.crop))
