@@ -92,7 +92,7 @@ def parse_args(argv=None):
                         "photos right than the frozen head (two fifths of the photos judge, each by models that "
                         "never saw it; else the frozen head is deployed, as without --fine-tune): a third "
                         "fine-tuning: about 1.3x --fine-tune's time where fine-tuning wins, 0.8x where the "
-                        "head does (measured on 11 samples of 250 photos: the better mode on 10; docs/train.md)")
+                        "head does (measured on 13 samples of 250 photos: the better mode on 12; docs/train.md)")
     p.add_argument("--ensemble", action="store_true",
                    help="as --fine-tune, then deploy the frozen head's network and the fine-tuned one together, "
                         "their logits averaged: one file holding both, twice the work and the size (Lite0's pair: "
