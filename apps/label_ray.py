@@ -8,9 +8,11 @@ worker: a shared filesystem path, or a location pyarrow reads (s3://, gs://, hdf
 """
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import socket
+import stat
 import sys
 import tempfile
 from collections import Counter
@@ -64,6 +66,30 @@ def _preprocess(batch: dict, config, exact: bool) -> dict:
     return {"path": list(batch["path"]), "crop": np.stack(crops), "error": errors}
 
 
+def model_copy(model: bytes, suffix: str) -> Path:
+    """The node's one copy of the model, named by its digest in a private folder of the temp
+    folder: every actor of every job with that model opens the same file, so a long job
+    whose actors restart, or many jobs, leave one file per model, not one per actor. A file
+    already there is used only if its bytes are the model's."""
+    digest = hashlib.sha256(model).hexdigest()
+    folder = Path(tempfile.gettempdir()) / f"effnet-models-{os.getuid()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    info = folder.lstat()
+    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():   # another user's: not trusted
+        folder = Path(tempfile.mkdtemp(prefix="effnet-models-"))
+    path = folder / f"{digest}{suffix}"
+    try:
+        if hashlib.sha256(path.read_bytes()).hexdigest() == digest:
+            return path
+    except OSError:
+        pass
+    fd, tmp = tempfile.mkstemp(prefix=".", suffix=suffix, dir=folder)
+    with os.fdopen(fd, "wb") as f:
+        f.write(model)
+    os.replace(tmp, path)       # atomic: an actor beside this one never opens half a file
+    return path
+
+
 class _Scorer:
     """Ray actor: one Classifier, opened from the model's bytes. Rows carry the top-k
     categories, or with `probabilities` every class's probability (for effnet-eval)."""
@@ -71,10 +97,7 @@ class _Scorer:
     def __init__(self, model_ref, suffix: str, options: dict, probabilities: bool = False):
         import ray
         model_bytes = ray.get(model_ref[0])     # wrapped in a list: Ray passes a bare ref as is
-        fd, self.file = tempfile.mkstemp(suffix=suffix)
-        with os.fdopen(fd, "wb") as f:
-            f.write(model_bytes)
-        self.clf = Classifier.from_file(self.file, ClassifierOptions(**options))
+        self.clf = Classifier.from_file(model_copy(model_bytes, suffix), ClassifierOptions(**options))
         self.probabilities = probabilities
         self.node = ray.get_runtime_context().get_node_id()     # where the work ran, for the report
 

@@ -2,12 +2,14 @@
 and the Ray engine on a local Ray (one session start)."""
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 from pathlib import Path
 
@@ -131,10 +133,17 @@ def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
     require_module("ray", "the Ray engine needs ray (cluster extra)")
     folder, paths, broken = collection
     model = lite0_files["int8.tflite"]
+    temp = Path(tempfile.gettempdir())
+    loose = set(temp.glob("*.tflite"))
     # the source as a location pyarrow reads (file://, as s3:// or gs:// would be on a cluster)
     code, _, err = run_module("effnet_lite.apps.label", f"file://{folder}", "--model", model, "--output",
                               tmp_path / "out", "--engine", "ray", "--workers", "2", "--format", "parquet", timeout=600)
     assert code == 1, err
+    # the two actors opened one copy of the model, named by its digest, and left no other behind
+    data = Path(model).read_bytes()
+    copy = temp / f"effnet-models-{os.getuid()}" / f"{hashlib.sha256(data).hexdigest()}.tflite"
+    assert copy.read_bytes() == data
+    assert set(temp.glob("*.tflite")) <= loose
     lines = [line for line in err.strip().splitlines() if not line.startswith("effnet-label: ")]
     assert not lines, lines          # Ray's own logs stay off stderr
     rows = rows_of(tmp_path / "out")
