@@ -175,6 +175,12 @@ def test_report_leads_with_what_chose_nothing(trained, two_class):
     assert report2["headline"]["source"] == "estimate" and "nested cross-validation" in stdout.splitlines()[3]
     assert "these figures chose the setting: they are not an estimate" in stdout
     assert f"{100 * report2['headline']['top1']:.1f} %" in first
+    # beside it, for scale, the largest class's share and the mean recall of the same answers
+    m = np.asarray(report2["estimate"]["confusion"])
+    assert stdout.splitlines()[5] == (
+        f"  for scale: answering {report2['classes'][m.sum(1).argmax()]!r} (the largest class) every time would "
+        f"score {100 * m.sum(1).max() / m.sum():.1f} %; the classes' mean recall is "
+        f"{100 * np.mean(np.diag(m) / m.sum(1)):.1f} %")
     for name in ("confusion.png", "coverage.png"):
         assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
         with Image.open(out / name) as im:

@@ -183,6 +183,27 @@ def test_the_frozen_head_is_the_chosen_fit_averaged_with_the_probe():
     assert np.abs(chosen.weight - want).max() > 0.1 * np.abs(want).max()      # the two fits differ
 
 
+def test_the_headline_is_set_beside_the_largest_class_and_the_mean_recall():
+    """The report says what always answering the largest class would score and the classes'
+    mean recall, from its own confusion matrix; where the head leans to a large class it names
+    the classes it rarely recalls and the option that weighs them back, and not once that is set."""
+    from effnet_lite.model_export.training.report import evaluation, for_scale
+    y = np.repeat([0, 1, 2], [70, 20, 10])
+    pred = y.copy()
+    pred[70:86] = 0              # 16 of the 20 'dog' photos taken for 'object'
+    pred[90:100] = 0             # every 'fish' photo too
+    probs = np.eye(3)[pred]
+    main = evaluation("estimate", y, probs, ["object", "dog", "fish"], [f"p{i}" for i in range(100)])
+    report = {"test": None, "estimate": main, "config": {"class_weights": "none"}}
+    lines = for_scale(report)
+    assert lines[0] == ("  for scale: answering 'object' (the largest class) every time would score 70.0 %; "
+                        "the classes' mean recall is 40.0 %")       # (70/70 + 4/20 + 0/10) / 3
+    assert lines[1].startswith("  rarely recalled (under half the top-1): dog, fish; --class-weights balanced")
+    assert for_scale({**report, "config": {"class_weights": "balanced"}}) == lines[:1]
+    balanced = evaluation("estimate", np.repeat([0, 1], 50), np.eye(2)[np.zeros(100, int)], ["a", "b"], list(range(100)))
+    assert len(for_scale({**report, "estimate": balanced})) == 1     # no class is large: nothing to weigh back
+
+
 def test_copies_are_one_photo_and_others_are_not(tmp_path):
     """A byte copy, JPEG re-encodes, a PNG and a half-size resize group with their original;
     different real photos (and a mirrored one) do not."""

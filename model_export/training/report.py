@@ -78,6 +78,26 @@ def headline(report: dict) -> list[str]:
     return lines
 
 
+def for_scale(report: dict) -> list[str]:
+    """What the headline's figure compares with: the largest class's share of the same photos
+    (what answering it always would score) and the classes' mean recall; and where the head
+    leans to large classes, the option that weighs them back."""
+    main = report["test"]["tflite"] if report["test"] else report["estimate"]
+    rows = [r for r in main["per_class"] if r["photos"]]
+    if not rows:
+        return []
+    largest = max(rows, key=lambda r: r["photos"])
+    total = sum(r["photos"] for r in rows)
+    lines = [f"  for scale: answering {largest['class']!r} (the largest class) every time would score "
+             f"{100 * largest['photos'] / total:.1f} %; the classes' mean recall is "
+             f"{100 * np.mean([r['recall'] for r in rows]):.1f} %"]
+    low = [r["class"] for r in rows if r["recall"] < main["top1"] / 2]
+    if low and report["config"].get("class_weights", "none") == "none" and largest["photos"] > 1.5 * total / len(rows):
+        lines.append(f"  rarely recalled (under half the top-1): {', '.join(low[:5])}{', ...' if len(low) > 5 else ''}; "
+                     "--class-weights balanced weighs each class by 1/its share (the loss then counts every class alike)")
+    return lines
+
+
 def files_rounding(report: dict) -> str:
     """How the run's int8 files were rounded (reports from before the choice: nearest)."""
     return report.get("rounding", "nearest")
@@ -86,7 +106,7 @@ def files_rounding(report: dict) -> str:
 def text(report: dict) -> str:
     """The report as a user reads it on stdout."""
     classes = report["classes"]
-    lines = headline(report)
+    lines = headline(report) + for_scale(report)
     lines += ["", f"the files (through this runtime; int8 weights by {files_rounding(report)} rounding):"]
     width = max(len(Path(f).name) for f in report["files"].values())
     for key, path in report["files"].items():
