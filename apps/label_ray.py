@@ -73,9 +73,13 @@ def model_copy(model: bytes, suffix: str) -> Path:
     already there is used only if its bytes are the model's."""
     digest = hashlib.sha256(model).hexdigest()
     folder = Path(tempfile.gettempdir()) / f"effnet-models-{os.getuid()}"
-    folder.mkdir(mode=0o700, exist_ok=True)
-    info = folder.lstat()
-    if not stat.S_ISDIR(info.st_mode) or info.st_uid != os.getuid():   # another user's: not trusted
+    try:
+        folder.mkdir(mode=0o700, exist_ok=True)
+        info = folder.lstat()
+        ours = stat.S_ISDIR(info.st_mode) and info.st_uid == os.getuid()
+    except OSError:             # e.g. a file of that name
+        ours = False
+    if not ours:                # another user's name in a shared temp folder: not trusted
         folder = Path(tempfile.mkdtemp(prefix="effnet-models-"))
     path = folder / f"{digest}{suffix}"
     try:

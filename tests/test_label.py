@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -150,6 +151,24 @@ def test_ray_engine_on_a_local_ray(lite0_files, collection, tmp_path):
     assert len(rows) == len(paths) and all(r["path"].startswith("file:///") for r in rows)
     check_rows([{**r, "path": r["path"].removeprefix("file://")} for r in rows], paths, broken,
                infer_answers(model, paths))
+
+
+def test_ray_actors_share_one_trusted_copy_of_the_model(tmp_path, monkeypatch):
+    """Each node's copy of the model: one file per model, whatever the number of actors; a
+    file at its name that is not the model is replaced; a folder name taken by something
+    else gives a private folder instead."""
+    from effnet_lite.apps.label_ray import model_copy
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path))
+    model = b"TFL3" * 1000
+    first = model_copy(model, ".tflite")
+    assert model_copy(model, ".tflite") == first and first.read_bytes() == model
+    assert [f.name for f in first.parent.iterdir()] == [f"{hashlib.sha256(model).hexdigest()}.tflite"]
+    first.write_bytes(b"something else")
+    assert model_copy(model, ".tflite") == first and first.read_bytes() == model
+    shutil.rmtree(first.parent)
+    first.parent.write_text("not a folder")
+    other = model_copy(model, ".tflite")
+    assert other.parent != first.parent and other.read_bytes() == model
 
 
 def test_ray_head_that_is_not_there(lite0_files, collection, tmp_path):
