@@ -78,11 +78,17 @@ def headline(report: dict) -> list[str]:
     return lines
 
 
+def honest_answers(report: dict) -> dict:
+    """The answers every table and picture is made from: the int8 file's on the test photos,
+    else the estimate's (photos that chose nothing, either way)."""
+    return report["test"]["tflite"] if report["test"] else report["estimate"]
+
+
 def for_scale(report: dict) -> list[str]:
     """What the headline's figure compares with: the largest class's share of the same photos
     (what answering it always would score) and the classes' mean recall; and where the head
     leans to large classes, the option that weighs them back."""
-    main = report["test"]["tflite"] if report["test"] else report["estimate"]
+    main = honest_answers(report)
     rows = [r for r in main["per_class"] if r["photos"]]
     if not rows:
         return []
@@ -146,7 +152,7 @@ def text(report: dict) -> str:
         lines += ["", "deployed: the frozen head (a linear head on the network's frozen layers): the smallest, fastest file",
                   "  --ensemble usually answers better, most of all on photos unlike ImageNet's: about 3-4x this "
                   "run's time, twice the work per photo (or --fine-tune-if-better, which keeps one network: this file's speed)"]
-    main = report["test"]["tflite"] if report["test"] else report["estimate"]
+    main = honest_answers(report)
     what = "test photos" if report["test"] else "the estimate's answers"
     lines += ["", f"per class ({what}):", f"  {'class':<24} photos  precision  recall"]
     for row in main["per_class"]:
@@ -178,7 +184,7 @@ def pictures(report: dict, folder: Path) -> list[Path]:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     classes = report["classes"]
-    main = report["test"]["tflite"] if report["test"] else report["estimate"]
+    main = honest_answers(report)
     what = "test photos" if report["test"] else "cross-validated answers"
     out = []
     if len(classes) <= MATRIX_MAX:
