@@ -8,7 +8,9 @@ a point or two with which photos are close calls, so what a mode buys is read ov
 variant and candidate:
 - against the linear probe of the same sample (int8 file's top-1 minus the probe's, points):
   the mean, the lowest and highest, how many samples are 2 points or more above it, and how many
-  below it;
+  below it; and the mean by set (each set's samples averaged first: samples of one set share its
+  classes and photos, so the sets are the independent units) with its 95 % interval (Student's t
+  over the sets' means), which says whether a mode is above the probe beyond the noise;
 - the int8 files against their fp32 models, pooled over every new photo: the difference in
   top-1 (points) with its 95 % interval (a paired one: only the photos the two answer
   differently can move it), and the share of photos answered differently;
@@ -61,6 +63,32 @@ def samples(files: list[Path], exclude=(), modes=None) -> tuple[list[dict], list
     return rows, classes
 
 
+# Student's t, 97.5th percentile, by degrees of freedom (a two-sided 95 % interval); 1.96 beyond
+T975 = {1: 12.706, 2: 4.303, 3: 3.182, 4: 2.776, 5: 2.571, 6: 2.447, 7: 2.365, 8: 2.306, 9: 2.262, 10: 2.228,
+        11: 2.201, 12: 2.179, 13: 2.160, 14: 2.145, 15: 2.131, 16: 2.120, 17: 2.110, 18: 2.101, 19: 2.093,
+        20: 2.086, 25: 2.060, 30: 2.042, 40: 2.021, 60: 2.000, 120: 1.980}
+
+
+def t975(df: int) -> float:
+    """The table's value at the largest tabulated df not above `df` (so never narrower)."""
+    return T975[max(k for k in T975 if k <= df)] if df <= 120 else 1.96
+
+
+def by_set(over: list[tuple[str, float]]) -> tuple[float | None, float | None]:
+    """(the mean over sets of each set's mean difference, its 95 % half-width or None under 2 sets)."""
+    sets: dict[str, list[float]] = {}
+    for name, v in over:
+        sets.setdefault(name, []).append(v)
+    means = [sum(v) / len(v) for v in sets.values()]
+    if not means:
+        return None, None
+    mean = sum(means) / len(means)
+    if len(means) < 2:
+        return mean, None
+    sd = math.sqrt(sum((m - mean) ** 2 for m in means) / (len(means) - 1))
+    return mean, t975(len(means) - 1) * sd / math.sqrt(len(means))
+
+
 def _sample(r: dict) -> tuple:
     return r["set"], r["seed"], r.get("variant", "lite0"), r["train"], r["test"]
 
@@ -74,7 +102,9 @@ def pooled(rows: list[dict]) -> list[dict]:
             groups.setdefault((r.get("variant", "lite0"), r["candidate"]), []).append(r)
     out = []
     for (variant, candidate), group in groups.items():
-        over = [100 * (r["int8"] - probes[_sample(r)]) for r in group if _sample(r) in probes]
+        over_by_set = [(r["set"], 100 * (r["int8"] - probes[_sample(r)])) for r in group if _sample(r) in probes]
+        over = [v for _, v in over_by_set]
+        set_mean, set_95 = by_set(over_by_set)
         photos = sum(r["test"] for r in group)
         gained = sum(round((r["int8"] - r["fp32"]) * r["test"]) for r in group)
         told = [r for r in group if r.get("same_answers") is not None]
@@ -88,6 +118,7 @@ def pooled(rows: list[dict]) -> list[dict]:
                "over_probe_mean": sum(over) / len(over) if over else None,
                "over_probe_min": min(over, default=None), "over_probe_max": max(over, default=None),
                "at_least_2_over": sum(v >= 2 - 1e-9 for v in over), "below_probe": sum(v < -1e-9 for v in over),
+               "over_probe_by_set": set_mean, "over_probe_by_set_95": set_95,
                "photos": photos, "int8_minus_fp32": 100 * gained / photos,
                "answered_differently": differ / told_photos if told_photos else None,
                "estimates_inside": len(held) - low - high, "estimates_low": low, "estimates_high": high,
@@ -106,17 +137,21 @@ def _num(v, fmt: str) -> str:
 
 def show(table: list[dict]) -> None:
     """The pooled figures as a table on stdout."""
-    print(f"{'variant':<7} {'candidate':<34} {'samples':>7} {'vs probe: mean':>14} {'min':>6} {'max':>6} "
-          f"{'>= +2':>5} {'below':>5} {'int8-fp32':>9} {'95 %':>6} {'differ':>6} {'estimates held':>22}")
+    print(f"{'variant':<7} {'candidate':<34} {'samples':>7} {'vs probe: mean':>14} {'by set, 95 %':>14} {'min':>6} "
+          f"{'max':>6} {'>= +2':>5} {'below':>5} {'int8-fp32':>9} {'95 %':>6} {'differ':>6} {'estimates held':>22}")
     for t in table:
         held = "-" if not t["estimates_with_interval"] else \
             f"{t['estimates_inside']}/{t['estimates_with_interval']} ({t['estimates_low']} low, {t['estimates_high']} high)"
         differ = _num(None if t["answered_differently"] is None else 100 * t["answered_differently"], ".1f")
+        by_set_ = "-" if t["over_probe_by_set"] is None else \
+            _num(t["over_probe_by_set"], "+.1f") + ("" if t["over_probe_by_set_95"] is None
+                                                    else " ± " + _num(t["over_probe_by_set_95"], ".1f"))
         print(f"{t['variant']:<7} {t['candidate'][:34]:<34} {t['samples']:>7} {_num(t['over_probe_mean'], '+.2f'):>14} "
-              f"{_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
+              f"{by_set_:>14} {_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
               f"{t['at_least_2_over']:>5} {t['below_probe']:>5} {t['int8_minus_fp32']:>+9.2f} "
               f"{_num(t.get('int8_minus_fp32_95'), '.2f'):>6} {differ:>5}% {held:>22}")
-    print("(vs probe: the int8 file's top-1 minus the probe's, points; int8-fp32: pooled over every new photo, "
+    print("(vs probe: the int8 file's top-1 minus the probe's, points; by set: the sets' means averaged, with "
+          "a 95 % half-width over the sets; int8-fp32: pooled over every new photo, "
           "with its 95 % half-width; differ: photos the two answered differently)")
 
 

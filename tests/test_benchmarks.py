@@ -402,12 +402,17 @@ def test_train_summary_pools_the_samples_of_several_files(tmp_path, capsys):
     assert default["over_probe_mean"] == pytest.approx((2.0 - 1.0 + 0.4) / 3)
     assert (default["over_probe_min"], default["over_probe_max"]) == (pytest.approx(-1.0), pytest.approx(2.0))
     assert default["at_least_2_over"] == 1 and default["below_probe"] == 1
+    # by set: a's two samples averaged first (+0.5), then with b's (+0.4); t over 1 degree of freedom
+    assert default["over_probe_by_set"] == pytest.approx(0.45)
+    sd = 0.1 / 2 ** 0.5                 # of the two sets' means, +0.5 and +0.4
+    assert default["over_probe_by_set_95"] == pytest.approx(12.706 * sd / 2 ** 0.5)
     assert default["photos"] == 1500 and default["int8_minus_fp32"] == pytest.approx(100 * (3 - 5 + 1) / 1500)
     assert default["answered_differently"] == pytest.approx(30 / 1500)
     assert default["int8_minus_fp32_95"] == pytest.approx(100 * 1.96 * 30 ** 0.5 / 1500)
     assert (default["estimates_inside"], default["estimates_low"], default["estimates_high"]) == (1, 1, 1)
     assert tuned["candidate"] == "effnet-train --fine-tune" and tuned["samples"] == 1
     assert tuned["over_probe_mean"] == pytest.approx(10.4)
+    assert tuned["over_probe_by_set"] == pytest.approx(10.4) and tuned["over_probe_by_set_95"] is None   # one set
     assert main([*map(str, files), "--exclude", "b", "--json", str(tmp_path / "pooled.json")]) == 0   # a chooser
     assert "2 samples from 2 file(s) (left out: b)" in capsys.readouterr().out
     default = json.loads((tmp_path / "pooled.json").read_text())["pooled"][0]
@@ -419,6 +424,18 @@ def test_train_summary_pools_the_samples_of_several_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*map(str, files), "--modes", "default,tuned"])
     assert "--modes: one or more of default, fine-tune, fine-tune-if-better, ensemble" in capsys.readouterr().err
+
+
+def test_train_summary_interval_takes_the_sets_as_its_units():
+    """Three sets whose samples average +1, +2 and +3 points (the first from four samples, which
+    do not weigh more): mean +2, standard deviation 1, t at 2 degrees of freedom 4.303, so
+    2 ± 4.303 / sqrt(3). Between tabulated degrees of freedom the table's lower row (wider)."""
+    from effnet_lite.benchmarks.train_summary import by_set, t975
+    over = [("a", 0.0), ("a", 2.0), ("a", 1.5), ("a", 0.5), ("b", 2.0), ("c", 3.0)]
+    mean, half = by_set(over)
+    assert mean == pytest.approx(2.0) and half == pytest.approx(4.303 / 3 ** 0.5)
+    assert by_set([]) == (None, None) and by_set([("a", 1.0), ("a", 3.0)]) == (2.0, None)
+    assert t975(20) == t975(24) == 2.086 and t975(25) == 2.060 and t975(1000) == 1.96
 
 
 @pytest.mark.parametrize("content,why", [({"runs": []}, "KeyError: 'rows'"), ([1, 2], "TypeError"),
