@@ -13,7 +13,10 @@ variant and candidate:
   over the sets' means), which says whether a mode is above the probe beyond the noise;
 - the int8 files against their fp32 models, pooled over every new photo: the difference in
   top-1 (points) with its 95 % interval (a paired one: only the photos the two answer
-  differently can move it), and the share of photos answered differently;
+  differently can move it), and the share of photos answered differently; and sample by
+  sample, how many differ by more than half a point, and how many differ beyond their own 95 %
+  noise (int8 worse / better: |b - c| over 1.96 sqrt(photos answered differently), a bound on
+  the paired noise that is never too narrow);
 - how many of the reports' estimates held the int8 file's figure on the new photos within their
   95 % interval, and how many erred low (the new photos did better) or high.
 A sample run twice (the same set, seed, variant and sizes in two files) counts once, the first
@@ -89,6 +92,16 @@ def by_set(over: list[tuple[str, float]]) -> tuple[float | None, float | None]:
     return mean, t975(len(means) - 1) * sd / math.sqrt(len(means))
 
 
+def int8_apart(r: dict) -> tuple[bool, str | None]:
+    """One sample's int8 file against its fp32 model: (more than half a point apart, "worse" or
+    "better" when beyond the paired noise, else None). In photos: b - c = (int8 - fp32) x n;
+    b + c, the photos right in one only, is at most those answered differently."""
+    n = r["test"]
+    gained, differ = round((r["int8"] - r["fp32"]) * n), round((1 - r["same_answers"]) * n)
+    beyond = abs(gained) > 1.96 * math.sqrt(differ)
+    return 100 * abs(gained) / n > 0.5 + 1e-9, ("worse" if gained < 0 else "better") if beyond else None
+
+
 def _sample(r: dict) -> tuple:
     return r["set"], r["seed"], r.get("variant", "lite0"), r["train"], r["test"]
 
@@ -110,6 +123,7 @@ def pooled(rows: list[dict]) -> list[dict]:
         told = [r for r in group if r.get("same_answers") is not None]
         differ = sum(round((1 - r["same_answers"]) * r["test"]) for r in told)
         told_photos = sum(r["test"] for r in told)
+        apart = [int8_apart(r) for r in told]
         held = [r for r in group if r.get("reported_interval")]
         low = sum(r["int8"] > r["reported_interval"][1] for r in held)       # the estimate erred low
         high = sum(r["int8"] < r["reported_interval"][0] for r in held)
@@ -121,6 +135,9 @@ def pooled(rows: list[dict]) -> list[dict]:
                "over_probe_by_set": set_mean, "over_probe_by_set_95": set_95,
                "photos": photos, "int8_minus_fp32": 100 * gained / photos,
                "answered_differently": differ / told_photos if told_photos else None,
+               "int8_samples_told": len(told), "int8_over_half_point": sum(a[0] for a in apart),
+               "int8_worse_beyond_noise": sum(a[1] == "worse" for a in apart),
+               "int8_better_beyond_noise": sum(a[1] == "better" for a in apart),
                "estimates_inside": len(held) - low - high, "estimates_low": low, "estimates_high": high,
                "estimates_with_interval": len(held)}
         if told_photos == photos:
@@ -138,21 +155,25 @@ def _num(v, fmt: str) -> str:
 def show(table: list[dict]) -> None:
     """The pooled figures as a table on stdout."""
     print(f"{'variant':<7} {'candidate':<34} {'samples':>7} {'vs probe: mean':>14} {'by set, 95 %':>14} {'min':>6} "
-          f"{'max':>6} {'>= +2':>5} {'below':>5} {'int8-fp32':>9} {'95 %':>6} {'differ':>6} {'estimates held':>22}")
+          f"{'max':>6} {'>= +2':>5} {'below':>5} {'int8-fp32':>9} {'95 %':>6} {'differ':>6} {'int8 apart':>18} "
+          f"{'estimates held':>22}")
     for t in table:
         held = "-" if not t["estimates_with_interval"] else \
             f"{t['estimates_inside']}/{t['estimates_with_interval']} ({t['estimates_low']} low, {t['estimates_high']} high)"
         differ = _num(None if t["answered_differently"] is None else 100 * t["answered_differently"], ".1f")
+        apart = f"{t['int8_over_half_point']}/{t['int8_samples_told']}, {t['int8_worse_beyond_noise']} w " \
+                f"{t['int8_better_beyond_noise']} b"
         by_set_ = "-" if t["over_probe_by_set"] is None else \
             _num(t["over_probe_by_set"], "+.1f") + ("" if t["over_probe_by_set_95"] is None
                                                     else " ± " + _num(t["over_probe_by_set_95"], ".1f"))
         print(f"{t['variant']:<7} {t['candidate'][:34]:<34} {t['samples']:>7} {_num(t['over_probe_mean'], '+.2f'):>14} "
               f"{by_set_:>14} {_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
               f"{t['at_least_2_over']:>5} {t['below_probe']:>5} {t['int8_minus_fp32']:>+9.2f} "
-              f"{_num(t.get('int8_minus_fp32_95'), '.2f'):>6} {differ:>5}% {held:>22}")
+              f"{_num(t.get('int8_minus_fp32_95'), '.2f'):>6} {differ:>5}% {apart:>18} {held:>22}")
     print("(vs probe: the int8 file's top-1 minus the probe's, points; by set: the sets' means averaged, with "
           "a 95 % half-width over the sets; int8-fp32: pooled over every new photo, "
-          "with its 95 % half-width; differ: photos the two answered differently)")
+          "with its 95 % half-width; differ: photos the two answered differently; int8 apart: samples more than "
+          "half a point from fp32 / samples, and those beyond their own 95 % noise, int8 worse (w) or better (b))")
 
 
 def main(argv=None) -> int:

@@ -410,6 +410,9 @@ def test_train_summary_pools_the_samples_of_several_files(tmp_path, capsys):
     assert default["answered_differently"] == pytest.approx(30 / 1500)
     assert default["int8_minus_fp32_95"] == pytest.approx(100 * 1.96 * 30 ** 0.5 / 1500)
     assert (default["estimates_inside"], default["estimates_low"], default["estimates_high"]) == (1, 1, 1)
+    # +3 photos of 500 (0.6 points) and -5 (1.0) are over half a point, +1 is not; none beyond its noise
+    assert (default["int8_samples_told"], default["int8_over_half_point"]) == (3, 2)
+    assert (default["int8_worse_beyond_noise"], default["int8_better_beyond_noise"]) == (0, 0)
     assert tuned["candidate"] == "effnet-train --fine-tune" and tuned["samples"] == 1
     assert tuned["over_probe_mean"] == pytest.approx(10.4)
     assert tuned["over_probe_by_set"] == pytest.approx(10.4) and tuned["over_probe_by_set_95"] is None   # one set
@@ -424,6 +427,19 @@ def test_train_summary_pools_the_samples_of_several_files(tmp_path, capsys):
     with pytest.raises(SystemExit):
         main([*map(str, files), "--modes", "default,tuned"])
     assert "--modes: one or more of default, fine-tune, fine-tune-if-better, ensemble" in capsys.readouterr().err
+
+
+def test_train_summary_tells_int8_apart_from_fp32_beyond_the_noise():
+    """int8 10 photos of 500 below fp32 with 15 answered differently: beyond 1.96 sqrt(15) = 7.6,
+    worse; 5 above with 5 different: beyond 4.4, better; 5 below with 9 different: 1 point
+    apart, within the noise (5.9); 2 of 400 photos is half a point: not over it."""
+    from effnet_lite.benchmarks.train_summary import int8_apart
+    def sample(n, fp32, int8, same):
+        return {"test": n, "fp32": fp32, "int8": int8, "same_answers": same}
+    assert int8_apart(sample(500, 0.80, 0.78, 0.97)) == (True, "worse")
+    assert int8_apart(sample(500, 0.80, 0.81, 0.99)) == (True, "better")
+    assert int8_apart(sample(500, 0.80, 0.79, 0.982)) == (True, None)
+    assert int8_apart(sample(400, 0.80, 0.805, 0.99)) == (False, None)
 
 
 def test_train_summary_interval_takes_the_sets_as_its_units():
