@@ -13,6 +13,8 @@ that chooses) judge every candidate:
   the runtime, its fp32 model, how often the two answer alike (same_answers), and the figure its
   report leads with (its own estimate, from the training photos alone), with wall time and peak
   RSS of the whole command.
+Each effnet-train row counts, against the probe, the new photos only its int8 file answers
+right and those only the probe does (vs_probe): what a paired interval needs (train_summary).
 With more than one sample (sets x seeds), each mode's figures pooled over them follow
 (train_summary.py, which also pools the --json files of several runs).
 The figures hold for this machine's CPU class (printed).
@@ -102,8 +104,10 @@ def linear_probe(variant: str, train, test, work: Path) -> dict:
     x, y = features(train)
     xt, yt = features(test)
     head = fit_probe(x, y, len(train.classes))
+    right = head.logits(xt).argmax(1) == yt
     return {"candidate": f"{train_summary.PROBE} (centre crops, scikit-learn's defaults)",
-            "fp32": float((head.logits(xt).argmax(1) == yt).mean()), "int8": None, "same_answers": None,
+            "fp32": float(right.mean()), "int8": None, "same_answers": None,
+            "wrong": [str(test.paths[i]) for i in np.flatnonzero(~right)], "vs_probe": None,
             "reported": None, "mode": None,
             "seconds": time.perf_counter() - t0, "peak_rss_mb": None}
 
@@ -123,6 +127,7 @@ def effnet_train(name: str, train_csv: Path, test_csv: Path, out: Path, variant:
                                             "train_study")
     fp32, int8 = report["test"]["fp32-pytorch"], report["test"]["tflite"]
     return {"candidate": name, "fp32": fp32["top1"], "int8": int8["top1"], "same_answers": same_answers(fp32, int8),
+            "wrong": [m["photo"] for m in int8["misclassified"]],
             "reported": report["estimate"]["top1"], "reported_interval": report["estimate"]["interval"],
             "seconds": seconds, "peak_rss_mb": rss, "phases": report["seconds"],
             "l2_strength": report["chosen"]["l2_strength"], "crop_pct": report["chosen"].get("crop_pct"),
@@ -135,6 +140,13 @@ def same_answers(a: dict, b: dict) -> float:
     said = [{m["photo"]: m["predicted"] for m in e["misclassified"]} for e in (a, b)]
     differ = sum(said[0].get(p, "(right)") != said[1].get(p, "(right)") for p in said[0].keys() | said[1].keys())
     return 1 - differ / a["photos"]
+
+
+def versus(probe_wrong: list[str], ours_wrong: list[str]) -> dict:
+    """Against the probe, photo by photo: the photos only we answer right, and only it does (paths
+    compared resolved: the probe's are the sample's, ours as the report names them)."""
+    probe, ours = {str(Path(p).resolve()) for p in probe_wrong}, {str(Path(p).resolve()) for p in ours_wrong}
+    return {"only_ours_right": len(probe - ours), "only_probe_right": len(ours - probe)}
 
 
 def one_set(data: Path, args, seed: int) -> list[dict]:
@@ -153,6 +165,10 @@ def one_set(data: Path, args, seed: int) -> list[dict]:
         for i, (name, extra) in enumerate(candidates):
             rows.append(effnet_train(name, work / "train.csv", work / "test.csv", work / f"run{i}", args.variant,
                                      ["--seed", str(seed), *extra]))
+    for r in rows[1:]:
+        r["vs_probe"] = versus(rows[0]["wrong"], r["wrong"])
+    for r in rows:
+        del r["wrong"]          # (the counts are what the results keep)
     for r in rows:
         r.update(set=set_name(data),
                  variant=args.variant, seed=seed, train=len(train.paths), test=len(test.paths),

@@ -10,7 +10,10 @@ variant and candidate:
   the mean, the lowest and highest, how many samples are 2 points or more above it, and how many
   below it; and the mean by set (each set's samples averaged first: samples of one set share its
   classes and photos, so the sets are the independent units) with its 95 % interval (Student's t
-  over the sets' means), which says whether a mode is above the probe beyond the noise;
+  over the sets' means), which says whether a mode is above the probe beyond the noise; and,
+  where the rows count the photos only one of the two answers right (train_study's vs_probe),
+  how many samples are below or above the probe beyond their own paired noise (|b - c| over
+  1.96 sqrt(b + c));
 - the int8 files against their fp32 models, pooled over every new photo: the difference in
   top-1 (points) with its 95 % interval (a paired one: only the photos the two answer
   differently can move it), and the share of photos answered differently; and sample by
@@ -92,6 +95,15 @@ def by_set(over: list[tuple[str, float]]) -> tuple[float | None, float | None]:
     return mean, t975(len(means) - 1) * sd / math.sqrt(len(means))
 
 
+def beyond_noise(b: int, c: int) -> str | None:
+    """A sample against the probe from its discordant photos (b: only ours right, c: only the
+    probe's): "above" or "below" when |b - c| exceeds 1.96 sqrt(b + c), McNemar's normal
+    approximation, else None."""
+    if abs(b - c) <= 1.96 * math.sqrt(b + c):
+        return None
+    return "above" if b > c else "below"
+
+
 def int8_apart(r: dict) -> tuple[bool, str | None]:
     """One sample's int8 file against its fp32 model: (more than half a point apart, "worse" or
     "better" when beyond the paired noise, else None). In photos: b - c = (int8 - fp32) x n;
@@ -124,6 +136,8 @@ def pooled(rows: list[dict]) -> list[dict]:
         differ = sum(round((1 - r["same_answers"]) * r["test"]) for r in told)
         told_photos = sum(r["test"] for r in told)
         apart = [int8_apart(r) for r in told]
+        paired = [beyond_noise(r["vs_probe"]["only_ours_right"], r["vs_probe"]["only_probe_right"])
+                  for r in group if r.get("vs_probe") and _sample(r) in probes]
         held = [r for r in group if r.get("reported_interval")]
         low = sum(r["int8"] > r["reported_interval"][1] for r in held)       # the estimate erred low
         high = sum(r["int8"] < r["reported_interval"][0] for r in held)
@@ -133,6 +147,8 @@ def pooled(rows: list[dict]) -> list[dict]:
                "over_probe_min": min(over, default=None), "over_probe_max": max(over, default=None),
                "at_least_2_over": sum(v >= 2 - 1e-9 for v in over), "below_probe": sum(v < -1e-9 for v in over),
                "over_probe_by_set": set_mean, "over_probe_by_set_95": set_95,
+               "probe_paired_samples": len(paired), "below_probe_beyond_noise": paired.count("below"),
+               "above_probe_beyond_noise": paired.count("above"),
                "photos": photos, "int8_minus_fp32": 100 * gained / photos,
                "answered_differently": differ / told_photos if told_photos else None,
                "int8_samples_told": len(told), "int8_over_half_point": sum(a[0] for a in apart),
@@ -170,6 +186,10 @@ def show(table: list[dict]) -> None:
               f"{by_set_:>14} {_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
               f"{t['at_least_2_over']:>5} {t['below_probe']:>5} {t['int8_minus_fp32']:>+9.2f} "
               f"{_num(t.get('int8_minus_fp32_95'), '.2f'):>6} {differ:>5}% {apart:>18} {held:>22}")
+        if t["probe_paired_samples"]:
+            print(f"{'':<7} {'':<34} against the probe, beyond each sample's paired noise: "
+                  f"{t['below_probe_beyond_noise']} below, {t['above_probe_beyond_noise']} above, "
+                  f"of {t['probe_paired_samples']} samples with the photos counted")
     print("(vs probe: the int8 file's top-1 minus the probe's, points; by set: the sets' means averaged, with "
           "a 95 % half-width over the sets; int8-fp32: pooled over every new photo, "
           "with its 95 % half-width; differ: photos the two answered differently; int8 apart: samples more than "

@@ -442,6 +442,26 @@ def test_train_summary_tells_int8_apart_from_fp32_beyond_the_noise():
     assert int8_apart(sample(400, 0.80, 0.805, 0.99)) == (False, None)
 
 
+def test_train_summary_counts_samples_below_the_probe_beyond_their_paired_noise(tmp_path):
+    """train_study's photo-by-photo count against the probe (a and b wrong in the probe, b and c
+    in ours: one each only right), and train_summary's reading of such counts: 30 photos only the
+    probe answers right against 10 only ours is beyond 1.96 sqrt(40) = 12.4 (below); 14 against 6
+    is not (8 < 8.8); 20 only ours against 5 is (above). Rows without counts are not judged."""
+    from effnet_lite.benchmarks.train_study import versus
+    from effnet_lite.benchmarks.train_summary import beyond_noise, pooled
+    assert versus(["a", "b"], ["b", "c"]) == {"only_ours_right": 1, "only_probe_right": 1}
+    assert (beyond_noise(10, 30), beyond_noise(6, 14), beyond_noise(20, 5)) == ("below", None, "above")
+    rows = []
+    for seed, (ours, probe) in enumerate([(10, 30), (6, 14), (20, 5), (None, None)]):
+        sample = _study_rows("a", seed, 0.8, (0.8, 0.8, 1.0, [0.7, 0.9]))
+        if ours is not None:
+            sample[1]["vs_probe"] = {"only_ours_right": ours, "only_probe_right": probe}
+        rows += sample
+    [default] = pooled(rows)
+    assert (default["probe_paired_samples"], default["below_probe_beyond_noise"],
+            default["above_probe_beyond_noise"]) == (3, 1, 1)
+
+
 def test_train_summary_interval_takes_the_sets_as_its_units():
     """Three sets whose samples average +1, +2 and +3 points (the first from four samples, which
     do not weigh more): mean +2, standard deviation 1, t at 2 degrees of freedom 4.303, so
