@@ -95,11 +95,17 @@ def by_set(over: list[tuple[str, float]]) -> tuple[float | None, float | None]:
     return mean, t975(len(means) - 1) * sd / math.sqrt(len(means))
 
 
+def half_width_95(discordant: int) -> float:
+    """The 95 % half-width, in photos, of a paired difference b - c whose b + c is at most
+    `discordant` (the photos only one of two classifiers answers right): 1.96 sqrt(b + c)."""
+    return 1.96 * math.sqrt(discordant)
+
+
 def beyond_noise(b: int, c: int) -> str | None:
     """A sample against the probe from its discordant photos (b: only ours right, c: only the
     probe's): "above" or "below" when |b - c| exceeds 1.96 sqrt(b + c), McNemar's normal
     approximation, else None."""
-    if abs(b - c) <= 1.96 * math.sqrt(b + c):
+    if abs(b - c) <= half_width_95(b + c):
         return None
     return "above" if b > c else "below"
 
@@ -110,7 +116,7 @@ def int8_apart(r: dict) -> tuple[bool, str | None]:
     b + c, the photos right in one only, is at most those answered differently."""
     n = r["test"]
     gained, differ = round((r["int8"] - r["fp32"]) * n), round((1 - r["same_answers"]) * n)
-    beyond = abs(gained) > 1.96 * math.sqrt(differ)
+    beyond = abs(gained) > half_width_95(differ)
     return 100 * abs(gained) / n > 0.5 + 1e-9, ("worse" if gained < 0 else "better") if beyond else None
 
 
@@ -159,7 +165,7 @@ def pooled(rows: list[dict]) -> list[dict]:
         if told_photos == photos:
             # paired: b photos right only in int8, c only in fp32, b + c <= differ; the difference
             # (b - c) / n has a standard error of at most sqrt(b + c) / n
-            row["int8_minus_fp32_95"] = 100 * 1.96 * math.sqrt(differ) / photos
+            row["int8_minus_fp32_95"] = 100 * half_width_95(differ) / photos
         out.append(row)
     return out
 
@@ -179,11 +185,11 @@ def show(table: list[dict]) -> None:
         differ = _num(None if t["answered_differently"] is None else 100 * t["answered_differently"], ".1f")
         apart = f"{t['int8_over_half_point']}/{t['int8_samples_told']}, {t['int8_worse_beyond_noise']} w " \
                 f"{t['int8_better_beyond_noise']} b"
-        by_set_ = "-" if t["over_probe_by_set"] is None else \
+        set_cell = "-" if t["over_probe_by_set"] is None else \
             _num(t["over_probe_by_set"], "+.1f") + ("" if t["over_probe_by_set_95"] is None
                                                     else " ± " + _num(t["over_probe_by_set_95"], ".1f"))
         print(f"{t['variant']:<7} {t['candidate'][:34]:<34} {t['samples']:>7} {_num(t['over_probe_mean'], '+.2f'):>14} "
-              f"{by_set_:>14} {_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
+              f"{set_cell:>14} {_num(t['over_probe_min'], '+.1f'):>6} {_num(t['over_probe_max'], '+.1f'):>6} "
               f"{t['at_least_2_over']:>5} {t['below_probe']:>5} {t['int8_minus_fp32']:>+9.2f} "
               f"{_num(t.get('int8_minus_fp32_95'), '.2f'):>6} {differ:>5}% {apart:>18} {held:>22}")
         if t["probe_paired_samples"]:
