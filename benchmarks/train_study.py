@@ -169,7 +169,6 @@ def one_set(data: Path, args, seed: int) -> list[dict]:
         r["vs_probe"] = versus(rows[0]["wrong"], r["wrong"])
     for r in rows:
         del r["wrong"]          # (the counts are what the results keep)
-    for r in rows:
         r.update(set=set_name(data),
                  variant=args.variant, seed=seed, train=len(train.paths), test=len(test.paths),
                  classes=len(photos.classes))

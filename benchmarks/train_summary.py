@@ -110,12 +110,21 @@ def beyond_noise(b: int, c: int) -> str | None:
     return "above" if b > c else "below"
 
 
+def int8_gained(r: dict) -> int:
+    """Photos the int8 file answers right beyond its fp32 model's, b - c (negative: fewer)."""
+    return round((r["int8"] - r["fp32"]) * r["test"])
+
+
+def answered_differently(r: dict) -> int:
+    """Photos the int8 file and its fp32 model answer differently (at least b + c)."""
+    return round((1 - r["same_answers"]) * r["test"])
+
+
 def int8_apart(r: dict) -> tuple[bool, str | None]:
     """One sample's int8 file against its fp32 model: (more than half a point apart, "worse" or
-    "better" when beyond the paired noise, else None). In photos: b - c = (int8 - fp32) x n;
-    b + c, the photos right in one only, is at most those answered differently."""
+    "better" when beyond the paired noise, else None)."""
     n = r["test"]
-    gained, differ = round((r["int8"] - r["fp32"]) * n), round((1 - r["same_answers"]) * n)
+    gained, differ = int8_gained(r), answered_differently(r)
     beyond = abs(gained) > half_width_95(differ)
     return 100 * abs(gained) / n > 0.5 + 1e-9, ("worse" if gained < 0 else "better") if beyond else None
 
@@ -137,9 +146,9 @@ def pooled(rows: list[dict]) -> list[dict]:
         over = [v for _, v in over_by_set]
         set_mean, set_95 = by_set(over_by_set)
         photos = sum(r["test"] for r in group)
-        gained = sum(round((r["int8"] - r["fp32"]) * r["test"]) for r in group)
+        gained = sum(int8_gained(r) for r in group)
         told = [r for r in group if r.get("same_answers") is not None]
-        differ = sum(round((1 - r["same_answers"]) * r["test"]) for r in told)
+        differ = sum(answered_differently(r) for r in told)
         told_photos = sum(r["test"] for r in told)
         apart = [int8_apart(r) for r in told]
         paired = [beyond_noise(r["vs_probe"]["only_ours_right"], r["vs_probe"]["only_probe_right"])
